@@ -1,0 +1,83 @@
+//! The shard checkpoint file: which slot and configuration the local index belongs to,
+//! whether its snapshot finished, and an LSN every partition is durable up to. Written
+//! atomically (temp file, fsync, rename, fsync of the directory).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+
+const FILE: &str = "checkpoint.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Checkpoint {
+    pub slot: String,
+    /// Fingerprint of the resolved index configuration the partitions were built with.
+    pub config_fingerprint: String,
+    pub snapshot_lsn: String,
+    pub snapshot_done: bool,
+    /// Every partition is durable at least up to here.
+    pub lsn: String,
+}
+
+impl Checkpoint {
+    pub fn lsn(&self) -> Result<Lsn> {
+        self.lsn.parse().map_err(|e| Error::Checkpoint(format!("{e}")))
+    }
+
+    pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
+        let path = dir.join(FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!("{FILE}.tmp"));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(self).expect("checkpoint serializes"))?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join(FILE))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    pub fn remove(dir: &Path) -> Result<()> {
+        match std::fs::remove_file(dir.join(FILE)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), None);
+        let c = Checkpoint {
+            slot: "s".into(),
+            config_fingerprint: "f".into(),
+            snapshot_lsn: "0/10".into(),
+            snapshot_done: true,
+            lsn: "0/20".into(),
+        };
+        c.store(dir.path()).unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(c.clone()));
+        assert_eq!(c.lsn().unwrap(), Lsn(0x20));
+    }
+}

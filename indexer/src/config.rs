@@ -1,0 +1,376 @@
+//! The typed index configuration: one TOML file, then `INDEXER_*` environment variables, then
+//! command-line flags. Static checks live here; checks against the catalog live in `catalog`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub apply: ApplyConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(rename = "index", default)]
+    pub indexes: Vec<IndexConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user:password@host:port/dbname`. Env: `INDEXER_DATABASE_URL`.
+    pub database_url: String,
+    /// Publication to create or verify; it must carry every configured table.
+    pub publication: String,
+    /// Logical replication slot owned by this indexer shard.
+    pub slot: String,
+    /// What to do when the slot is missing or invalidated while a checkpoint exists.
+    #[serde(default)]
+    pub on_slot_loss: SlotLossPolicy,
+    /// Regions this shard owns; rows of other regions are ignored. Empty: all regions.
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotLossPolicy {
+    /// Stop with a clear error; an operator decides.
+    #[default]
+    Fail,
+    /// Drop the local index, create a new slot and snapshot again.
+    Resnapshot,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Where partitions and the checkpoint live. Env: `INDEXER_DATA_DIR`.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplyConfig {
+    /// A group commit closes once it holds this many row changes.
+    pub max_batch_rows: usize,
+    /// ... or once its first transaction has waited this long.
+    pub max_batch_delay_ms: u64,
+    /// Transactions buffered between the stream and the applier.
+    pub queue_transactions: usize,
+    /// Memory for each partition's index writer.
+    pub writer_memory_mb: usize,
+    /// A text value longer than this is not indexed (reported as a rejected field).
+    pub max_text_bytes: usize,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        ApplyConfig {
+            max_batch_rows: 20_000,
+            max_batch_delay_ms: 20,
+            queue_transactions: 1024,
+            writer_memory_mb: 64,
+            max_text_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Internal shard endpoint (status, metrics, reads). Env: `INDEXER_LISTEN`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Index name, used in URLs and on disk (`[a-z0-9_-]`).
+    pub name: String,
+    /// `schema.table`, or `table` for `public.table`.
+    pub table: String,
+    /// Primary-key columns; read from the catalog when omitted.
+    #[serde(default)]
+    pub primary_key: Option<Vec<String>>,
+    /// The column whose value picks the partition.
+    pub region: String,
+    #[serde(default)]
+    pub text_fields: Vec<TextField>,
+    #[serde(default)]
+    pub geo: Option<GeoConfig>,
+    #[serde(default)]
+    pub vector: Option<VectorConfig>,
+    /// Columns usable in structured filters.
+    #[serde(default)]
+    pub filter_fields: Vec<String>,
+    /// Columns returned with hits.
+    #[serde(default)]
+    pub stored_fields: Vec<String>,
+}
+
+/// A text field: `"body"` or `{ column = "title", boost = 2.0 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TextField {
+    Column(String),
+    Detailed(TextFieldDetail),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextFieldDetail {
+    pub column: String,
+    #[serde(default = "one")]
+    pub boost: f32,
+    /// Stemmer language (e.g. "english"); none by default.
+    #[serde(default)]
+    pub language: Option<String>,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl TextField {
+    pub fn column(&self) -> &str {
+        match self {
+            TextField::Column(c) => c,
+            TextField::Detailed(d) => &d.column,
+        }
+    }
+}
+
+/// Either `{ lat = "lat", lon = "lon" }` or `{ point = "location" }` (a Postgres `point`, x = lon).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoConfig {
+    #[serde(default)]
+    pub lat: Option<String>,
+    #[serde(default)]
+    pub lon: Option<String>,
+    #[serde(default)]
+    pub point: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GeoColumns {
+    LatLon { lat: String, lon: String },
+    Point(String),
+}
+
+impl GeoConfig {
+    pub fn columns(&self) -> Result<GeoColumns> {
+        match (&self.lat, &self.lon, &self.point) {
+            (Some(lat), Some(lon), None) => Ok(GeoColumns::LatLon {
+                lat: lat.clone(),
+                lon: lon.clone(),
+            }),
+            (None, None, Some(p)) => Ok(GeoColumns::Point(p.clone())),
+            _ => Err(Error::Config(
+                "geo: set either both `lat` and `lon`, or `point`".into(),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorConfig {
+    /// A `real[]` column, or a pgvector `vector` column.
+    pub column: String,
+    pub dimension: usize,
+    #[serde(default)]
+    pub metric: Metric,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    #[default]
+    Cosine,
+    L2,
+    Dot,
+}
+
+/// Overrides from the environment and the command line, applied after the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub database_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let mut config = Config::parse(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        if let Some(url) = &overrides.database_url {
+            config.source.database_url = url.clone();
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.storage.data_dir = dir.clone();
+        }
+        if let Some(listen) = overrides.listen {
+            config.http.listen = listen;
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates what can be checked without a database.
+    pub fn parse(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.indexes.is_empty() {
+            return bad("no [[index]] declared".into());
+        }
+        if !is_identifier(&self.source.slot) {
+            return bad(format!(
+                "source.slot {:?}: use lower-case letters, digits and '_' (a Postgres slot name)",
+                self.source.slot
+            ));
+        }
+        if self.source.publication.is_empty() {
+            return bad("source.publication is empty".into());
+        }
+        for r in &self.source.regions {
+            if !is_region_name(r) {
+                return bad(format!("source.regions: {r:?} is not a valid region name"));
+            }
+        }
+        if self.apply.max_batch_rows == 0 || self.apply.queue_transactions == 0 {
+            return bad("apply.max_batch_rows and apply.queue_transactions must be > 0".into());
+        }
+        if self.apply.writer_memory_mb < 16 {
+            return bad("apply.writer_memory_mb must be at least 16".into());
+        }
+        let mut names = BTreeSet::new();
+        let mut tables = BTreeSet::new();
+        for ix in &self.indexes {
+            let at = format!("index {:?}", ix.name);
+            if !is_region_name(&ix.name) {
+                return bad(format!("{at}: name must match [A-Za-z0-9_-]{{1,64}}"));
+            }
+            if !names.insert(ix.name.clone()) {
+                return bad(format!("{at}: declared twice"));
+            }
+            if !tables.insert(ix.table.clone()) {
+                return bad(format!("{at}: table {:?} is already indexed by another index", ix.table));
+            }
+            if ix.region.is_empty() {
+                return bad(format!("{at}: region column is empty"));
+            }
+            if let Some(geo) = &ix.geo {
+                geo.columns().map_err(|e| Error::Config(format!("{at}: {e}")))?;
+            }
+            if let Some(v) = &ix.vector {
+                if v.dimension == 0 || v.dimension > 16_000 {
+                    return bad(format!("{at}: vector.dimension must be in 1..=16000"));
+                }
+            }
+            for t in &ix.text_fields {
+                if let TextField::Detailed(d) = t {
+                    if !(d.boost.is_finite() && d.boost > 0.0) {
+                        return bad(format!("{at}: text field {:?}: boost must be > 0", d.column));
+                    }
+                }
+            }
+            if matches!(&ix.primary_key, Some(pk) if pk.is_empty()) {
+                return bad(format!("{at}: primary_key is empty (omit it to read it from the catalog)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lower-case identifier, as Postgres folds unquoted names.
+pub fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+/// Region and index names become directory names: keep them boring.
+pub fn is_region_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [source]
+        database_url = "postgres://postgres@127.0.0.1:5432/app"
+        publication = "search"
+        slot = "search_shard_0"
+
+        [storage]
+        data_dir = "/tmp/x"
+
+        [[index]]
+        name = "places"
+        table = "public.places"
+        region = "region"
+        text_fields = ["body", { column = "name", boost = 2.0 }]
+        geo = { lat = "lat", lon = "lon" }
+        vector = { column = "embedding", dimension = 384 }
+        filter_fields = ["population"]
+    "#;
+
+    #[test]
+    fn parses_a_full_config_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.indexes[0].text_fields[1].column(), "name");
+        assert_eq!(c.apply.max_batch_rows, 20_000);
+        assert_eq!(c.source.on_slot_loss, SlotLossPolicy::Fail);
+        assert_eq!(c.indexes[0].vector.as_ref().unwrap().metric, Metric::Cosine);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_by_name() {
+        let err = Config::parse(&GOOD.replace("region = \"region\"", "region = \"region\"\nregon = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("regon"), "{err}");
+    }
+
+    #[test]
+    fn rejects_half_a_geo_point() {
+        let err = Config::parse(&GOOD.replace("geo = { lat = \"lat\", lon = \"lon\" }", "geo = { lat = \"lat\" }"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("both `lat` and `lon`"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_slot_names() {
+        let err = Config::parse(&GOOD.replace("search_shard_0", "Search-Shard")).unwrap_err().to_string();
+        assert!(err.contains("source.slot"), "{err}");
+    }
+}

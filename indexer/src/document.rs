@@ -1,0 +1,342 @@
+//! From a row's column values (text form, as pgoutput and COPY both render them) to the
+//! document a partition stores: key, region, parsed geo point and vector, and which fields
+//! were rejected. The same function serves the snapshot, the stream and `verify`, so the
+//! three can never disagree about what a row becomes.
+
+use crate::catalog::{GeoSpec, ResolvedIndex};
+use crate::config::is_region_name;
+
+/// Column values aligned with `ResolvedIndex::columns`; `None` is SQL NULL.
+pub type RawRow = Vec<Option<String>>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub key: String,
+    pub region: String,
+    pub raw: RawRow,
+    /// (latitude, longitude) in degrees, when configured and valid.
+    pub geo: Option<(f64, f64)>,
+    pub vector: Option<Vec<f32>>,
+    /// Per `ResolvedIndex::text` entry: whether its value is indexed.
+    pub text_ok: Vec<bool>,
+}
+
+/// A row or field that could not be indexed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub index: String,
+    pub key: String,
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapped {
+    /// Index this document; the rejections name fields left out of it.
+    Doc(Document, Vec<Rejection>),
+    /// The row belongs in no partition of this shard: a rejection when the row is bad
+    /// (no key, no region), none when its region is simply owned by another shard.
+    Skip(Option<Rejection>),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MapLimits {
+    pub max_text_bytes: usize,
+    /// Regions this shard owns; empty means all.
+    pub owned_regions: Vec<String>,
+}
+
+/// The document key: the primary key's text, or a JSON array of texts for a composite key.
+pub fn row_key(ix: &ResolvedIndex, raw: &RawRow) -> Option<String> {
+    if let [single] = ix.pk.as_slice() {
+        return raw[*single].clone();
+    }
+    let mut parts = Vec::with_capacity(ix.pk.len());
+    for &p in &ix.pk {
+        parts.push(serde_json::Value::String(raw[p].clone()?));
+    }
+    Some(serde_json::Value::Array(parts).to_string())
+}
+
+pub fn map_row(ix: &ResolvedIndex, raw: RawRow, limits: &MapLimits) -> Mapped {
+    let reject = |key: &str, field: &str, reason: String| Rejection {
+        index: ix.name.clone(),
+        key: key.to_owned(),
+        field: field.to_owned(),
+        reason,
+    };
+    let Some(key) = row_key(ix, &raw) else {
+        return Mapped::Skip(Some(reject("", "primary_key", "primary key is null".into())));
+    };
+    let region_col = ix.column_name(ix.region);
+    let region = match &raw[ix.region] {
+        None => return Mapped::Skip(Some(reject(&key, region_col, "region is null".into()))),
+        Some(r) if !is_region_name(r) => {
+            return Mapped::Skip(Some(reject(
+                &key,
+                region_col,
+                format!("region {r:?} is not a valid region name ([A-Za-z0-9_-]{{1,64}})"),
+            )))
+        }
+        Some(r) => r.clone(),
+    };
+    if !limits.owned_regions.is_empty() && !limits.owned_regions.contains(&region) {
+        return Mapped::Skip(None);
+    }
+
+    let mut rejections = Vec::new();
+    let mut text_ok = Vec::with_capacity(ix.text.len());
+    for t in &ix.text {
+        let ok = match &raw[t.column] {
+            Some(v) if v.len() > limits.max_text_bytes => {
+                rejections.push(reject(
+                    &key,
+                    ix.column_name(t.column),
+                    format!("text is {} bytes, over the limit of {}", v.len(), limits.max_text_bytes),
+                ));
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        text_ok.push(ok);
+    }
+
+    let geo = match ix.geo {
+        None => None,
+        Some(spec) => match parse_geo(spec, &raw) {
+            Ok(g) => g,
+            Err((col, reason)) => {
+                rejections.push(reject(&key, ix.column_name(col), reason));
+                None
+            }
+        },
+    };
+
+    let vector = match ix.vector {
+        None => None,
+        Some(spec) => match &raw[spec.column] {
+            None => None,
+            Some(text) => match parse_vector(text, spec.dimension) {
+                Ok(v) => Some(v),
+                Err(reason) => {
+                    rejections.push(reject(&key, ix.column_name(spec.column), reason));
+                    None
+                }
+            },
+        },
+    };
+
+    Mapped::Doc(
+        Document {
+            key,
+            region,
+            raw,
+            geo,
+            vector,
+            text_ok,
+        },
+        rejections,
+    )
+}
+
+fn parse_geo(spec: GeoSpec, raw: &RawRow) -> Result<Option<(f64, f64)>, (usize, String)> {
+    let (lat, lon) = match spec {
+        GeoSpec::LatLon { lat, lon } => {
+            let (Some(lat_text), Some(lon_text)) = (&raw[lat], &raw[lon]) else {
+                return Ok(None);
+            };
+            let la = parse_float(lat_text).ok_or((lat, format!("latitude {lat_text:?} is not a number")))?;
+            let lo = parse_float(lon_text).ok_or((lon, format!("longitude {lon_text:?} is not a number")))?;
+            check_lat_lon(la, lo).map_err(|e| (if e.starts_with("lat") { lat } else { lon }, e))?;
+            (la, lo)
+        }
+        GeoSpec::Point(col) => {
+            let Some(text) = &raw[col] else {
+                return Ok(None);
+            };
+            let inner = text
+                .trim()
+                .strip_prefix('(')
+                .and_then(|s| s.strip_suffix(')'))
+                .ok_or((col, format!("point {text:?} is not (x,y)")))?;
+            let (x, y) = inner.split_once(',').ok_or((col, format!("point {text:?} is not (x,y)")))?;
+            let lo = parse_float(x).ok_or((col, format!("point x {x:?} is not a number")))?;
+            let la = parse_float(y).ok_or((col, format!("point y {y:?} is not a number")))?;
+            check_lat_lon(la, lo).map_err(|e| (col, e))?;
+            (la, lo)
+        }
+    };
+    Ok(Some((lat, lon)))
+}
+
+fn parse_float(s: &str) -> Option<f64> {
+    s.trim().parse::<f64>().ok()
+}
+
+fn check_lat_lon(lat: f64, lon: f64) -> Result<(), String> {
+    if !(-90.0..=90.0).contains(&lat) {
+        return Err(format!("latitude {lat} is outside [-90, 90]"));
+    }
+    if !(-180.0..=180.0).contains(&lon) {
+        return Err(format!("longitude {lon} is outside [-180, 180]"));
+    }
+    Ok(())
+}
+
+/// Parses `real[]` text (`{1,2}`) or pgvector text (`[1,2]`) into finite floats of `dimension`.
+pub fn parse_vector(text: &str, dimension: usize) -> Result<Vec<f32>, String> {
+    let t = text.trim();
+    let inner = t
+        .strip_prefix('{')
+        .and_then(|s| s.strip_suffix('}'))
+        .or_else(|| t.strip_prefix('[').and_then(|s| s.strip_suffix(']')))
+        .ok_or_else(|| "vector is not an array literal".to_owned())?;
+    if inner.contains('{') {
+        return Err("vector is a nested array".into());
+    }
+    let mut out = Vec::with_capacity(dimension);
+    if !inner.trim().is_empty() {
+        for (i, part) in inner.split(',').enumerate() {
+            let v: f32 = part
+                .trim()
+                .parse()
+                .map_err(|_| format!("vector element {i} ({:?}) is not a number", part.trim()))?;
+            if !v.is_finite() {
+                return Err(format!("vector element {i} is {v}"));
+            }
+            out.push(v);
+        }
+    }
+    if out.len() != dimension {
+        return Err(format!("vector has {} dimensions, expected {dimension}", out.len()));
+    }
+    Ok(out)
+}
+
+/// Content hash of a document as stored: region and every configured column value.
+/// `verify` computes it from the table, the partition from its stored copy.
+pub fn content_hash(region: &str, raw: &RawRow) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(region.as_bytes());
+    h.update(&[0xff]);
+    for v in raw {
+        match v {
+            None => h.update(&[0]),
+            Some(s) => {
+                h.update(&[1]);
+                h.update(&(s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+        }
+    }
+    h.digest()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{TextSpec, VectorSpec};
+    use crate::config::Metric;
+
+    fn places() -> ResolvedIndex {
+        ResolvedIndex {
+            ordinal: 0,
+            name: "places".into(),
+            schema: "public".into(),
+            table: "places".into(),
+            columns: ["id", "region", "body", "lat", "lon", "embedding"].map(String::from).to_vec(),
+            pk: vec![0],
+            region: 1,
+            text: vec![TextSpec {
+                column: 2,
+                boost: 1.0,
+                language: None,
+            }],
+            geo: Some(GeoSpec::LatLon { lat: 3, lon: 4 }),
+            vector: Some(VectorSpec {
+                column: 5,
+                dimension: 3,
+                metric: Metric::Cosine,
+            }),
+            filters: vec![],
+            stored: vec![],
+        }
+    }
+
+    fn row(vals: [Option<&str>; 6]) -> RawRow {
+        vals.iter().map(|v| v.map(String::from)).collect()
+    }
+
+    fn limits() -> MapLimits {
+        MapLimits {
+            max_text_bytes: 100,
+            owned_regions: vec![],
+        }
+    }
+
+    #[test]
+    fn maps_a_good_row() {
+        let r = row([Some("7"), Some("europe"), Some("Paris"), Some("48.85"), Some("2.35"), Some("{1,0,0}")]);
+        let Mapped::Doc(d, rej) = map_row(&places(), r, &limits()) else { panic!() };
+        assert!(rej.is_empty());
+        assert_eq!((d.key.as_str(), d.region.as_str()), ("7", "europe"));
+        assert_eq!(d.geo, Some((48.85, 2.35)));
+        assert_eq!(d.vector, Some(vec![1.0, 0.0, 0.0]));
+        assert_eq!(d.text_ok, vec![true]);
+    }
+
+    #[test]
+    fn bad_fields_are_dropped_and_named() {
+        let r = row([Some("8"), Some("asia"), Some(&"x".repeat(101)), Some("200"), Some("0"), Some("{1,NaN,0}")]);
+        let Mapped::Doc(d, rej) = map_row(&places(), r, &limits()) else { panic!() };
+        let fields: Vec<&str> = rej.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(fields, ["body", "lat", "embedding"]);
+        assert!(rej.iter().all(|r| r.key == "8"));
+        assert_eq!((d.geo, d.vector, d.text_ok), (None, None, vec![false]));
+    }
+
+    #[test]
+    fn wrong_dimension_is_rejected() {
+        assert!(parse_vector("{1,2}", 3).unwrap_err().contains("2 dimensions"));
+        assert_eq!(parse_vector("[1, 2.5, -3]", 3).unwrap(), vec![1.0, 2.5, -3.0]);
+        assert!(parse_vector("{1,Infinity,2}", 3).is_err());
+        assert!(parse_vector("{{1},{2},{3}}", 3).is_err());
+    }
+
+    #[test]
+    fn rows_without_region_are_skipped_with_a_reason() {
+        let r = row([Some("9"), None, None, None, None, None]);
+        let Mapped::Skip(Some(rej)) = map_row(&places(), r, &limits()) else { panic!() };
+        assert_eq!((rej.key.as_str(), rej.field.as_str()), ("9", "region"));
+        let r = row([Some("9"), Some("../etc"), None, None, None, None]);
+        assert!(matches!(map_row(&places(), r, &limits()), Mapped::Skip(Some(_))));
+    }
+
+    #[test]
+    fn foreign_regions_are_skipped_silently() {
+        let l = MapLimits {
+            owned_regions: vec!["europe".into()],
+            ..limits()
+        };
+        let r = row([Some("1"), Some("asia"), None, None, None, None]);
+        assert_eq!(map_row(&places(), r, &l), Mapped::Skip(None));
+    }
+
+    #[test]
+    fn point_columns_are_x_lon_y_lat() {
+        let mut ix = places();
+        ix.geo = Some(GeoSpec::Point(3));
+        let r = row([Some("1"), Some("europe"), None, Some("(2.35,48.85)"), None, None]);
+        let Mapped::Doc(d, _) = map_row(&ix, r, &limits()) else { panic!() };
+        assert_eq!(d.geo, Some((48.85, 2.35)));
+    }
+
+    #[test]
+    fn hash_distinguishes_null_from_empty_and_region() {
+        let a = content_hash("eu", &vec![Some(String::new())]);
+        let b = content_hash("eu", &vec![None]);
+        let c = content_hash("as", &vec![Some(String::new())]);
+        assert!(a != b && a != c && b != c);
+    }
+}

@@ -1,0 +1,193 @@
+//! The shard's internal HTTP endpoint: health, status (freshness, slot, partitions, rejected
+//! rows), Prometheus metrics, a wait-for-LSN call, and the per-key dump `verify` compares.
+//! Wire shapes are built here from domain types; engine work runs on the blocking pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::catalog::ResolvedIndex;
+use crate::lsn::Lsn;
+use crate::partition;
+use crate::shard::ViewCell;
+use crate::status::Stats;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub stats: Arc<Stats>,
+    pub view: Arc<ViewCell>,
+    pub indexes: Arc<Vec<ResolvedIndex>>,
+    pub slot: String,
+    pub prometheus: Option<PrometheusHandle>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics_text))
+        .route("/internal/wait", get(wait))
+        .route("/internal/dump/{index}", get(dump))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": {"field": field, "message": message.into()}}))).into_response()
+}
+
+fn status_json(s: &HttpState) -> Value {
+    let stats = &s.stats;
+    let applied = stats.applied();
+    let wal_end = stats.server_wal_end().max(applied);
+    let lag_bytes = stats.lag_bytes();
+    let lag_ms = stats.lag_ms();
+    let rejected = stats.rejected_by_partition.lock().unwrap().clone();
+    let view = s.view.load();
+    let partitions: Vec<Value> = view
+        .iter()
+        .flat_map(|v| v.partitions.iter())
+        .map(|((ix, region), p)| {
+            let name = &s.indexes[*ix].name;
+            json!({
+                "index": name,
+                "region": region,
+                "documents": p.searcher.num_docs(),
+                "checkpoint_lsn": p.checkpoint.to_string(),
+                "applied_lsn": applied.to_string(),
+                "lag_bytes": lag_bytes,
+                "lag_ms": lag_ms,
+                "rejected_rows": rejected.get(&(name.clone(), region.clone())).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    let recent: Vec<Value> = stats
+        .recent_rejections
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| json!({"index": r.index, "key": r.key, "field": r.field, "reason": r.reason}))
+        .collect();
+    let unplaced: u64 = rejected.iter().filter(|((_, r), _)| r.is_empty()).map(|(_, n)| n).sum();
+    json!({
+        "slot": s.slot,
+        "stream": *stats.stream_state.lock().unwrap(),
+        "last_error": *stats.last_error.lock().unwrap(),
+        "reconnects": stats.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        "snapshot": *stats.snapshot.lock().unwrap(),
+        "applied_lsn": applied.to_string(),
+        "server_wal_end": wal_end.to_string(),
+        "lag_bytes": lag_bytes,
+        "lag_ms": lag_ms,
+        "slot_status": *stats.slot.lock().unwrap(),
+        "rows_applied": stats.rows_applied.load(std::sync::atomic::Ordering::Relaxed),
+        "transactions_applied": stats.transactions_applied.load(std::sync::atomic::Ordering::Relaxed),
+        "rejected_rows": stats.rejected_total.load(std::sync::atomic::Ordering::Relaxed),
+        "rejected_rows_without_partition": unplaced,
+        "recent_rejections": recent,
+        "partitions": partitions,
+    })
+}
+
+async fn status(State(s): State<HttpState>) -> Json<Value> {
+    Json(status_json(&s))
+}
+
+async fn metrics_text(State(s): State<HttpState>) -> Response {
+    use crate::metrics::*;
+    let stats = &s.stats;
+    metrics::gauge!(APPLIED_LSN).set(stats.applied().as_u64() as f64);
+    metrics::gauge!(SERVER_WAL_END).set(stats.server_wal_end().as_u64() as f64);
+    metrics::gauge!(LAG_BYTES).set(stats.lag_bytes() as f64);
+    metrics::gauge!(LAG_SECONDS).set(stats.lag_ms() as f64 / 1000.0);
+    if let Some(safe) = stats.slot.lock().unwrap().as_ref().and_then(|s| s.safe_wal_size) {
+        metrics::gauge!(SLOT_SAFE_WAL_BYTES).set(safe as f64);
+    }
+    let rejected = stats.rejected_by_partition.lock().unwrap().clone();
+    if let Some(view) = s.view.load() {
+        for ((ix, region), p) in &view.partitions {
+            let name = s.indexes[*ix].name.clone();
+            let n = rejected.get(&(name.clone(), region.clone())).copied().unwrap_or(0);
+            metrics::gauge!(PARTITION_DOCS, "index" => name.clone(), "region" => region.clone()).set(p.searcher.num_docs() as f64);
+            metrics::gauge!(PARTITION_REJECTED, "index" => name, "region" => region.clone()).set(n as f64);
+        }
+    }
+    match &s.prometheus {
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "", "metrics recorder not installed"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitParams {
+    lsn: String,
+    #[serde(default = "default_wait_ms")]
+    timeout_ms: u64,
+}
+
+fn default_wait_ms() -> u64 {
+    5_000
+}
+
+/// Waits until the shard has applied `lsn` (200) or the timeout passes (409, with how far it got).
+async fn wait(
+    State(s): State<HttpState>,
+    params: Result<Query<WaitParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(p)) = params else {
+        return error(StatusCode::BAD_REQUEST, "lsn", "query parameter lsn is required (e.g. ?lsn=0/16B3748)");
+    };
+    let lsn: Lsn = match p.lsn.parse() {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "lsn", e.to_string()),
+    };
+    if p.timeout_ms > 60_000 {
+        return error(StatusCode::BAD_REQUEST, "timeout_ms", "at most 60000");
+    }
+    let applied = s.stats.wait_applied(lsn, Duration::from_millis(p.timeout_ms)).await;
+    let body = json!({"requested_lsn": lsn.to_string(), "applied_lsn": applied.to_string(), "reached": applied >= lsn});
+    let code = if applied >= lsn { StatusCode::OK } else { StatusCode::CONFLICT };
+    (code, Json(body)).into_response()
+}
+
+/// Every document of an index as key → content hash, per partition, from one consistent view.
+async fn dump(State(s): State<HttpState>, Path(index): Path<String>) -> Response {
+    let Some(ix) = s.indexes.iter().find(|i| i.name == index).map(|i| i.ordinal) else {
+        return error(StatusCode::NOT_FOUND, "index", format!("unknown index {index:?}"));
+    };
+    let Some(view) = s.view.load() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "", "no view yet");
+    };
+    let result = tokio::task::spawn_blocking(move || -> crate::Result<Value> {
+        let mut partitions = serde_json::Map::new();
+        for ((i, region), p) in &view.partitions {
+            if *i != ix {
+                continue;
+            }
+            let docs = partition::dump(&p.searcher, &p.fields, region)?;
+            let docs: Vec<Value> = docs.into_iter().map(|(k, h)| json!([k, format!("{h:016x}")])).collect();
+            partitions.insert(region.clone(), Value::Array(docs));
+        }
+        Ok(json!({"applied_lsn": view.applied.to_string(), "partitions": partitions}))
+    })
+    .await;
+    match result {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "dump failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "dump task failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
+        }
+    }
+}

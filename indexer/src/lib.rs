@@ -1,0 +1,246 @@
+//! The indexer: tails Postgres logical replication into per-(index, region) partitions and
+//! serves them to the query tier. See ARCHITECTURE.md for the data flow and invariants.
+
+pub mod apply;
+pub mod catalog;
+pub mod checkpoint;
+pub mod config;
+pub mod copy;
+pub mod document;
+pub mod error;
+pub mod http;
+pub mod lsn;
+pub mod metrics;
+pub mod partition;
+pub mod pg;
+pub mod pgoutput;
+pub mod shard;
+pub mod source;
+pub mod status;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::apply::Applier;
+use crate::catalog::ResolvedIndex;
+use crate::checkpoint::Checkpoint;
+use crate::config::{Config, SlotLossPolicy};
+pub use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::pg::PgConn;
+use crate::shard::{Shard, ViewCell};
+use crate::status::{SnapshotProgress, Stats};
+
+/// Name of the file, in the data directory, that holds the HTTP address actually bound.
+pub const ADDR_FILE: &str = "indexer.addr";
+
+/// Runs the indexer until `shutdown` turns true: resolve config, snapshot or resume, stream.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let conn = PgConn::from_url(&config.source.database_url)?;
+    let admin = conn.connect().await?;
+    let indexes = catalog::resolve(&admin, &config).await?;
+    catalog::ensure_publication(&admin, &config.source.publication, &indexes).await?;
+    let slot = config.source.slot.clone();
+    let data_dir = config.storage.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)?;
+    let fingerprint = fingerprint(&indexes, &config.source.regions);
+
+    let existing = Checkpoint::load(&data_dir)?;
+    let slot_state = pg::slot_status(&admin, &slot).await?;
+    if let Some(c) = &existing {
+        if c.slot != slot {
+            return Err(Error::Checkpoint(format!(
+                "{} belongs to slot {:?}, the config says {slot:?}; use another data_dir or remove it",
+                data_dir.display(),
+                c.slot
+            )));
+        }
+        if c.config_fingerprint != fingerprint {
+            return Err(Error::Checkpoint(format!(
+                "the index configuration changed since {} was built; remove it to rebuild from a new snapshot",
+                data_dir.display()
+            )));
+        }
+    }
+    let resumable = existing.as_ref().is_some_and(|c| c.snapshot_done);
+    let slot_usable = slot_state.as_ref().is_some_and(|s| s.wal_status.as_deref() != Some("lost"));
+    let need_snapshot = if resumable && slot_usable {
+        false
+    } else if resumable {
+        let reason = if slot_state.is_none() { "does not exist" } else { "was invalidated (wal_status lost)" };
+        if config.source.on_slot_loss == SlotLossPolicy::Fail {
+            return Err(Error::SlotLost {
+                slot,
+                reason: reason.into(),
+            });
+        }
+        tracing::warn!(slot = %slot, reason, "replication slot lost; rebuilding the index from a new snapshot");
+        true
+    } else {
+        true
+    };
+    if need_snapshot {
+        if slot_state.is_some() {
+            tracing::info!(slot = %slot, "dropping slot left without a finished snapshot");
+            pg::drop_slot(&admin, &slot).await?;
+        }
+        Checkpoint::remove(&data_dir)?;
+        Shard::wipe(&data_dir)?;
+    }
+    let checkpoint = match existing {
+        Some(c) if !need_snapshot => c,
+        _ => Checkpoint {
+            slot: slot.clone(),
+            config_fingerprint: fingerprint,
+            snapshot_lsn: Lsn::ZERO.to_string(),
+            snapshot_done: false,
+            lsn: Lsn::ZERO.to_string(),
+        },
+    };
+    let start = checkpoint.lsn()?;
+
+    let stats = Arc::new(Stats::default());
+    let view = Arc::new(ViewCell::default());
+    let limits = document::MapLimits {
+        max_text_bytes: config.apply.max_text_bytes,
+        owned_regions: config.source.regions.clone(),
+    };
+    let shard = Shard::open(
+        &data_dir,
+        indexes.clone(),
+        limits,
+        config.apply.writer_memory_mb << 20,
+        stats.clone(),
+        view.clone(),
+        start,
+    )?;
+    let (apply_tx, apply_rx) = mpsc::channel(config.apply.queue_transactions);
+    let (durable_tx, durable_rx) = watch::channel(start);
+    let applier = Applier {
+        shard,
+        config: config.apply.clone(),
+        checkpoint,
+        data_dir: data_dir.clone(),
+        stats: stats.clone(),
+    }
+    .spawn(apply_rx, durable_tx);
+
+    let http_state = http::HttpState {
+        stats: stats.clone(),
+        view: view.clone(),
+        indexes: Arc::new(indexes.clone()),
+        slot: slot.clone(),
+        prometheus,
+    };
+    let addr = listener.local_addr()?;
+    write_addr_file(&data_dir, &addr.to_string())?;
+    tracing::info!(%addr, "shard endpoint listening");
+    let mut http_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        let app = http::router(http_state);
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    let poller = tokio::spawn(poll_slot(conn.clone(), slot.clone(), stats.clone()));
+
+    let source = source::Source {
+        conn,
+        slot: slot.clone(),
+        publication: config.source.publication.clone(),
+        indexes,
+        stats: stats.clone(),
+    };
+    let result = async {
+        if need_snapshot {
+            tokio::select! {
+                r = source.snapshot(&apply_tx) => { r?; }
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            }
+        } else {
+            *stats.snapshot.lock().unwrap() = SnapshotProgress {
+                state: "resumed".into(),
+                lsn: Some(start.to_string()),
+                ..Default::default()
+            };
+            tracing::info!(slot = %slot, from = %start, "resuming from checkpoint");
+        }
+        source.stream(apply_tx, durable_rx, shutdown.clone()).await
+    }
+    .await;
+    poller.abort();
+    // The stream has dropped its sender: the applier drains, commits and stops.
+    let applied = tokio::task::spawn_blocking(move || applier.join())
+        .await
+        .map_err(|e| Error::Protocol(format!("applier join: {e}")))?;
+    let applier_result = applied.unwrap_or_else(|_| Err(Error::Protocol("applier panicked".into())));
+    server.abort();
+    match (result, applier_result) {
+        (Err(Error::ApplierStopped(_)), Err(e)) => Err(e),
+        (Err(e), _) => Err(e),
+        (Ok(()), r) => r,
+    }
+}
+
+fn write_addr_file(dir: &std::path::Path, addr: &str) -> Result<()> {
+    let tmp = dir.join(format!("{ADDR_FILE}.tmp"));
+    std::fs::write(&tmp, addr)?;
+    std::fs::rename(&tmp, dir.join(ADDR_FILE))?;
+    Ok(())
+}
+
+/// Identifies what the partitions were built from: a change means a rebuild.
+fn fingerprint(indexes: &[ResolvedIndex], regions: &[String]) -> String {
+    let mut s = String::new();
+    for ix in indexes {
+        s.push_str(&format!(
+            "{}|{}.{}|{}|pk{:?}|r{}|t{:?}|g{:?}|v{:?}\n",
+            ix.name,
+            ix.schema,
+            ix.table,
+            ix.columns.join(","),
+            ix.pk,
+            ix.region,
+            ix.text.iter().map(|t| t.column).collect::<Vec<_>>(),
+            ix.geo,
+            ix.vector.map(|v| (v.column, v.dimension)),
+        ));
+    }
+    s.push_str(&regions.join(","));
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(s.as_bytes()))
+}
+
+/// Keeps the slot's health (`wal_status`, `safe_wal_size`) in the status, every 2 s.
+async fn poll_slot(conn: PgConn, slot: String, stats: Arc<Stats>) {
+    let mut client = None;
+    loop {
+        if client.is_none() {
+            client = conn.connect().await.ok();
+        }
+        if let Some(c) = &client {
+            match pg::slot_status(c, &slot).await {
+                Ok(s) => {
+                    if let Some(st) = &s {
+                        if st.wal_status.as_deref() == Some("lost") {
+                            tracing::error!(slot = %slot, "replication slot invalidated: WAL it needed was removed");
+                        }
+                    }
+                    *stats.slot.lock().unwrap() = s;
+                }
+                Err(_) => client = None,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

@@ -1,0 +1,164 @@
+//! `indexer`: run the CDC indexer, verify a running index against its tables, or check a
+//! config against the catalog.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indexer::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "indexer", version, about = "Postgres CDC into full-text, geo and vector partitions")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Index configuration (TOML).
+    #[arg(long, env = "INDEXER_CONFIG")]
+    config: PathBuf,
+    /// Overrides source.database_url.
+    #[arg(long, env = "INDEXER_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Snapshot (or resume) and stream changes until SIGINT/SIGTERM.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Overrides storage.data_dir.
+        #[arg(long, env = "INDEXER_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Overrides http.listen (port 0 picks a free port; see <data_dir>/indexer.addr).
+        #[arg(long, env = "INDEXER_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Compare a running index with its source tables; exits 1 when they differ.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+        /// The indexer's shard endpoint.
+        #[arg(long, env = "INDEXER_URL", default_value = "http://127.0.0.1:7070")]
+        indexer_url: String,
+        /// Re-reads before reporting a difference (writes may be in flight).
+        #[arg(long, default_value_t = 5)]
+        attempts: u32,
+    },
+    /// Validate the config file and its match with the database catalog.
+    CheckConfig {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            common,
+            data_dir,
+            listen,
+        } => {
+            let overrides = Overrides {
+                database_url: common.database_url,
+                data_dir,
+                listen,
+            };
+            let config = Config::load(&common.config, &overrides)?;
+            let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+            indexer::metrics::describe();
+            let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                let _ = tx.send(true);
+            });
+            indexer::run(config, listener, Some(prometheus), rx).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            common,
+            indexer_url,
+            attempts,
+        } => {
+            let overrides = Overrides {
+                database_url: common.database_url,
+                ..Default::default()
+            };
+            let config = Config::load(&common.config, &overrides)?;
+            let report = indexer::verify::verify(&config, &indexer_url, attempts).await?;
+            println!("verify at {}:", report.lsn);
+            for line in &report.lines {
+                println!("{line}");
+            }
+            for d in report.differences.iter().take(50) {
+                println!("DIFF {d}");
+            }
+            if report.equal() {
+                println!("equal");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{} differences", report.differences.len());
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::CheckConfig { common } => {
+            let overrides = Overrides {
+                database_url: common.database_url,
+                ..Default::default()
+            };
+            let config = Config::load(&common.config, &overrides)?;
+            let conn = indexer::pg::PgConn::from_url(&config.source.database_url)?;
+            let client = conn.connect().await?;
+            for ix in indexer::catalog::resolve(&client, &config).await? {
+                println!("index {}: {}.{} columns [{}]", ix.name, ix.schema, ix.table, ix.columns.join(", "));
+            }
+            println!("config ok");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

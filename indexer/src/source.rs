@@ -1,0 +1,403 @@
+//! The replication source: the consistent initial snapshot (slot created with an exported
+//! snapshot, tables COPYed inside it) and the pgoutput stream after it, with reconnects.
+//! Decoded changes leave here as whole `Transaction`s for the applier; durable LSNs come
+//! back and only then are confirmed to Postgres.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::apply::ApplyCmd;
+use crate::catalog::{quote_ident, quote_literal, ResolvedIndex};
+use crate::copy::CopyRows;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::pg::PgConn;
+use crate::pgoutput::{self, Message, OldTuple, Tuple, TupleValue};
+use crate::shard::{Cell, Change, Transaction};
+use crate::status::{SnapshotProgress, Stats};
+
+pub struct Source {
+    pub conn: PgConn,
+    pub slot: String,
+    pub publication: String,
+    pub indexes: Vec<ResolvedIndex>,
+    pub stats: Arc<Stats>,
+}
+
+const SNAPSHOT_BATCH: usize = 2_000;
+
+impl Source {
+    /// Creates the slot with an exported snapshot, copies every configured table inside that
+    /// snapshot into the applier, and returns the slot's consistent point once the copy is
+    /// durable. Every row is then in the copy or in the stream after that point, exactly once.
+    pub async fn snapshot(&self, applier: &mpsc::Sender<ApplyCmd>) -> Result<Lsn> {
+        let started = Instant::now();
+        *self.stats.snapshot.lock().unwrap() = SnapshotProgress {
+            state: "copying".into(),
+            ..Default::default()
+        };
+        let mut repl = ReplicationClient::connect_gated(self.conn.replication(&self.slot, &self.publication)).await?;
+        let rows = repl
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(&self.slot)
+            ))
+            .await?;
+        let text = |i: usize| -> Result<String> {
+            rows.first()
+                .and_then(|r| r.get(i).cloned().flatten())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .ok_or_else(|| Error::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))
+        };
+        let consistent: Lsn = text(1)?.parse().map_err(|e| Error::Protocol(format!("{e}")))?;
+        let snapshot_name = text(2)?;
+        tracing::info!(slot = %self.slot, lsn = %consistent, snapshot = %snapshot_name, "created replication slot");
+
+        let client = self.conn.connect().await?;
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                quote_literal(&snapshot_name)
+            ))
+            .await?;
+        let mut total = 0u64;
+        for ix in &self.indexes {
+            let estimate: i64 = client
+                .query_one(
+                    "SELECT GREATEST(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::text::regclass",
+                    &[&ix.qualified_table()],
+                )
+                .await?
+                .get(0);
+            let mut copy = CopyRows::start(&client, ix).await?;
+            let table_started = Instant::now();
+            let mut last_report = Instant::now();
+            let mut rows_done = 0u64;
+            while let Some(batch) = copy.next_batch(SNAPSHOT_BATCH).await? {
+                rows_done += batch.len() as u64;
+                total += batch.len() as u64;
+                metrics::counter!(crate::metrics::SNAPSHOT_ROWS).increment(batch.len() as u64);
+                applier
+                    .send(ApplyCmd::SnapshotRows {
+                        index: ix.ordinal,
+                        rows: batch,
+                    })
+                    .await
+                    .map_err(|_| Error::ApplierStopped(Lsn::ZERO))?;
+                self.stats.snapshot.lock().unwrap().rows = total;
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    last_report = Instant::now();
+                    report_progress(&ix.name, rows_done, estimate, table_started);
+                }
+            }
+            report_progress(&ix.name, rows_done, estimate, table_started);
+        }
+        client.batch_execute("COMMIT").await?;
+        let (done_tx, done_rx) = oneshot::channel();
+        applier
+            .send(ApplyCmd::SnapshotDone {
+                lsn: consistent,
+                done: done_tx,
+            })
+            .await
+            .map_err(|_| Error::ApplierStopped(Lsn::ZERO))?;
+        done_rx.await.map_err(|_| Error::ApplierStopped(Lsn::ZERO))??;
+        drop(repl);
+        let seconds = started.elapsed().as_secs_f64();
+        let rate = total as f64 / seconds.max(1e-9);
+        *self.stats.snapshot.lock().unwrap() = SnapshotProgress {
+            state: "done".into(),
+            rows: total,
+            rows_per_sec: rate,
+            seconds,
+            lsn: Some(consistent.to_string()),
+        };
+        tracing::info!(rows = total, seconds = format!("{seconds:.2}"), rows_per_sec = format!("{rate:.0}"), lsn = %consistent, "snapshot done");
+        Ok(consistent)
+    }
+
+    /// Streams changes from the slot until `shutdown`, reconnecting with backoff after
+    /// network errors and server restarts. Returns an error only for what retrying cannot
+    /// fix (a lost slot, a decoding error, a stopped applier).
+    pub async fn stream(
+        &self,
+        applier: mpsc::Sender<ApplyCmd>,
+        mut durable: watch::Receiver<Lsn>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let mut backoff = Duration::from_millis(100);
+        let mut forwarded = *durable.borrow();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            self.stats.set_stream_state("connecting");
+            let attempt = self.session(&applier, &mut durable, &mut shutdown, &mut forwarded, &mut backoff).await;
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() => {
+                    let e = self.classify(e).await;
+                    if !e.is_retryable() {
+                        return Err(e);
+                    }
+                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(crate::metrics::RECONNECTS).increment(1);
+                    self.stats.set_stream_state(format!("reconnecting in {} ms", backoff.as_millis()));
+                    *self.stats.last_error.lock().unwrap() = Some(e.to_string());
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "replication stream interrupted; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A replication error that means the slot is gone is not worth retrying.
+    async fn classify(&self, e: Error) -> Error {
+        let text = e.to_string();
+        if text.contains("does not exist") && text.contains("slot") {
+            return Error::SlotLost {
+                slot: self.slot.clone(),
+                reason: "does not exist".into(),
+            };
+        }
+        if text.contains("can no longer get changes") || text.contains("invalidated") {
+            return Error::SlotLost {
+                slot: self.slot.clone(),
+                reason: "was invalidated (max_slot_wal_keep_size exceeded?)".into(),
+            };
+        }
+        e
+    }
+
+    async fn session(
+        &self,
+        applier: &mpsc::Sender<ApplyCmd>,
+        durable: &mut watch::Receiver<Lsn>,
+        shutdown: &mut watch::Receiver<bool>,
+        forwarded: &mut Lsn,
+        backoff: &mut Duration,
+    ) -> Result<()> {
+        let start = *durable.borrow();
+        let config = self
+            .conn
+            .replication(&self.slot, &self.publication)
+            .with_start_lsn(start.into())
+            .with_ack_lsn(start.into())
+            .with_status_interval(Duration::from_millis(100))
+            .with_wakeup_interval(Duration::from_secs(1))
+            .with_buffer_size(4096);
+        let mut client = ReplicationClient::connect(config).await?;
+        client.wait_started().await?;
+        *backoff = Duration::from_millis(100);
+        self.stats.set_stream_state("streaming");
+        tracing::info!(slot = %self.slot, from = %start, "streaming");
+
+        let mut relations: HashMap<u32, Option<RelationMap>> = HashMap::new();
+        let mut open: Option<Transaction> = None;
+        // Forwarded transactions not yet durable: (end LSN, commit time).
+        let mut in_flight: VecDeque<(Lsn, i64)> = VecDeque::new();
+        let mut durable_now = start;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    let _ = client.shutdown().await;
+                    return Ok(());
+                }
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::ApplierStopped(durable_now));
+                    }
+                    durable_now = *durable.borrow_and_update();
+                    client.update_applied_lsn(durable_now.into());
+                    while in_flight.front().is_some_and(|(l, _)| *l <= durable_now) {
+                        let (_, t) = in_flight.pop_front().expect("front exists");
+                        self.stats.last_applied_commit.store(t, Ordering::Release);
+                    }
+                    self.set_oldest_pending(&in_flight);
+                }
+                event = client.recv() => {
+                    let Some(event) = event? else {
+                        return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "replication stream ended")));
+                    };
+                    match event {
+                        ReplicationEvent::KeepAlive { wal_end, .. } => {
+                            let wal_end = Lsn::from(wal_end);
+                            self.stats.observe_wal_end(wal_end);
+                            // Nothing open and everything forwarded is durable: the slot may
+                            // advance to the server's position, so an idle publication does
+                            // not make Postgres retain WAL.
+                            if open.is_none() && in_flight.is_empty() && durable_now >= *forwarded && wal_end > durable_now {
+                                client.update_applied_lsn(wal_end.into());
+                                self.stats.advance_applied(wal_end);
+                            }
+                        }
+                        ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
+                            if open.is_some() {
+                                return Err(Error::Protocol("BEGIN inside an open transaction".into()));
+                            }
+                            open = Some(Transaction { end_lsn: final_lsn.into(), commit_time_micros, changes: Vec::new() });
+                        }
+                        ReplicationEvent::XLogData { wal_end, data, .. } => {
+                            self.stats.observe_wal_end(wal_end.into());
+                            let message = pgoutput::decode(&data)?;
+                            self.handle(message, &mut relations, open.as_mut())?;
+                        }
+                        ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
+                            let mut tx = open.take().ok_or_else(|| Error::Protocol("COMMIT without BEGIN".into()))?;
+                            let end_lsn = Lsn::from(end_lsn);
+                            self.stats.observe_wal_end(end_lsn);
+                            if end_lsn <= *forwarded {
+                                continue; // re-sent after a reconnect; the applier has it
+                            }
+                            tx.end_lsn = end_lsn;
+                            tx.commit_time_micros = commit_time_micros;
+                            *forwarded = end_lsn;
+                            in_flight.push_back((end_lsn, commit_time_micros));
+                            self.set_oldest_pending(&in_flight);
+                            applier.send(ApplyCmd::Tx(tx)).await.map_err(|_| Error::ApplierStopped(durable_now))?;
+                        }
+                        ReplicationEvent::Message { .. } => {}
+                        ReplicationEvent::StoppedAt { .. } => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_oldest_pending(&self, in_flight: &VecDeque<(Lsn, i64)>) {
+        let t = in_flight.front().map(|(_, t)| *t).unwrap_or(0);
+        self.stats.oldest_pending_commit.store(t, Ordering::Release);
+    }
+
+    fn handle(
+        &self,
+        message: Message,
+        relations: &mut HashMap<u32, Option<RelationMap>>,
+        open: Option<&mut Transaction>,
+    ) -> Result<()> {
+        let relation = |relations: &HashMap<u32, Option<RelationMap>>, id: u32| -> Result<Option<RelationMap>> {
+            relations
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::Protocol(format!("change for relation {id} before its Relation message")))
+        };
+        match message {
+            Message::Relation(rel) => {
+                let map = self
+                    .indexes
+                    .iter()
+                    .find(|ix| ix.schema == rel.namespace && ix.table == rel.name)
+                    .map(|ix| {
+                        let positions: Vec<Option<usize>> = ix
+                            .columns
+                            .iter()
+                            .map(|c| rel.columns.iter().position(|rc| rc.name == *c))
+                            .collect();
+                        for (c, p) in ix.columns.iter().zip(&positions) {
+                            if p.is_none() {
+                                let msg = format!("index {:?}: configured column {c:?} is no longer in table {}.{}; its values are treated as NULL", ix.name, ix.schema, ix.table);
+                                tracing::error!("{msg}");
+                                *self.stats.last_error.lock().unwrap() = Some(msg);
+                            }
+                        }
+                        RelationMap {
+                            index: ix.ordinal,
+                            positions,
+                        }
+                    });
+                relations.insert(rel.id, map);
+            }
+            Message::Insert { relation_id, new } => {
+                if let Some(map) = relation(relations, relation_id)? {
+                    in_tx(open)?.changes.push(Change::Upsert {
+                        index: map.index,
+                        old_key: None,
+                        new: map.cells(&new),
+                    });
+                }
+            }
+            Message::Update { relation_id, old, new } => {
+                if let Some(map) = relation(relations, relation_id)? {
+                    let old_key = old.map(|o| match o {
+                        OldTuple::Key(t) | OldTuple::Full(t) => map.cells(&t),
+                    });
+                    in_tx(open)?.changes.push(Change::Upsert {
+                        index: map.index,
+                        old_key,
+                        new: map.cells(&new),
+                    });
+                }
+            }
+            Message::Delete { relation_id, old } => {
+                if let Some(map) = relation(relations, relation_id)? {
+                    let (OldTuple::Key(t) | OldTuple::Full(t)) = old;
+                    in_tx(open)?.changes.push(Change::Delete {
+                        index: map.index,
+                        old: map.cells(&t),
+                    });
+                }
+            }
+            Message::Truncate { relation_ids, .. } => {
+                let tx = in_tx(open)?;
+                for id in relation_ids {
+                    if let Some(map) = relation(relations, id)? {
+                        tx.changes.push(Change::Truncate { index: map.index });
+                    }
+                }
+            }
+            Message::Begin { .. }
+            | Message::Commit { .. }
+            | Message::Origin { .. }
+            | Message::Type { .. }
+            | Message::LogicalMessage { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+fn in_tx(open: Option<&mut Transaction>) -> Result<&mut Transaction> {
+    open.ok_or_else(|| Error::Protocol("row change outside a transaction".into()))
+}
+
+fn report_progress(index: &str, rows: u64, estimate: i64, started: Instant) {
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let pct = if estimate > 0 {
+        format!("{:.0}%", (rows as f64 / estimate as f64 * 100.0).min(100.0))
+    } else {
+        "?%".into()
+    };
+    tracing::info!(index, rows, rows_per_sec = format!("{:.0}", rows as f64 / secs), of_estimate = %pct, "snapshot progress");
+}
+
+/// Where each configured column sits in a relation's tuples.
+#[derive(Clone, Debug)]
+struct RelationMap {
+    index: usize,
+    positions: Vec<Option<usize>>,
+}
+
+impl RelationMap {
+    fn cells(&self, tuple: &Tuple) -> Vec<Cell> {
+        self.positions
+            .iter()
+            .map(|p| match p.and_then(|p| tuple.0.get(p)) {
+                None | Some(TupleValue::Null) => Cell::Value(None),
+                Some(TupleValue::UnchangedToast) => Cell::UnchangedToast,
+                Some(TupleValue::Text(b)) | Some(TupleValue::Binary(b)) => {
+                    Cell::Value(Some(String::from_utf8_lossy(b).into_owned()))
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,142 @@
+//! Shared, lock-light state that the stream, the applier and the HTTP endpoint all read:
+//! WAL positions, lag inputs, snapshot progress, slot health and rejected rows.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::document::Rejection;
+use crate::lsn::Lsn;
+
+/// Microseconds between the Unix epoch and Postgres' epoch (2000-01-01).
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+const RECENT_REJECTIONS: usize = 100;
+
+#[derive(Default)]
+pub struct Stats {
+    /// Server WAL end from the latest keepalive or data message.
+    pub server_wal_end: AtomicU64,
+    /// Highest LSN that is both durable and searchable (or has nothing for us).
+    pub applied: AtomicU64,
+    /// Postgres commit time (µs since 2000) of the oldest received transaction not yet
+    /// applied; 0 when none is pending.
+    pub oldest_pending_commit: AtomicI64,
+    /// Postgres commit time of the last applied transaction.
+    pub last_applied_commit: AtomicI64,
+    pub rejected_total: AtomicU64,
+    pub rows_applied: AtomicU64,
+    pub transactions_applied: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub rejected_by_partition: Mutex<BTreeMap<(String, String), u64>>,
+    pub recent_rejections: Mutex<VecDeque<Rejection>>,
+    pub snapshot: Mutex<SnapshotProgress>,
+    pub slot: Mutex<Option<SlotStatus>>,
+    pub stream_state: Mutex<String>,
+    pub last_error: Mutex<Option<String>>,
+    /// Woken whenever `applied` advances.
+    pub applied_changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SnapshotProgress {
+    /// `pending`, `copying`, `done` or `resumed` (restarted from a checkpoint, nothing copied).
+    pub state: String,
+    pub rows: u64,
+    pub rows_per_sec: f64,
+    pub seconds: f64,
+    pub lsn: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SlotStatus {
+    pub wal_status: Option<String>,
+    pub safe_wal_size: Option<i64>,
+    pub confirmed_flush_lsn: Option<String>,
+    pub restart_lsn: Option<String>,
+    pub active: bool,
+}
+
+impl Stats {
+    pub fn applied(&self) -> Lsn {
+        Lsn(self.applied.load(Ordering::Acquire))
+    }
+
+    pub fn server_wal_end(&self) -> Lsn {
+        Lsn(self.server_wal_end.load(Ordering::Acquire))
+    }
+
+    pub fn advance_applied(&self, lsn: Lsn) {
+        if self.applied.fetch_max(lsn.0, Ordering::AcqRel) < lsn.0 {
+            self.applied_changed.notify_waiters();
+        }
+    }
+
+    /// Waits until `applied >= lsn`, up to `timeout`; returns the applied LSN either way.
+    pub async fn wait_applied(&self, lsn: Lsn, timeout: std::time::Duration) -> Lsn {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.applied_changed.notified();
+            let applied = self.applied();
+            if applied >= lsn {
+                return applied;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.applied();
+            }
+        }
+    }
+
+    pub fn observe_wal_end(&self, lsn: Lsn) {
+        self.server_wal_end.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+
+    pub fn lag_bytes(&self) -> u64 {
+        self.applied().bytes_until(self.server_wal_end())
+    }
+
+    /// Milliseconds the index is behind: 0 when caught up, else the age of the oldest
+    /// received-but-unapplied transaction (or of the last applied one when Postgres holds
+    /// more that we have not received yet).
+    pub fn lag_ms(&self) -> u64 {
+        let pending = self.oldest_pending_commit.load(Ordering::Acquire);
+        let reference = if pending != 0 {
+            pending
+        } else if self.lag_bytes() > 0 {
+            self.last_applied_commit.load(Ordering::Acquire)
+        } else {
+            return 0;
+        };
+        if reference == 0 {
+            return 0;
+        }
+        let age = now_pg_micros() - reference;
+        (age.max(0) / 1000) as u64
+    }
+
+    pub fn record_rejection(&self, region: &str, r: Rejection) {
+        self.rejected_total.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::REJECTED_ROWS, "index" => r.index.clone()).increment(1);
+        tracing::warn!(index = %r.index, key = %r.key, field = %r.field, reason = %r.reason, "row not fully indexable");
+        *self
+            .rejected_by_partition
+            .lock()
+            .unwrap()
+            .entry((r.index.clone(), region.to_owned()))
+            .or_default() += 1;
+        let mut recent = self.recent_rejections.lock().unwrap();
+        if recent.len() == RECENT_REJECTIONS {
+            recent.pop_front();
+        }
+        recent.push_back(r);
+    }
+
+    pub fn set_stream_state(&self, s: impl Into<String>) {
+        *self.stream_state.lock().unwrap() = s.into();
+    }
+}
+
+pub fn now_pg_micros() -> i64 {
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    unix - PG_EPOCH_OFFSET_MICROS
+}

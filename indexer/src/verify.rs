@@ -1,0 +1,164 @@
+//! `indexer verify`: proves (or disproves) that a running index equals its source tables.
+//! Reads every configured table inside one snapshot, notes the WAL position, waits until the
+//! indexer has applied it, and compares per partition: document counts and per-key content
+//! hashes. Writes landing during the check can make the two sides differ for a moment, so a
+//! differing result is retried before it is reported.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::catalog::{self, ResolvedIndex};
+use crate::config::Config;
+use crate::copy::CopyRows;
+use crate::document::{content_hash, map_row, MapLimits, Mapped};
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::pg::{self, PgConn};
+
+/// region → key → content hash
+type Side = BTreeMap<String, HashMap<String, u64>>;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub lsn: Lsn,
+    pub lines: Vec<String>,
+    pub differences: Vec<String>,
+}
+
+impl Report {
+    pub fn equal(&self) -> bool {
+        self.differences.is_empty()
+    }
+}
+
+pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result<Report> {
+    let conn = PgConn::from_url(&config.source.database_url)?;
+    let client = conn.connect().await?;
+    let indexes = catalog::resolve(&client, config).await?;
+    let limits = MapLimits {
+        max_text_bytes: config.apply.max_text_bytes,
+        owned_regions: config.source.regions.clone(),
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| Error::Config(format!("http client: {e}")))?;
+    let base = indexer_url.trim_end_matches('/');
+    let mut report = Report::default();
+    for attempt in 1..=attempts.max(1) {
+        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let lsn = pg::current_wal_lsn(&client).await?;
+        let mut source = Vec::new();
+        for ix in &indexes {
+            source.push(read_source(&client, ix, &limits).await?);
+        }
+        client.batch_execute("COMMIT").await?;
+
+        let wait = get_json(&http, &format!("{base}/internal/wait?lsn={lsn}&timeout_ms=30000")).await?;
+        if wait["reached"] != Value::Bool(true) {
+            return Err(Error::Protocol(format!(
+                "the indexer has not applied {lsn} within 30 s (applied {})",
+                wait["applied_lsn"]
+            )));
+        }
+        report = Report {
+            lsn,
+            ..Default::default()
+        };
+        for (ix, src) in indexes.iter().zip(&source) {
+            let dump = get_json(&http, &format!("{base}/internal/dump/{}", ix.name)).await?;
+            compare(ix, src, &dump, &mut report)?;
+        }
+        if report.equal() || attempt == attempts {
+            break;
+        }
+        tracing::info!(attempt, differences = report.differences.len(), "index and table differ; retrying in case writes were in flight");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(report)
+}
+
+async fn read_source(client: &tokio_postgres::Client, ix: &ResolvedIndex, limits: &MapLimits) -> Result<Side> {
+    let mut side = Side::new();
+    let mut copy = CopyRows::start(client, ix).await?;
+    while let Some(rows) = copy.next_batch(5_000).await? {
+        for raw in rows {
+            if let Mapped::Doc(doc, _) = map_row(ix, raw, limits) {
+                let hash = content_hash(&doc.region, &doc.raw);
+                side.entry(doc.region).or_default().insert(doc.key, hash);
+            }
+        }
+    }
+    Ok(side)
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| Error::Protocol(format!("GET {url}: {e}")))?;
+    resp.json()
+        .await
+        .map_err(|e| Error::Protocol(format!("GET {url}: bad body: {e}")))
+}
+
+fn compare(ix: &ResolvedIndex, source: &Side, dump: &Value, report: &mut Report) -> Result<()> {
+    let partitions = dump["partitions"]
+        .as_object()
+        .ok_or_else(|| Error::Protocol("dump without partitions".into()))?;
+    // key → [(region, hash)] over the whole index, to see duplicates and moves.
+    let mut index_side: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (region, docs) in partitions {
+        let docs = docs.as_array().ok_or_else(|| Error::Protocol("dump partition is not an array".into()))?;
+        counts.insert(region.clone(), docs.len());
+        for d in docs {
+            let key = d[0].as_str().unwrap_or_default().to_owned();
+            let hash = u64::from_str_radix(d[1].as_str().unwrap_or_default(), 16).unwrap_or(0);
+            index_side.entry(key).or_default().push((region.clone(), hash));
+        }
+    }
+    let source_total: usize = source.values().map(HashMap::len).sum();
+    let index_total: usize = counts.values().sum();
+    report.lines.push(format!(
+        "index {}: {} rows in {}.{}, {} documents in the index",
+        ix.name, source_total, ix.schema, ix.table, index_total
+    ));
+    let mut regions: Vec<&String> = source.keys().chain(counts.keys()).collect();
+    regions.sort();
+    regions.dedup();
+    for r in regions {
+        let s = source.get(r).map(HashMap::len).unwrap_or(0);
+        let i = counts.get(r).copied().unwrap_or(0);
+        report.lines.push(format!("  {r}: table {s}, index {i}{}", if s == i { "" } else { "  <- differs" }));
+    }
+    let name = &ix.name;
+    for (region, rows) in source {
+        for (key, hash) in rows {
+            match index_side.get(key).map(Vec::as_slice) {
+                None | Some([]) => report.differences.push(format!("{name}: key {key} ({region}) is missing from the index")),
+                Some([(r, h)]) if r == region && h == hash => {}
+                Some([(r, _)]) if r != region => report
+                    .differences
+                    .push(format!("{name}: key {key} is in partition {r}, the table says {region}")),
+                Some([_]) => report.differences.push(format!("{name}: key {key} ({region}) has different content")),
+                Some(many) => report.differences.push(format!(
+                    "{name}: key {key} appears {} times (partitions {})",
+                    many.len(),
+                    many.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join(", ")
+                )),
+            }
+        }
+    }
+    for (key, places) in &index_side {
+        if !source.values().any(|rows| rows.contains_key(key)) {
+            for (r, _) in places {
+                report.differences.push(format!("{name}: key {key} is in partition {r} but not in the table"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! Test harness for end-to-end tests: a throwaway Postgres cluster started from the machine's
+//! binaries (as the unprivileged `postgres` user when running as root), a fresh database per
+//! test, and the real `indexer` binary run as a child process that tests can kill -9.
+//! Everything waits on conditions with deadlines; nothing sleeps a fixed time to "let it work".
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The directory holding `initdb` and `pg_ctl`: `$PG_BIN`, else the newest
+/// /usr/lib/postgresql/*/bin, else whatever is on PATH.
+pub fn pg_bin_dir() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    let out = Command::new("sh").args(["-c", "command -v pg_ctl"]).output()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if path.is_empty() {
+        bail!("PostgreSQL server binaries not found: install them (Debian: apt-get install postgresql) or set PG_BIN");
+    }
+    Ok(PathBuf::from(path).parent().unwrap().to_owned())
+}
+
+/// A throwaway Postgres cluster with `wal_level=logical`, on a free port of 127.0.0.1.
+pub struct PgServer {
+    pub dir: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+    as_postgres: bool,
+    owned: bool,
+}
+
+impl PgServer {
+    /// Starts a cluster that this value owns: stopped and removed on drop.
+    pub fn start() -> Result<PgServer> {
+        let mut s = Self::start_inner()?;
+        s.owned = true;
+        Ok(s)
+    }
+
+    /// A cluster of its own that a watchdog stops when the test process exits.
+    pub fn start_with_watchdog() -> Result<PgServer> {
+        let s = Self::start_inner()?;
+        s.spawn_watchdog();
+        Ok(s)
+    }
+
+    /// One cluster shared by the tests of this process (each test takes a fresh database).
+    /// A watchdog stops it and removes its files when the test process exits.
+    pub fn shared() -> &'static PgServer {
+        static SHARED: OnceLock<PgServer> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let s = Self::start_inner().expect("start shared postgres");
+            s.spawn_watchdog();
+            s
+        })
+    }
+
+    fn start_inner() -> Result<PgServer> {
+        let bin = pg_bin_dir()?;
+        let as_postgres = running_as_root();
+        let dir = std::env::temp_dir().join(unique("e2e-pg"));
+        std::fs::create_dir_all(&dir)?;
+        if as_postgres {
+            run(Command::new("chown").args(["postgres:postgres", dir.to_str().unwrap()]))
+                .context("chown the cluster directory to postgres (does the postgres user exist?)")?;
+        }
+        let data = dir.join("data");
+        let server = PgServer {
+            dir,
+            port: 0,
+            bin,
+            as_postgres,
+            owned: false,
+        };
+        server.pg_cmd(
+            "initdb",
+            &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+        )?;
+        let mut last_err = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let conf = format!(
+                "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n\
+                 wal_level = logical\nmax_replication_slots = 64\nmax_wal_senders = 64\n\
+                 max_connections = 300\nshared_buffers = 128MB\nfsync = off\nsynchronous_commit = on\n\
+                 full_page_writes = off\nwal_sender_timeout = 60s\nlog_min_messages = warning\n"
+            );
+            let conf_path = data.join("postgresql.auto.conf");
+            std::fs::write(&conf_path, conf)?;
+            if server.as_postgres {
+                run(Command::new("chown").args(["postgres:postgres", conf_path.to_str().unwrap()]))?;
+            }
+            let mut s = server.clone_paths();
+            s.port = port;
+            match s.pg_ctl_start() {
+                Ok(()) => {
+                    s.owned = false;
+                    return Ok(s);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap())
+    }
+
+    fn clone_paths(&self) -> PgServer {
+        PgServer {
+            dir: self.dir.clone(),
+            port: self.port,
+            bin: self.bin.clone(),
+            as_postgres: self.as_postgres,
+            owned: false,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn command(&self, tool: &str, args: &[&str]) -> Command {
+        let exe = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe).args(args);
+            c
+        } else {
+            let mut c = Command::new(exe);
+            c.args(args);
+            c
+        }
+    }
+
+    fn pg_cmd(&self, tool: &str, args: &[&str]) -> Result<()> {
+        run(&mut self.command(tool, args))
+    }
+
+    fn pg_ctl_start(&self) -> Result<()> {
+        let log = self.dir.join("server.log");
+        self.pg_cmd(
+            "pg_ctl",
+            &["-D", self.data().to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
+        )
+        .with_context(|| format!("pg_ctl start; server log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+    }
+
+    /// Stops the server (fast shutdown) and starts it again on the same port.
+    pub fn restart(&self) -> Result<()> {
+        self.pg_cmd("pg_ctl", &["-D", self.data().to_str().unwrap(), "-m", "fast", "-w", "stop"])?;
+        self.pg_ctl_start()
+    }
+
+    fn spawn_watchdog(&self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let stop = format!("{} -D {} -m immediate stop", pg_ctl.display(), self.data().display());
+        let stop = if self.as_postgres { format!("runuser -u postgres -- {stop}") } else { stop };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            dir = self.dir.display()
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub async fn connect(&self, db: &str) -> Result<Client> {
+        let (client, conn) = tokio_postgres::connect(&self.url(db), NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// A new, empty database; returns its name.
+    pub async fn fresh_db(&self) -> Result<String> {
+        let name = unique("t");
+        let admin = self.connect("postgres").await?;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        Ok(name)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = self.pg_cmd("pg_ctl", &["-D", self.data().to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("spawn {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `check` until it returns `Some`, failing after `timeout` with `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The `indexer` binary built by this workspace (`$INDEXER_BIN` overrides).
+pub fn indexer_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("INDEXER_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/indexer
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile_dir.join("indexer");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build -p indexer), or run ./scripts/test",
+        bin.display()
+    );
+    bin
+}
+
+/// The real indexer as a child process.
+pub struct Indexer {
+    child: Option<Child>,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Indexer {
+    /// Starts `indexer run` and waits until its endpoint answers.
+    pub async fn start(config: &Path, data_dir: &Path) -> Result<Indexer> {
+        let addr_file = data_dir.join(indexer::ADDR_FILE);
+        let _ = std::fs::remove_file(&addr_file);
+        std::fs::create_dir_all(data_dir)?;
+        let log = data_dir.with_extension(format!("log{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(indexer_bin())
+            .args(["run", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()?;
+        let mut ix = Indexer {
+            child: Some(child),
+            config: config.to_owned(),
+            data_dir: data_dir.to_owned(),
+            log,
+            url: String::new(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+        };
+        let addr = eventually("indexer address file", Duration::from_secs(60), || {
+            let exited = ix.exited();
+            let log = ix.log.clone();
+            let addr_file = addr_file.clone();
+            async move {
+                if let Some(status) = exited {
+                    bail!("indexer exited with {status}: {}", std::fs::read_to_string(log).unwrap_or_default());
+                }
+                Ok(std::fs::read_to_string(&addr_file).ok())
+            }
+        })
+        .await?;
+        ix.url = format!("http://{addr}");
+        Ok(ix)
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn status(&self) -> Result<Value> {
+        Ok(self.http.get(format!("{}/status", self.url)).send().await?.json().await?)
+    }
+
+    /// Waits until the snapshot is done (or resumed) and the stream is live.
+    pub async fn wait_ready(&mut self) -> Result<Value> {
+        let timeout = Duration::from_secs(120);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                bail!("indexer exited with {status}: {}", self.log_text());
+            }
+            if let Ok(s) = self.status().await {
+                let snap = s["snapshot"]["state"].as_str().unwrap_or("");
+                if (snap == "done" || snap == "resumed") && s["stream"] == "streaming" {
+                    return Ok(s);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("indexer not ready after {timeout:?}: {}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the indexer has applied `lsn` (long-polls its wait endpoint).
+    pub async fn wait_applied(&self, lsn: &str) -> Result<()> {
+        let resp = self
+            .http
+            .get(format!("{}/internal/wait?lsn={lsn}&timeout_ms=30000", self.url))
+            .send()
+            .await?;
+        let ok = resp.status().is_success();
+        let body: Value = resp.json().await?;
+        if !ok {
+            bail!("indexer did not apply {lsn}: {body}");
+        }
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        run(Command::new("kill").args(["-TERM", &c.id().to_string()]))?;
+        Ok(c.wait()?)
+    }
+
+    /// Waits for the process to exit by itself (e.g. after a fatal error).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.exited() {
+                self.child = None;
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("indexer still running after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Current WAL position of the server, as text.
+pub async fn current_lsn(client: &Client) -> Result<String> {
+    Ok(client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0))
+}
