@@ -18,9 +18,15 @@ use crate::shard::{Shard, Transaction};
 use crate::status::Stats;
 
 pub enum ApplyCmd {
-    SnapshotRows { index: usize, rows: Vec<RawRow> },
+    SnapshotRows {
+        index: usize,
+        rows: Vec<RawRow>,
+    },
     /// The snapshot is complete at `lsn`: commit it and mark the checkpoint done.
-    SnapshotDone { lsn: Lsn, done: oneshot::Sender<Result<()>> },
+    SnapshotDone {
+        lsn: Lsn,
+        done: oneshot::Sender<Result<()>>,
+    },
     Tx(Transaction),
 }
 
@@ -63,7 +69,9 @@ impl Applier {
                 },
             };
             match cmd {
-                ApplyCmd::SnapshotRows { index, rows } => self.shard.add_snapshot_rows(index, rows)?,
+                ApplyCmd::SnapshotRows { index, rows } => {
+                    self.shard.add_snapshot_rows(index, rows)?
+                }
                 ApplyCmd::SnapshotDone { lsn, done } => {
                     let result = self.finish_snapshot(lsn);
                     let failed = result.is_err();
@@ -82,7 +90,9 @@ impl Applier {
                     // Group commit: take what is already queued, up to the bounds; never wait
                     // for more when the queue is empty (low latency at low load, large batches
                     // at high load).
-                    while self.shard.batch_rows() < self.config.max_batch_rows && started.elapsed() < max_delay {
+                    while self.shard.batch_rows() < self.config.max_batch_rows
+                        && started.elapsed() < max_delay
+                    {
                         match rx.try_recv() {
                             Ok(ApplyCmd::Tx(next)) => end = self.apply_one(&next)?.max(end),
                             Ok(other) => {
@@ -118,8 +128,12 @@ impl Applier {
             return Ok(Lsn::ZERO); // already durable (replayed after a reconnect)
         }
         self.shard.apply(tx)?;
-        self.stats.transactions_applied.fetch_add(1, Ordering::Relaxed);
-        self.stats.rows_applied.fetch_add(tx.changes.len() as u64, Ordering::Relaxed);
+        self.stats
+            .transactions_applied
+            .fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .rows_applied
+            .fetch_add(tx.changes.len() as u64, Ordering::Relaxed);
         metrics::counter!(crate::metrics::TRANSACTIONS_APPLIED).increment(1);
         Ok(tx.end_lsn)
     }

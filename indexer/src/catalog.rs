@@ -36,7 +36,10 @@ pub struct TextSpec {
 
 #[derive(Debug, Clone, Copy)]
 pub enum GeoSpec {
-    LatLon { lat: usize, lon: usize },
+    LatLon {
+        lat: usize,
+        lon: usize,
+    },
     /// Postgres `point`: x is longitude, y latitude.
     Point(usize),
 }
@@ -56,7 +59,11 @@ impl ResolvedIndex {
 
     /// The configured columns, quoted and comma-separated, for SELECT and COPY.
     pub fn column_list(&self) -> String {
-        self.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+        self.columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub fn column_name(&self, position: usize) -> &str {
@@ -187,7 +194,10 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
     let mut text = Vec::new();
     for t in &ix.text_fields {
         let c = find(t.column(), "text")?;
-        if !matches!(c.type_name.as_str(), "text" | "varchar" | "bpchar" | "name" | "citext") {
+        if !matches!(
+            c.type_name.as_str(),
+            "text" | "varchar" | "bpchar" | "name" | "citext"
+        ) {
             return Err(Error::Config(format!(
                 "{at}: text column {:?} has type {}; text fields must be text, varchar or char",
                 c.name, c.display_type
@@ -210,7 +220,10 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
             GeoColumns::LatLon { lat, lon } => {
                 for (name, role) in [(&lat, "geo lat"), (&lon, "geo lon")] {
                     let c = find(name, role)?;
-                    if !matches!(c.type_name.as_str(), "float4" | "float8" | "numeric" | "int2" | "int4" | "int8") {
+                    if !matches!(
+                        c.type_name.as_str(),
+                        "float4" | "float8" | "numeric" | "int2" | "int4" | "int8"
+                    ) {
                         return Err(Error::Config(format!(
                             "{at}: {role} column {:?} has type {}; it must be numeric",
                             c.name, c.display_type
@@ -281,14 +294,25 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
 }
 
 /// Creates the publication when missing and adds configured tables it lacks.
-pub async fn ensure_publication(client: &Client, publication: &str, indexes: &[ResolvedIndex]) -> Result<()> {
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    indexes: &[ResolvedIndex],
+) -> Result<()> {
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await?
         .is_some();
     let tables: Vec<String> = indexes.iter().map(|ix| ix.qualified_table()).collect();
     if !exists {
-        let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), tables.join(", "));
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(publication),
+            tables.join(", ")
+        );
         client.batch_execute(&sql).await?;
         tracing::info!(publication, tables = %tables.join(", "), "created publication");
         return Ok(());

@@ -25,7 +25,9 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn lsn(&self) -> Result<Lsn> {
-        self.lsn.parse().map_err(|e| Error::Checkpoint(format!("{e}")))
+        self.lsn
+            .parse()
+            .map_err(|e| Error::Checkpoint(format!("{e}")))
     }
 
     pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {

@@ -220,8 +220,8 @@ impl Config {
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        let mut config = Config::parse(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut config =
+            Config::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         if let Some(url) = &overrides.database_url {
             config.source.database_url = url.clone();
         }
@@ -277,13 +277,17 @@ impl Config {
                 return bad(format!("{at}: declared twice"));
             }
             if !tables.insert(ix.table.clone()) {
-                return bad(format!("{at}: table {:?} is already indexed by another index", ix.table));
+                return bad(format!(
+                    "{at}: table {:?} is already indexed by another index",
+                    ix.table
+                ));
             }
             if ix.region.is_empty() {
                 return bad(format!("{at}: region column is empty"));
             }
             if let Some(geo) = &ix.geo {
-                geo.columns().map_err(|e| Error::Config(format!("{at}: {e}")))?;
+                geo.columns()
+                    .map_err(|e| Error::Config(format!("{at}: {e}")))?;
             }
             if let Some(v) = &ix.vector {
                 if v.dimension == 0 || v.dimension > 16_000 {
@@ -293,12 +297,17 @@ impl Config {
             for t in &ix.text_fields {
                 if let TextField::Detailed(d) = t {
                     if !(d.boost.is_finite() && d.boost > 0.0) {
-                        return bad(format!("{at}: text field {:?}: boost must be > 0", d.column));
+                        return bad(format!(
+                            "{at}: text field {:?}: boost must be > 0",
+                            d.column
+                        ));
                     }
                 }
             }
             if matches!(&ix.primary_key, Some(pk) if pk.is_empty()) {
-                return bad(format!("{at}: primary_key is empty (omit it to read it from the catalog)"));
+                return bad(format!(
+                    "{at}: primary_key is empty (omit it to read it from the catalog)"
+                ));
             }
         }
         Ok(())
@@ -309,7 +318,8 @@ impl Config {
 pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
 }
 
@@ -317,7 +327,8 @@ pub fn is_identifier(s: &str) -> bool {
 pub fn is_region_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -354,23 +365,29 @@ mod tests {
 
     #[test]
     fn rejects_unknown_keys_by_name() {
-        let err = Config::parse(&GOOD.replace("region = \"region\"", "region = \"region\"\nregon = 1"))
-            .unwrap_err()
-            .to_string();
+        let err =
+            Config::parse(&GOOD.replace("region = \"region\"", "region = \"region\"\nregon = 1"))
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("regon"), "{err}");
     }
 
     #[test]
     fn rejects_half_a_geo_point() {
-        let err = Config::parse(&GOOD.replace("geo = { lat = \"lat\", lon = \"lon\" }", "geo = { lat = \"lat\" }"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(&GOOD.replace(
+            "geo = { lat = \"lat\", lon = \"lon\" }",
+            "geo = { lat = \"lat\" }",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("both `lat` and `lon`"), "{err}");
     }
 
     #[test]
     fn rejects_bad_slot_names() {
-        let err = Config::parse(&GOOD.replace("search_shard_0", "Search-Shard")).unwrap_err().to_string();
+        let err = Config::parse(&GOOD.replace("search_shard_0", "Search-Shard"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("source.slot"), "{err}");
     }
 }

@@ -20,7 +20,11 @@ pub struct CopyRows {
 
 impl CopyRows {
     pub async fn start(client: &Client, ix: &ResolvedIndex) -> Result<CopyRows> {
-        let sql = format!("COPY {} ({}) TO STDOUT", ix.qualified_table(), ix.column_list());
+        let sql = format!(
+            "COPY {} ({}) TO STDOUT",
+            ix.qualified_table(),
+            ix.column_list()
+        );
         let stream = client.copy_out(&sql).await?;
         Ok(CopyRows {
             stream: Box::pin(stream),
@@ -36,7 +40,9 @@ impl CopyRows {
             match self.stream.next().await {
                 Some(chunk) => {
                     let chunk: Bytes = chunk?;
-                    self.parser.feed(&chunk, &mut out).map_err(Error::Protocol)?;
+                    self.parser
+                        .feed(&chunk, &mut out)
+                        .map_err(Error::Protocol)?;
                 }
                 None => {
                     self.done = true;
@@ -79,7 +85,10 @@ impl CopyTextParser {
         if self.pending.is_empty() {
             Ok(())
         } else {
-            Err(format!("copy data ends in a partial row of {} bytes", self.pending.len()))
+            Err(format!(
+                "copy data ends in a partial row of {} bytes",
+                self.pending.len()
+            ))
         }
     }
 }
@@ -94,7 +103,10 @@ fn parse_line(line: &[u8], columns: usize) -> Result<RawRow, String> {
         }
     }
     if row.len() != columns {
-        return Err(format!("copy row has {} columns, expected {columns}", row.len()));
+        return Err(format!(
+            "copy row has {} columns, expected {columns}",
+            row.len()
+        ));
     }
     Ok(row)
 }
@@ -186,8 +198,12 @@ mod tests {
     fn parses_nulls_and_escapes() {
         let mut p = CopyTextParser::new(3);
         let mut out = Vec::new();
-        p.feed(b"1\t\\N\ta\\tb\\\\c\\nd\\101\\x41\n", &mut out).unwrap();
-        assert_eq!(out, vec![vec![Some("1".into()), None, Some("a\tb\\c\ndAA".into())]]);
+        p.feed(b"1\t\\N\ta\\tb\\\\c\\nd\\101\\x41\n", &mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![vec![Some("1".into()), None, Some("a\tb\\c\ndAA".into())]]
+        );
     }
 
     #[test]

@@ -66,7 +66,11 @@ pub fn map_row(ix: &ResolvedIndex, raw: RawRow, limits: &MapLimits) -> Mapped {
         reason,
     };
     let Some(key) = row_key(ix, &raw) else {
-        return Mapped::Skip(Some(reject("", "primary_key", "primary key is null".into())));
+        return Mapped::Skip(Some(reject(
+            "",
+            "primary_key",
+            "primary key is null".into(),
+        )));
     };
     let region_col = ix.column_name(ix.region);
     let region = match &raw[ix.region] {
@@ -92,7 +96,11 @@ pub fn map_row(ix: &ResolvedIndex, raw: RawRow, limits: &MapLimits) -> Mapped {
                 rejections.push(reject(
                     &key,
                     ix.column_name(t.column),
-                    format!("text is {} bytes, over the limit of {}", v.len(), limits.max_text_bytes),
+                    format!(
+                        "text is {} bytes, over the limit of {}",
+                        v.len(),
+                        limits.max_text_bytes
+                    ),
                 ));
                 false
             }
@@ -146,8 +154,10 @@ fn parse_geo(spec: GeoSpec, raw: &RawRow) -> Result<Option<(f64, f64)>, (usize, 
             let (Some(lat_text), Some(lon_text)) = (&raw[lat], &raw[lon]) else {
                 return Ok(None);
             };
-            let la = parse_float(lat_text).ok_or((lat, format!("latitude {lat_text:?} is not a number")))?;
-            let lo = parse_float(lon_text).ok_or((lon, format!("longitude {lon_text:?} is not a number")))?;
+            let la = parse_float(lat_text)
+                .ok_or((lat, format!("latitude {lat_text:?} is not a number")))?;
+            let lo = parse_float(lon_text)
+                .ok_or((lon, format!("longitude {lon_text:?} is not a number")))?;
             check_lat_lon(la, lo).map_err(|e| (if e.starts_with("lat") { lat } else { lon }, e))?;
             (la, lo)
         }
@@ -160,7 +170,9 @@ fn parse_geo(spec: GeoSpec, raw: &RawRow) -> Result<Option<(f64, f64)>, (usize, 
                 .strip_prefix('(')
                 .and_then(|s| s.strip_suffix(')'))
                 .ok_or((col, format!("point {text:?} is not (x,y)")))?;
-            let (x, y) = inner.split_once(',').ok_or((col, format!("point {text:?} is not (x,y)")))?;
+            let (x, y) = inner
+                .split_once(',')
+                .ok_or((col, format!("point {text:?} is not (x,y)")))?;
             let lo = parse_float(x).ok_or((col, format!("point x {x:?} is not a number")))?;
             let la = parse_float(y).ok_or((col, format!("point y {y:?} is not a number")))?;
             check_lat_lon(la, lo).map_err(|e| (col, e))?;
@@ -209,7 +221,10 @@ pub fn parse_vector(text: &str, dimension: usize) -> Result<Vec<f32>, String> {
         }
     }
     if out.len() != dimension {
-        return Err(format!("vector has {} dimensions, expected {dimension}", out.len()));
+        return Err(format!(
+            "vector has {} dimensions, expected {dimension}",
+            out.len()
+        ));
     }
     Ok(out)
 }
@@ -245,7 +260,9 @@ mod tests {
             name: "places".into(),
             schema: "public".into(),
             table: "places".into(),
-            columns: ["id", "region", "body", "lat", "lon", "embedding"].map(String::from).to_vec(),
+            columns: ["id", "region", "body", "lat", "lon", "embedding"]
+                .map(String::from)
+                .to_vec(),
             pk: vec![0],
             region: 1,
             text: vec![TextSpec {
@@ -277,8 +294,17 @@ mod tests {
 
     #[test]
     fn maps_a_good_row() {
-        let r = row([Some("7"), Some("europe"), Some("Paris"), Some("48.85"), Some("2.35"), Some("{1,0,0}")]);
-        let Mapped::Doc(d, rej) = map_row(&places(), r, &limits()) else { panic!() };
+        let r = row([
+            Some("7"),
+            Some("europe"),
+            Some("Paris"),
+            Some("48.85"),
+            Some("2.35"),
+            Some("{1,0,0}"),
+        ]);
+        let Mapped::Doc(d, rej) = map_row(&places(), r, &limits()) else {
+            panic!()
+        };
         assert!(rej.is_empty());
         assert_eq!((d.key.as_str(), d.region.as_str()), ("7", "europe"));
         assert_eq!(d.geo, Some((48.85, 2.35)));
@@ -288,8 +314,17 @@ mod tests {
 
     #[test]
     fn bad_fields_are_dropped_and_named() {
-        let r = row([Some("8"), Some("asia"), Some(&"x".repeat(101)), Some("200"), Some("0"), Some("{1,NaN,0}")]);
-        let Mapped::Doc(d, rej) = map_row(&places(), r, &limits()) else { panic!() };
+        let r = row([
+            Some("8"),
+            Some("asia"),
+            Some(&"x".repeat(101)),
+            Some("200"),
+            Some("0"),
+            Some("{1,NaN,0}"),
+        ]);
+        let Mapped::Doc(d, rej) = map_row(&places(), r, &limits()) else {
+            panic!()
+        };
         let fields: Vec<&str> = rej.iter().map(|r| r.field.as_str()).collect();
         assert_eq!(fields, ["body", "lat", "embedding"]);
         assert!(rej.iter().all(|r| r.key == "8"));
@@ -298,8 +333,13 @@ mod tests {
 
     #[test]
     fn wrong_dimension_is_rejected() {
-        assert!(parse_vector("{1,2}", 3).unwrap_err().contains("2 dimensions"));
-        assert_eq!(parse_vector("[1, 2.5, -3]", 3).unwrap(), vec![1.0, 2.5, -3.0]);
+        assert!(parse_vector("{1,2}", 3)
+            .unwrap_err()
+            .contains("2 dimensions"));
+        assert_eq!(
+            parse_vector("[1, 2.5, -3]", 3).unwrap(),
+            vec![1.0, 2.5, -3.0]
+        );
         assert!(parse_vector("{1,Infinity,2}", 3).is_err());
         assert!(parse_vector("{{1},{2},{3}}", 3).is_err());
     }
@@ -307,10 +347,15 @@ mod tests {
     #[test]
     fn rows_without_region_are_skipped_with_a_reason() {
         let r = row([Some("9"), None, None, None, None, None]);
-        let Mapped::Skip(Some(rej)) = map_row(&places(), r, &limits()) else { panic!() };
+        let Mapped::Skip(Some(rej)) = map_row(&places(), r, &limits()) else {
+            panic!()
+        };
         assert_eq!((rej.key.as_str(), rej.field.as_str()), ("9", "region"));
         let r = row([Some("9"), Some("../etc"), None, None, None, None]);
-        assert!(matches!(map_row(&places(), r, &limits()), Mapped::Skip(Some(_))));
+        assert!(matches!(
+            map_row(&places(), r, &limits()),
+            Mapped::Skip(Some(_))
+        ));
     }
 
     #[test]
@@ -327,8 +372,17 @@ mod tests {
     fn point_columns_are_x_lon_y_lat() {
         let mut ix = places();
         ix.geo = Some(GeoSpec::Point(3));
-        let r = row([Some("1"), Some("europe"), None, Some("(2.35,48.85)"), None, None]);
-        let Mapped::Doc(d, _) = map_row(&ix, r, &limits()) else { panic!() };
+        let r = row([
+            Some("1"),
+            Some("europe"),
+            None,
+            Some("(2.35,48.85)"),
+            None,
+            None,
+        ]);
+        let Mapped::Doc(d, _) = map_row(&ix, r, &limits()) else {
+            panic!()
+        };
         assert_eq!(d.geo, Some((48.85, 2.35)));
     }
 

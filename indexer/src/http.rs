@@ -40,7 +40,11 @@ pub fn router(state: HttpState) -> Router {
 }
 
 fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": {"field": field, "message": message.into()}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"field": field, "message": message.into()}})),
+    )
+        .into_response()
 }
 
 fn status_json(s: &HttpState) -> Value {
@@ -75,7 +79,11 @@ fn status_json(s: &HttpState) -> Value {
         .iter()
         .map(|r| json!({"index": r.index, "key": r.key, "field": r.field, "reason": r.reason}))
         .collect();
-    let unplaced: u64 = rejected.iter().filter(|((_, r), _)| r.is_empty()).map(|(_, n)| n).sum();
+    let unplaced: u64 = rejected
+        .iter()
+        .filter(|((_, r), _)| r.is_empty())
+        .map(|(_, n)| n)
+        .sum();
     json!({
         "slot": s.slot,
         "stream": *stats.stream_state.lock().unwrap(),
@@ -107,21 +115,36 @@ async fn metrics_text(State(s): State<HttpState>) -> Response {
     metrics::gauge!(SERVER_WAL_END).set(stats.server_wal_end().as_u64() as f64);
     metrics::gauge!(LAG_BYTES).set(stats.lag_bytes() as f64);
     metrics::gauge!(LAG_SECONDS).set(stats.lag_ms() as f64 / 1000.0);
-    if let Some(safe) = stats.slot.lock().unwrap().as_ref().and_then(|s| s.safe_wal_size) {
+    if let Some(safe) = stats
+        .slot
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|s| s.safe_wal_size)
+    {
         metrics::gauge!(SLOT_SAFE_WAL_BYTES).set(safe as f64);
     }
     let rejected = stats.rejected_by_partition.lock().unwrap().clone();
     if let Some(view) = s.view.load() {
         for ((ix, region), p) in &view.partitions {
             let name = s.indexes[*ix].name.clone();
-            let n = rejected.get(&(name.clone(), region.clone())).copied().unwrap_or(0);
-            metrics::gauge!(PARTITION_DOCS, "index" => name.clone(), "region" => region.clone()).set(p.searcher.num_docs() as f64);
-            metrics::gauge!(PARTITION_REJECTED, "index" => name, "region" => region.clone()).set(n as f64);
+            let n = rejected
+                .get(&(name.clone(), region.clone()))
+                .copied()
+                .unwrap_or(0);
+            metrics::gauge!(PARTITION_DOCS, "index" => name.clone(), "region" => region.clone())
+                .set(p.searcher.num_docs() as f64);
+            metrics::gauge!(PARTITION_REJECTED, "index" => name, "region" => region.clone())
+                .set(n as f64);
         }
     }
     match &s.prometheus {
         Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "", "metrics recorder not installed"),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "metrics recorder not installed",
+        ),
     }
 }
 
@@ -143,7 +166,11 @@ async fn wait(
     params: Result<Query<WaitParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(p)) = params else {
-        return error(StatusCode::BAD_REQUEST, "lsn", "query parameter lsn is required (e.g. ?lsn=0/16B3748)");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "lsn",
+            "query parameter lsn is required (e.g. ?lsn=0/16B3748)",
+        );
     };
     let lsn: Lsn = match p.lsn.parse() {
         Ok(l) => l,
@@ -152,16 +179,32 @@ async fn wait(
     if p.timeout_ms > 60_000 {
         return error(StatusCode::BAD_REQUEST, "timeout_ms", "at most 60000");
     }
-    let applied = s.stats.wait_applied(lsn, Duration::from_millis(p.timeout_ms)).await;
+    let applied = s
+        .stats
+        .wait_applied(lsn, Duration::from_millis(p.timeout_ms))
+        .await;
     let body = json!({"requested_lsn": lsn.to_string(), "applied_lsn": applied.to_string(), "reached": applied >= lsn});
-    let code = if applied >= lsn { StatusCode::OK } else { StatusCode::CONFLICT };
+    let code = if applied >= lsn {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
     (code, Json(body)).into_response()
 }
 
 /// Every document of an index as key → content hash, per partition, from one consistent view.
 async fn dump(State(s): State<HttpState>, Path(index): Path<String>) -> Response {
-    let Some(ix) = s.indexes.iter().find(|i| i.name == index).map(|i| i.ordinal) else {
-        return error(StatusCode::NOT_FOUND, "index", format!("unknown index {index:?}"));
+    let Some(ix) = s
+        .indexes
+        .iter()
+        .find(|i| i.name == index)
+        .map(|i| i.ordinal)
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "index",
+            format!("unknown index {index:?}"),
+        );
     };
     let Some(view) = s.view.load() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "", "no view yet");
@@ -173,7 +216,10 @@ async fn dump(State(s): State<HttpState>, Path(index): Path<String>) -> Response
                 continue;
             }
             let docs = partition::dump(&p.searcher, &p.fields, region)?;
-            let docs: Vec<Value> = docs.into_iter().map(|(k, h)| json!([k, format!("{h:016x}")])).collect();
+            let docs: Vec<Value> = docs
+                .into_iter()
+                .map(|(k, h)| json!([k, format!("{h:016x}")]))
+                .collect();
             partitions.insert(region.clone(), Value::Array(docs));
         }
         Ok(json!({"applied_lsn": view.applied.to_string(), "partitions": partitions}))

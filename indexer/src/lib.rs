@@ -72,11 +72,17 @@ pub async fn run(
         }
     }
     let resumable = existing.as_ref().is_some_and(|c| c.snapshot_done);
-    let slot_usable = slot_state.as_ref().is_some_and(|s| s.wal_status.as_deref() != Some("lost"));
+    let slot_usable = slot_state
+        .as_ref()
+        .is_some_and(|s| s.wal_status.as_deref() != Some("lost"));
     let need_snapshot = if resumable && slot_usable {
         false
     } else if resumable {
-        let reason = if slot_state.is_none() { "does not exist" } else { "was invalidated (wal_status lost)" };
+        let reason = if slot_state.is_none() {
+            "does not exist"
+        } else {
+            "was invalidated (wal_status lost)"
+        };
         if config.source.on_slot_loss == SlotLossPolicy::Fail {
             return Err(Error::SlotLost {
                 slot,
@@ -184,7 +190,8 @@ pub async fn run(
     let applied = tokio::task::spawn_blocking(move || applier.join())
         .await
         .map_err(|e| Error::Protocol(format!("applier join: {e}")))?;
-    let applier_result = applied.unwrap_or_else(|_| Err(Error::Protocol("applier panicked".into())));
+    let applier_result =
+        applied.unwrap_or_else(|_| Err(Error::Protocol("applier panicked".into())));
     server.abort();
     match (result, applier_result) {
         (Err(Error::ApplierStopped(_)), Err(e)) => Err(e),

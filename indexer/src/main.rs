@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use indexer::config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(name = "indexer", version, about = "Postgres CDC into full-text, geo and vector partitions")]
+#[command(
+    name = "indexer",
+    version,
+    about = "Postgres CDC into full-text, geo and vector partitions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,6 +63,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -91,7 +96,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 listen,
             };
             let config = Config::load(&common.config, &overrides)?;
-            let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+            let prometheus =
+                metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
             indexer::metrics::describe();
             let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -138,7 +144,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let conn = indexer::pg::PgConn::from_url(&config.source.database_url)?;
             let client = conn.connect().await?;
             for ix in indexer::catalog::resolve(&client, &config).await? {
-                println!("index {}: {}.{} columns [{}]", ix.name, ix.schema, ix.table, ix.columns.join(", "));
+                println!(
+                    "index {}: {}.{} columns [{}]",
+                    ix.name,
+                    ix.schema,
+                    ix.table,
+                    ix.columns.join(", ")
+                );
             }
             println!("config ok");
             Ok(ExitCode::SUCCESS)

@@ -18,7 +18,10 @@ pub const SLOT_SAFE_WAL_BYTES: &str = "indexer_slot_safe_wal_size_bytes";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(ROWS_APPLIED, "Row changes applied to partitions (stream and snapshot)");
+    describe_counter!(
+        ROWS_APPLIED,
+        "Row changes applied to partitions (stream and snapshot)"
+    );
     describe_counter!(TRANSACTIONS_APPLIED, "Source transactions applied");
     describe_counter!(COMMITS, "Group commits made durable");
     describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Duration of a group commit");
@@ -26,10 +29,25 @@ pub fn describe() {
     describe_counter!(RECONNECTS, "Replication stream reconnects");
     describe_counter!(SNAPSHOT_ROWS, "Rows copied by the initial snapshot");
     describe_gauge!(APPLIED_LSN, "LSN made durable and searchable, as a number");
-    describe_gauge!(SERVER_WAL_END, "Server WAL end seen on the stream, as a number");
-    describe_gauge!(LAG_BYTES, Unit::Bytes, "WAL bytes between the server and the applied LSN");
-    describe_gauge!(LAG_SECONDS, Unit::Seconds, "Age of the oldest change not yet searchable");
+    describe_gauge!(
+        SERVER_WAL_END,
+        "Server WAL end seen on the stream, as a number"
+    );
+    describe_gauge!(
+        LAG_BYTES,
+        Unit::Bytes,
+        "WAL bytes between the server and the applied LSN"
+    );
+    describe_gauge!(
+        LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest change not yet searchable"
+    );
     describe_gauge!(PARTITION_DOCS, "Documents per partition");
     describe_gauge!(PARTITION_REJECTED, "Rejected rows per partition");
-    describe_gauge!(SLOT_SAFE_WAL_BYTES, Unit::Bytes, "WAL the slot can still retain before it is invalidated");
+    describe_gauge!(
+        SLOT_SAFE_WAL_BYTES,
+        Unit::Bytes,
+        "WAL the slot can still retain before it is invalidated"
+    );
 }

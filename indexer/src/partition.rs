@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use tantivy::collector::DocSetCollector;
 use tantivy::query::{AllQuery, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
+};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 use crate::catalog::ResolvedIndex;
@@ -38,7 +40,12 @@ impl Fields {
         let text = ix
             .text
             .iter()
-            .map(|t| (b.add_text_field(&format!("text_{}", ix.column_name(t.column)), TEXT), t.column))
+            .map(|t| {
+                (
+                    b.add_text_field(&format!("text_{}", ix.column_name(t.column)), TEXT),
+                    t.column,
+                )
+            })
             .collect();
         let (lat, lon) = match ix.geo {
             Some(_) => (
@@ -82,7 +89,12 @@ struct Payload {
 }
 
 impl Partition {
-    pub fn open(dir: &Path, ix: &ResolvedIndex, region: &str, writer_memory: usize) -> Result<Partition> {
+    pub fn open(
+        dir: &Path,
+        ix: &ResolvedIndex,
+        region: &str,
+        writer_memory: usize,
+    ) -> Result<Partition> {
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = Fields::schema(ix);
         let index = if dir.join("meta.json").exists() {
@@ -100,8 +112,9 @@ impl Partition {
         };
         let checkpoint = match index.load_metas()?.payload {
             Some(p) => {
-                let p: Payload = serde_json::from_str(&p)
-                    .map_err(|e| Error::Checkpoint(format!("{}: bad commit payload: {e}", dir.display())))?;
+                let p: Payload = serde_json::from_str(&p).map_err(|e| {
+                    Error::Checkpoint(format!("{}: bad commit payload: {e}", dir.display()))
+                })?;
                 p.lsn
                     .parse()
                     .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?
@@ -109,7 +122,10 @@ impl Partition {
             None => Lsn::ZERO,
         };
         let writer = index.writer_with_num_threads(1, writer_memory)?;
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
         Ok(Partition {
             index: ix.ordinal,
             region: region.to_owned(),
@@ -170,11 +186,13 @@ impl Partition {
     /// Makes `key` hold `doc`, or be absent.
     pub fn set(&mut self, key: &str, doc: Option<&Document>) -> Result<()> {
         debug_assert!(doc.is_none_or(|d| d.key == key && d.region == self.region));
-        self.writer.delete_term(Term::from_field_text(self.fields.key, key));
+        self.writer
+            .delete_term(Term::from_field_text(self.fields.key, key));
         if let Some(d) = doc {
             self.writer.add_document(self.to_tantivy(d))?;
         }
-        self.pending.insert(key.to_owned(), doc.map(|d| d.raw.clone()));
+        self.pending
+            .insert(key.to_owned(), doc.map(|d| d.raw.clone()));
         self.dirty = true;
         Ok(())
     }
@@ -197,7 +215,10 @@ impl Partition {
     /// Makes everything written so far durable with `lsn` as the checkpoint, then visible.
     pub fn commit(&mut self, lsn: Lsn) -> Result<()> {
         debug_assert!(lsn >= self.checkpoint, "checkpoint must not go back");
-        let payload = serde_json::to_string(&Payload { lsn: lsn.to_string() }).expect("payload serializes");
+        let payload = serde_json::to_string(&Payload {
+            lsn: lsn.to_string(),
+        })
+        .expect("payload serializes");
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
@@ -212,13 +233,18 @@ impl Partition {
     fn to_tantivy(&self, d: &Document) -> TantivyDocument {
         let mut doc = TantivyDocument::default();
         doc.add_text(self.fields.key, &d.key);
-        doc.add_bytes(self.fields.source, &serde_json::to_vec(&d.raw).expect("row serializes"));
+        doc.add_bytes(
+            self.fields.source,
+            &serde_json::to_vec(&d.raw).expect("row serializes"),
+        );
         for (&(field, column), &ok) in self.fields.text.iter().zip(&d.text_ok) {
             if let (true, Some(text)) = (ok, &d.raw[column]) {
                 doc.add_text(field, text);
             }
         }
-        if let (Some((lat, lon)), Some(flat), Some(flon)) = (d.geo, self.fields.lat, self.fields.lon) {
+        if let (Some((lat, lon)), Some(flat), Some(flon)) =
+            (d.geo, self.fields.lat, self.fields.lon)
+        {
             doc.add_f64(flat, lat);
             doc.add_f64(flon, lon);
         }
@@ -228,7 +254,10 @@ impl Partition {
 
 /// The stored row under `key` in a searcher, if any.
 pub fn lookup(searcher: &Searcher, fields: &Fields, key: &str) -> Result<Option<RawRow>> {
-    let query = TermQuery::new(Term::from_field_text(fields.key, key), IndexRecordOption::Basic);
+    let query = TermQuery::new(
+        Term::from_field_text(fields.key, key),
+        IndexRecordOption::Basic,
+    );
     let hits = searcher.search(&query, &DocSetCollector)?;
     let Some(addr) = hits.into_iter().next() else {
         return Ok(None);

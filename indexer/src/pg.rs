@@ -40,7 +40,10 @@ impl PgConn {
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
-        let dbname = config.get_dbname().map(str::to_owned).unwrap_or_else(|| user.clone());
+        let dbname = config
+            .get_dbname()
+            .map(str::to_owned)
+            .unwrap_or_else(|| user.clone());
         config.application_name("indexer");
         config.connect_timeout(Duration::from_secs(10));
         Ok(PgConn {
@@ -68,7 +71,11 @@ impl PgConn {
         Ok(client)
     }
 
-    pub fn replication(&self, slot: &str, publication: &str) -> pgwire_replication::ReplicationConfig {
+    pub fn replication(
+        &self,
+        slot: &str,
+        publication: &str,
+    ) -> pgwire_replication::ReplicationConfig {
         pgwire_replication::ReplicationConfig::new(
             self.host.clone(),
             self.user.clone(),
@@ -103,7 +110,10 @@ pub async fn slot_status(client: &Client, slot: &str) -> Result<Option<SlotStatu
 /// Drops the slot, waiting (bounded) for a walsender of a previous process to let go of it.
 pub async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
     for attempt in 0..50 {
-        match client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
+        match client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(e) if attempt < 49 && e.to_string().contains("is active") => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -115,7 +125,9 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
 }
 
 pub async fn current_wal_lsn(client: &Client) -> Result<Lsn> {
-    let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?;
     let text: String = row.get(0);
     text.parse().map_err(|e| Error::Protocol(format!("{e}")))
 }

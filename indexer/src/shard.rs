@@ -32,10 +32,19 @@ pub enum Cell {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// INSERT or UPDATE. `old_key` is set when an UPDATE changed the primary key.
-    Upsert { index: usize, old_key: Option<Vec<Cell>>, new: Vec<Cell> },
+    Upsert {
+        index: usize,
+        old_key: Option<Vec<Cell>>,
+        new: Vec<Cell>,
+    },
     /// DELETE; only the key cells need be present.
-    Delete { index: usize, old: Vec<Cell> },
-    Truncate { index: usize },
+    Delete {
+        index: usize,
+        old: Vec<Cell>,
+    },
+    Truncate {
+        index: usize,
+    },
 }
 
 /// A committed source transaction, restricted to configured tables.
@@ -187,12 +196,19 @@ impl Shard {
         for change in &tx.changes {
             self.batch_rows += 1;
             match change {
-                Change::Upsert { index, old_key, new } => self.apply_upsert(tx.end_lsn, *index, old_key.as_deref(), new)?,
+                Change::Upsert {
+                    index,
+                    old_key,
+                    new,
+                } => self.apply_upsert(tx.end_lsn, *index, old_key.as_deref(), new)?,
                 Change::Delete { index, old } => {
                     let raw = self.cells_to_raw(*index, old, None);
                     match row_key(&self.indexes[*index], &raw) {
                         Some(key) => self.set_everywhere(tx.end_lsn, *index, &key, None)?,
-                        None => self.reject("", self.rejection(*index, "", "primary_key", "delete without key")),
+                        None => self.reject(
+                            "",
+                            self.rejection(*index, "", "primary_key", "delete without key"),
+                        ),
                     }
                 }
                 Change::Truncate { index } => {
@@ -216,7 +232,13 @@ impl Shard {
         }
     }
 
-    fn apply_upsert(&mut self, lsn: Lsn, index: usize, old_key: Option<&[Cell]>, new: &[Cell]) -> Result<()> {
+    fn apply_upsert(
+        &mut self,
+        lsn: Lsn,
+        index: usize,
+        old_key: Option<&[Cell]>,
+        new: &[Cell],
+    ) -> Result<()> {
         let ix = &self.indexes[index];
         let key_of = |cells: &[Cell]| -> Option<String> {
             let raw: RawRow = cells
@@ -229,7 +251,10 @@ impl Shard {
             row_key(ix, &raw)
         };
         let Some(key) = key_of(new) else {
-            self.reject("", self.rejection(index, "", "primary_key", "row without primary key"));
+            self.reject(
+                "",
+                self.rejection(index, "", "primary_key", "row without primary key"),
+            );
             return Ok(());
         };
         let old = old_key.and_then(key_of).filter(|k| *k != key);
@@ -247,9 +272,20 @@ impl Shard {
         let current = if new.contains(&Cell::UnchangedToast) {
             let c = self.current_row(index, &key)?;
             if c.is_none() {
-                let col = new.iter().position(|c| *c == Cell::UnchangedToast).unwrap_or(0);
+                let col = new
+                    .iter()
+                    .position(|c| *c == Cell::UnchangedToast)
+                    .unwrap_or(0);
                 let field = self.indexes[index].column_name(col).to_owned();
-                self.reject("", self.rejection(index, &key, &field, "unchanged TOAST value but no stored row to take it from"));
+                self.reject(
+                    "",
+                    self.rejection(
+                        index,
+                        &key,
+                        &field,
+                        "unchanged TOAST value but no stored row to take it from",
+                    ),
+                );
             }
             c
         } else {
@@ -305,7 +341,13 @@ impl Shard {
 
     /// Makes `key` present with `doc` in `doc`'s partition and absent in every other
     /// partition of `index`, in each partition not already durable past `lsn`.
-    fn set_everywhere(&mut self, lsn: Lsn, index: usize, key: &str, doc: Option<&Document>) -> Result<()> {
+    fn set_everywhere(
+        &mut self,
+        lsn: Lsn,
+        index: usize,
+        key: &str,
+        doc: Option<&Document>,
+    ) -> Result<()> {
         if let Some(d) = doc {
             self.partition(index, &d.region)?;
         }
@@ -337,7 +379,8 @@ impl Shard {
         self.batch_rows = 0;
         if wrote {
             metrics::counter!(crate::metrics::COMMITS).increment(1);
-            metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::histogram!(crate::metrics::COMMIT_SECONDS)
+                .record(started.elapsed().as_secs_f64());
         }
         Ok(wrote)
     }

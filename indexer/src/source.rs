@@ -41,7 +41,9 @@ impl Source {
             state: "copying".into(),
             ..Default::default()
         };
-        let mut repl = ReplicationClient::connect_gated(self.conn.replication(&self.slot, &self.publication)).await?;
+        let mut repl =
+            ReplicationClient::connect_gated(self.conn.replication(&self.slot, &self.publication))
+                .await?;
         let rows = repl
             .simple_query(&format!(
                 "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
@@ -54,7 +56,9 @@ impl Source {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .ok_or_else(|| Error::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))
         };
-        let consistent: Lsn = text(1)?.parse().map_err(|e| Error::Protocol(format!("{e}")))?;
+        let consistent: Lsn = text(1)?
+            .parse()
+            .map_err(|e| Error::Protocol(format!("{e}")))?;
         let snapshot_name = text(2)?;
         tracing::info!(slot = %self.slot, lsn = %consistent, snapshot = %snapshot_name, "created replication slot");
 
@@ -106,7 +110,9 @@ impl Source {
             })
             .await
             .map_err(|_| Error::ApplierStopped(Lsn::ZERO))?;
-        done_rx.await.map_err(|_| Error::ApplierStopped(Lsn::ZERO))??;
+        done_rx
+            .await
+            .map_err(|_| Error::ApplierStopped(Lsn::ZERO))??;
         drop(repl);
         let seconds = started.elapsed().as_secs_f64();
         let rate = total as f64 / seconds.max(1e-9);
@@ -137,7 +143,15 @@ impl Source {
                 return Ok(());
             }
             self.stats.set_stream_state("connecting");
-            let attempt = self.session(&applier, &mut durable, &mut shutdown, &mut forwarded, &mut backoff).await;
+            let attempt = self
+                .session(
+                    &applier,
+                    &mut durable,
+                    &mut shutdown,
+                    &mut forwarded,
+                    &mut backoff,
+                )
+                .await;
             match attempt {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() => {
@@ -147,7 +161,8 @@ impl Source {
                     }
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(crate::metrics::RECONNECTS).increment(1);
-                    self.stats.set_stream_state(format!("reconnecting in {} ms", backoff.as_millis()));
+                    self.stats
+                        .set_stream_state(format!("reconnecting in {} ms", backoff.as_millis()));
                     *self.stats.last_error.lock().unwrap() = Some(e.to_string());
                     tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "replication stream interrupted; reconnecting");
                     tokio::select! {
@@ -286,11 +301,14 @@ impl Source {
         relations: &mut HashMap<u32, Option<RelationMap>>,
         open: Option<&mut Transaction>,
     ) -> Result<()> {
-        let relation = |relations: &HashMap<u32, Option<RelationMap>>, id: u32| -> Result<Option<RelationMap>> {
-            relations
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| Error::Protocol(format!("change for relation {id} before its Relation message")))
+        let relation = |relations: &HashMap<u32, Option<RelationMap>>,
+                        id: u32|
+         -> Result<Option<RelationMap>> {
+            relations.get(&id).cloned().ok_or_else(|| {
+                Error::Protocol(format!(
+                    "change for relation {id} before its Relation message"
+                ))
+            })
         };
         match message {
             Message::Relation(rel) => {
@@ -327,7 +345,11 @@ impl Source {
                     });
                 }
             }
-            Message::Update { relation_id, old, new } => {
+            Message::Update {
+                relation_id,
+                old,
+                new,
+            } => {
                 if let Some(map) = relation(relations, relation_id)? {
                     let old_key = old.map(|o| match o {
                         OldTuple::Key(t) | OldTuple::Full(t) => map.cells(&t),

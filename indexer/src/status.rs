@@ -137,6 +137,9 @@ impl Stats {
 }
 
 pub fn now_pg_micros() -> i64 {
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
     unix - PG_EPOCH_OFFSET_MICROS
 }

@@ -48,7 +48,9 @@ pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result
     let base = indexer_url.trim_end_matches('/');
     let mut report = Report::default();
     for attempt in 1..=attempts.max(1) {
-        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
         let lsn = pg::current_wal_lsn(&client).await?;
         let mut source = Vec::new();
         for ix in &indexes {
@@ -56,7 +58,11 @@ pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result
         }
         client.batch_execute("COMMIT").await?;
 
-        let wait = get_json(&http, &format!("{base}/internal/wait?lsn={lsn}&timeout_ms=30000")).await?;
+        let wait = get_json(
+            &http,
+            &format!("{base}/internal/wait?lsn={lsn}&timeout_ms=30000"),
+        )
+        .await?;
         if wait["reached"] != Value::Bool(true) {
             return Err(Error::Protocol(format!(
                 "the indexer has not applied {lsn} within 30 s (applied {})",
@@ -74,13 +80,21 @@ pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result
         if report.equal() || attempt == attempts {
             break;
         }
-        tracing::info!(attempt, differences = report.differences.len(), "index and table differ; retrying in case writes were in flight");
+        tracing::info!(
+            attempt,
+            differences = report.differences.len(),
+            "index and table differ; retrying in case writes were in flight"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(report)
 }
 
-async fn read_source(client: &tokio_postgres::Client, ix: &ResolvedIndex, limits: &MapLimits) -> Result<Side> {
+async fn read_source(
+    client: &tokio_postgres::Client,
+    ix: &ResolvedIndex,
+    limits: &MapLimits,
+) -> Result<Side> {
     let mut side = Side::new();
     let mut copy = CopyRows::start(client, ix).await?;
     while let Some(rows) = copy.next_batch(5_000).await? {
@@ -113,12 +127,17 @@ fn compare(ix: &ResolvedIndex, source: &Side, dump: &Value, report: &mut Report)
     let mut index_side: HashMap<String, Vec<(String, u64)>> = HashMap::new();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for (region, docs) in partitions {
-        let docs = docs.as_array().ok_or_else(|| Error::Protocol("dump partition is not an array".into()))?;
+        let docs = docs
+            .as_array()
+            .ok_or_else(|| Error::Protocol("dump partition is not an array".into()))?;
         counts.insert(region.clone(), docs.len());
         for d in docs {
             let key = d[0].as_str().unwrap_or_default().to_owned();
             let hash = u64::from_str_radix(d[1].as_str().unwrap_or_default(), 16).unwrap_or(0);
-            index_side.entry(key).or_default().push((region.clone(), hash));
+            index_side
+                .entry(key)
+                .or_default()
+                .push((region.clone(), hash));
         }
     }
     let source_total: usize = source.values().map(HashMap::len).sum();
@@ -133,22 +152,32 @@ fn compare(ix: &ResolvedIndex, source: &Side, dump: &Value, report: &mut Report)
     for r in regions {
         let s = source.get(r).map(HashMap::len).unwrap_or(0);
         let i = counts.get(r).copied().unwrap_or(0);
-        report.lines.push(format!("  {r}: table {s}, index {i}{}", if s == i { "" } else { "  <- differs" }));
+        report.lines.push(format!(
+            "  {r}: table {s}, index {i}{}",
+            if s == i { "" } else { "  <- differs" }
+        ));
     }
     let name = &ix.name;
     for (region, rows) in source {
         for (key, hash) in rows {
             match index_side.get(key).map(Vec::as_slice) {
-                None | Some([]) => report.differences.push(format!("{name}: key {key} ({region}) is missing from the index")),
+                None | Some([]) => report.differences.push(format!(
+                    "{name}: key {key} ({region}) is missing from the index"
+                )),
                 Some([(r, h)]) if r == region && h == hash => {}
-                Some([(r, _)]) if r != region => report
-                    .differences
-                    .push(format!("{name}: key {key} is in partition {r}, the table says {region}")),
-                Some([_]) => report.differences.push(format!("{name}: key {key} ({region}) has different content")),
+                Some([(r, _)]) if r != region => report.differences.push(format!(
+                    "{name}: key {key} is in partition {r}, the table says {region}"
+                )),
+                Some([_]) => report.differences.push(format!(
+                    "{name}: key {key} ({region}) has different content"
+                )),
                 Some(many) => report.differences.push(format!(
                     "{name}: key {key} appears {} times (partitions {})",
                     many.len(),
-                    many.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(|(r, _)| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
             }
         }
@@ -156,7 +185,9 @@ fn compare(ix: &ResolvedIndex, source: &Side, dump: &Value, report: &mut Report)
     for (key, places) in &index_side {
         if !source.values().any(|rows| rows.contains_key(key)) {
             for (r, _) in places {
-                report.differences.push(format!("{name}: key {key} is in partition {r} but not in the table"));
+                report.differences.push(format!(
+                    "{name}: key {key} is in partition {r} but not in the table"
+                ));
             }
         }
     }

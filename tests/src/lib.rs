@@ -17,7 +17,11 @@ use tokio_postgres::{Client, NoTls};
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn running_as_root() -> bool {
@@ -48,7 +52,9 @@ pub fn pg_bin_dir() -> Result<PathBuf> {
     if let Some((_, bin)) = versions.pop() {
         return Ok(bin);
     }
-    let out = Command::new("sh").args(["-c", "command -v pg_ctl"]).output()?;
+    let out = Command::new("sh")
+        .args(["-c", "command -v pg_ctl"])
+        .output()?;
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if path.is_empty() {
         bail!("PostgreSQL server binaries not found: install them (Debian: apt-get install postgresql) or set PG_BIN");
@@ -97,8 +103,9 @@ impl PgServer {
         let dir = std::env::temp_dir().join(unique("e2e-pg"));
         std::fs::create_dir_all(&dir)?;
         if as_postgres {
-            run(Command::new("chown").args(["postgres:postgres", dir.to_str().unwrap()]))
-                .context("chown the cluster directory to postgres (does the postgres user exist?)")?;
+            run(Command::new("chown").args(["postgres:postgres", dir.to_str().unwrap()])).context(
+                "chown the cluster directory to postgres (does the postgres user exist?)",
+            )?;
         }
         let data = dir.join("data");
         let server = PgServer {
@@ -110,7 +117,17 @@ impl PgServer {
         };
         server.pg_cmd(
             "initdb",
-            &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
         )?;
         let mut last_err = None;
         for _ in 0..5 {
@@ -174,21 +191,53 @@ impl PgServer {
         let log = self.dir.join("server.log");
         self.pg_cmd(
             "pg_ctl",
-            &["-D", self.data().to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         )
-        .with_context(|| format!("pg_ctl start; server log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+        .with_context(|| {
+            format!(
+                "pg_ctl start; server log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
     }
 
     /// Stops the server (fast shutdown) and starts it again on the same port.
     pub fn restart(&self) -> Result<()> {
-        self.pg_cmd("pg_ctl", &["-D", self.data().to_str().unwrap(), "-m", "fast", "-w", "stop"])?;
+        self.pg_cmd(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        )?;
         self.pg_ctl_start()
     }
 
     fn spawn_watchdog(&self) {
         let pg_ctl = self.bin.join("pg_ctl");
-        let stop = format!("{} -D {} -m immediate stop", pg_ctl.display(), self.data().display());
-        let stop = if self.as_postgres { format!("runuser -u postgres -- {stop}") } else { stop };
+        let stop = format!(
+            "{} -D {} -m immediate stop",
+            pg_ctl.display(),
+            self.data().display()
+        );
+        let stop = if self.as_postgres {
+            format!("runuser -u postgres -- {stop}")
+        } else {
+            stop
+        };
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
             pid = std::process::id(),
@@ -218,7 +267,9 @@ impl PgServer {
     pub async fn fresh_db(&self) -> Result<String> {
         let name = unique("t");
         let admin = self.connect("postgres").await?;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
         Ok(name)
     }
 }
@@ -226,7 +277,17 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         if self.owned {
-            let _ = self.pg_cmd("pg_ctl", &["-D", self.data().to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+            let _ = self.pg_cmd(
+                "pg_ctl",
+                &[
+                    "-D",
+                    self.data().to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+            );
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -246,7 +307,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Polls `check` until it returns `Some`, failing after `timeout` with `what` in the message.
@@ -275,9 +338,12 @@ pub fn indexer_bin() -> PathBuf {
     if let Ok(p) = std::env::var("INDEXER_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/e2e-<hash> → target/<profile>/indexer
+    // target/<profile>/deps/e2e-<hash> (tests) or target/<profile>/demo → target/<profile>/indexer
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let mut profile_dir = exe.parent().expect("exe dir");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("target dir");
+    }
     let bin = profile_dir.join("indexer");
     assert!(
         bin.exists(),
@@ -300,33 +366,18 @@ pub struct Indexer {
 impl Indexer {
     /// Starts `indexer run` and waits until its endpoint answers.
     pub async fn start(config: &Path, data_dir: &Path) -> Result<Indexer> {
+        let mut ix = Self::spawn(config, data_dir)?;
         let addr_file = data_dir.join(indexer::ADDR_FILE);
-        let _ = std::fs::remove_file(&addr_file);
-        std::fs::create_dir_all(data_dir)?;
-        let log = data_dir.with_extension(format!("log{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
-        let log_file = std::fs::File::create(&log)?;
-        let child = Command::new(indexer_bin())
-            .args(["run", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
-        let mut ix = Indexer {
-            child: Some(child),
-            config: config.to_owned(),
-            data_dir: data_dir.to_owned(),
-            log,
-            url: String::new(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
-        };
         let addr = eventually("indexer address file", Duration::from_secs(60), || {
             let exited = ix.exited();
             let log = ix.log.clone();
             let addr_file = addr_file.clone();
             async move {
                 if let Some(status) = exited {
-                    bail!("indexer exited with {status}: {}", std::fs::read_to_string(log).unwrap_or_default());
+                    bail!(
+                        "indexer exited with {status}: {}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
                 }
                 Ok(std::fs::read_to_string(&addr_file).ok())
             }
@@ -336,8 +387,43 @@ impl Indexer {
         Ok(ix)
     }
 
+    /// Starts `indexer run` without waiting for anything.
+    pub fn spawn(config: &Path, data_dir: &Path) -> Result<Indexer> {
+        let addr_file = data_dir.join(indexer::ADDR_FILE);
+        let _ = std::fs::remove_file(&addr_file);
+        std::fs::create_dir_all(data_dir)?;
+        let log =
+            data_dir.with_extension(format!("log{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(indexer_bin())
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()?;
+        Ok(Indexer {
+            child: Some(child),
+            config: config.to_owned(),
+            data_dir: data_dir.to_owned(),
+            log,
+            url: String::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+        })
+    }
+
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn log_text(&self) -> String {
@@ -345,7 +431,13 @@ impl Indexer {
     }
 
     pub async fn status(&self) -> Result<Value> {
-        Ok(self.http.get(format!("{}/status", self.url)).send().await?.json().await?)
+        Ok(self
+            .http
+            .get(format!("{}/status", self.url))
+            .send()
+            .await?
+            .json()
+            .await?)
     }
 
     /// Waits until the snapshot is done (or resumed) and the stream is live.
@@ -373,7 +465,10 @@ impl Indexer {
     pub async fn wait_applied(&self, lsn: &str) -> Result<()> {
         let resp = self
             .http
-            .get(format!("{}/internal/wait?lsn={lsn}&timeout_ms=30000", self.url))
+            .get(format!(
+                "{}/internal/wait?lsn={lsn}&timeout_ms=30000",
+                self.url
+            ))
             .send()
             .await?;
         let ok = resp.status().is_success();
@@ -422,5 +517,8 @@ impl Drop for Indexer {
 
 /// Current WAL position of the server, as text.
 pub async fn current_lsn(client: &Client) -> Result<String> {
-    Ok(client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0))
+    Ok(client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0))
 }

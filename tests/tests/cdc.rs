@@ -17,9 +17,16 @@ async fn snapshot_with_concurrent_writes_equals_table() -> Result<()> {
     let status = ix.wait_ready().await?;
     let txs = writer.stop().await?;
     assert!(txs > 0, "the writer ran during the snapshot");
-    assert!(status["snapshot"]["rows"].as_u64().unwrap() >= 19_000, "{status}");
+    assert!(
+        status["snapshot"]["rows"].as_u64().unwrap() >= 19_000,
+        "{status}"
+    );
     let report = f.assert_equal(&config, &ix).await?;
-    assert!(report.lines[0].contains(&format!("{} rows", f.count().await?)), "{:?}", report.lines);
+    assert!(
+        report.lines[0].contains(&format!("{} rows", f.count().await?)),
+        "{:?}",
+        report.lines
+    );
     Ok(())
 }
 
@@ -40,11 +47,15 @@ async fn every_kind_of_change_is_applied() -> Result<()> {
     )
     .await?;
     let toasted: i32 = c
-        .query_one("SELECT pg_column_size(body) FROM places WHERE id = 500", &[])
+        .query_one(
+            "SELECT pg_column_size(body) FROM places WHERE id = 500",
+            &[],
+        )
         .await?
         .get(0);
     assert!(toasted > 20_000, "body is {toasted} bytes");
-    c.batch_execute("UPDATE places SET population = 42 WHERE id = 500").await?;
+    c.batch_execute("UPDATE places SET population = 42 WHERE id = 500")
+        .await?;
     f.assert_equal(&config, &ix).await?;
 
     c.batch_execute(
@@ -57,7 +68,14 @@ async fn every_kind_of_change_is_applied() -> Result<()> {
     )
     .await?;
     let report = f.assert_equal(&config, &ix).await?;
-    assert!(report.lines.iter().any(|l| l.contains("oceania: table 1, index 1")), "{:?}", report.lines);
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|l| l.contains("oceania: table 1, index 1")),
+        "{:?}",
+        report.lines
+    );
 
     c.batch_execute("TRUNCATE places; INSERT INTO places VALUES (1, 'africa', 'after', 'truncate', 1, 0, 0, NULL)").await?;
     let report = f.assert_equal(&config, &ix).await?;
@@ -114,20 +132,42 @@ async fn bad_rows_are_reported_and_the_stream_goes_on() -> Result<()> {
     let status = ix.status().await?;
     assert!(status["rejected_rows"].as_u64().unwrap() >= 5, "{status}");
     let recent = status["recent_rejections"].as_array().unwrap();
-    for (key, field) in [("1001", "embedding"), ("1002", "embedding"), ("1003", "lat"), ("1004", "body"), ("1005", "region")] {
+    for (key, field) in [
+        ("1001", "embedding"),
+        ("1002", "embedding"),
+        ("1003", "lat"),
+        ("1004", "body"),
+        ("1005", "region"),
+    ] {
         assert!(
-            recent.iter().any(|r| r["key"] == key && r["field"] == field),
+            recent
+                .iter()
+                .any(|r| r["key"] == key && r["field"] == field),
             "no rejection for key {key} field {field}: {recent:?}"
         );
     }
-    let asia = status["partitions"].as_array().unwrap().iter().find(|p| p["region"] == "asia").unwrap();
+    let asia = status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["region"] == "asia")
+        .unwrap();
     assert!(asia["rejected_rows"].as_u64().unwrap() >= 4, "{asia}");
-    assert!(ix.log_text().contains("key=1003"), "rejections are logged with their key");
+    assert!(
+        ix.log_text().contains("key=1003"),
+        "rejections are logged with their key"
+    );
     assert_eq!(status["stream"], "streaming");
     // Metrics export the same.
-    let metrics = reqwest::get(format!("{}/metrics", ix.url)).await?.text().await?;
+    let metrics = reqwest::get(format!("{}/metrics", ix.url))
+        .await?
+        .text()
+        .await?;
     assert!(metrics.contains("indexer_rejected_rows_total"), "{metrics}");
-    assert!(metrics.contains("indexer_partition_documents{index=\"places\",region=\"asia\"}"), "{metrics}");
+    assert!(
+        metrics.contains("indexer_partition_documents{index=\"places\",region=\"asia\"}"),
+        "{metrics}"
+    );
     Ok(())
 }
 
@@ -140,11 +180,16 @@ async fn idle_slot_confirms_wal_of_unpublished_tables() -> Result<()> {
     ix.wait_ready().await?;
     let before: String = f
         .client
-        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&f.slot])
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&f.slot],
+        )
         .await?
         .get(0);
     for i in 0..1000 {
-        f.client.execute("INSERT INTO other (v) VALUES ($1)", &[&format!("v{i}")]).await?;
+        f.client
+            .execute("INSERT INTO other (v) VALUES ($1)", &[&format!("v{i}")])
+            .await?;
     }
     let target = f.lsn().await?;
     let target = &target;

@@ -96,25 +96,43 @@ filter_fields = ["population"]
         e2e::current_lsn(&self.client).await
     }
 
-    pub async fn verify(&self, config: &std::path::Path, indexer: &Indexer) -> Result<indexer::verify::Report> {
+    pub async fn verify(
+        &self,
+        config: &std::path::Path,
+        indexer: &Indexer,
+    ) -> Result<indexer::verify::Report> {
         let cfg = indexer::config::Config::load(config, &Default::default())?;
         Ok(indexer::verify::verify(&cfg, &indexer.url, 5).await?)
     }
 
-    pub async fn assert_equal(&self, config: &std::path::Path, indexer: &Indexer) -> Result<indexer::verify::Report> {
+    pub async fn assert_equal(
+        &self,
+        config: &std::path::Path,
+        indexer: &Indexer,
+    ) -> Result<indexer::verify::Report> {
         indexer.wait_applied(&self.lsn().await?).await?;
         let report = self.verify(config, indexer).await?;
         assert!(
             report.equal(),
             "index differs from table:\n{}\n{}",
             report.lines.join("\n"),
-            report.differences.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+            report
+                .differences
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         Ok(report)
     }
 
     pub async fn count(&self) -> Result<i64> {
-        Ok(self.client.query_one("SELECT count(*) FROM places", &[]).await?.get(0))
+        Ok(self
+            .client
+            .query_one("SELECT count(*) FROM places", &[])
+            .await?
+            .get(0))
     }
 }
 

@@ -31,7 +31,11 @@ async fn kill9_during_writes_loses_nothing() -> Result<()> {
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
     ix.wait_ready().await?;
     let report = f.assert_equal(&config, &ix).await?;
-    assert!(report.lines[0].contains(&format!("{} rows", f.count().await?)), "{:?}", report.lines);
+    assert!(
+        report.lines[0].contains(&format!("{} rows", f.count().await?)),
+        "{:?}",
+        report.lines
+    );
     Ok(())
 }
 
@@ -71,7 +75,9 @@ async fn restart_resumes_without_copying() -> Result<()> {
     assert_eq!(first["snapshot"]["state"], "done");
     assert!(ix.stop()?.success());
     f.insert_range(1_001, 1_100).await?;
-    f.client.batch_execute("DELETE FROM places WHERE id <= 10").await?;
+    f.client
+        .batch_execute("DELETE FROM places WHERE id <= 10")
+        .await?;
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
     let second = ix.wait_ready().await?;
     assert_eq!(second["snapshot"]["state"], "resumed", "{second}");
@@ -88,14 +94,21 @@ async fn lost_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> {
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
     ix.wait_ready().await?;
     assert!(ix.stop()?.success());
-    f.client.execute("SELECT pg_drop_replication_slot($1)", &[&f.slot]).await?;
+    f.client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&f.slot])
+        .await?;
     f.insert_range(301, 310).await?;
 
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    let mut ix = Indexer::spawn(&config, &f.data_dir())?;
     let code = ix.wait_exit(Duration::from_secs(30)).await?;
     assert_eq!(code.code(), Some(2));
     let log = ix.log_text();
-    assert!(log.contains("replication slot") && log.contains("does not exist") && log.contains("resnapshot"), "{log}");
+    assert!(
+        log.contains("replication slot")
+            && log.contains("does not exist")
+            && log.contains("resnapshot"),
+        "{log}"
+    );
 
     let rebuild = f.config("on_slot_loss = \"resnapshot\"", "")?;
     let mut ix = Indexer::start(&rebuild, &f.data_dir()).await?;

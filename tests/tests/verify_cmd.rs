@@ -18,9 +18,19 @@ async fn verify_reports_each_difference_and_exits_1() -> Result<()> {
     ix.wait_applied(&f.lsn().await?).await?;
 
     let ok = Command::new(e2e::indexer_bin())
-        .args(["verify", "--config", config.to_str().unwrap(), "--indexer-url", &ix.url])
+        .args([
+            "verify",
+            "--config",
+            config.to_str().unwrap(),
+            "--indexer-url",
+            &ix.url,
+        ])
         .output()?;
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("equal"));
 
     // A second database with the same rows, then three differences: verify it against the
@@ -28,12 +38,26 @@ async fn verify_reports_each_difference_and_exits_1() -> Result<()> {
     let other = f.pg.fresh_db().await?;
     let oc = f.pg.connect(&other).await?;
     oc.batch_execute(SCHEMA).await?;
-    let rows = f.client.query("SELECT id, region, name, body, population, lat, lon, embedding FROM places", &[]).await?;
+    let rows = f
+        .client
+        .query(
+            "SELECT id, region, name, body, population, lat, lon, embedding FROM places",
+            &[],
+        )
+        .await?;
     for r in rows {
-        let vals: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
-            [&r.get::<_, i64>(0), &r.get::<_, Option<String>>(1), &r.get::<_, Option<String>>(2), &r.get::<_, Option<String>>(3),
-             &r.get::<_, Option<i64>>(4), &r.get::<_, Option<f64>>(5), &r.get::<_, Option<f64>>(6), &r.get::<_, Option<Vec<f32>>>(7)];
-        oc.execute("INSERT INTO places VALUES ($1,$2,$3,$4,$5,$6,$7,$8)", &vals).await?;
+        let vals: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &r.get::<_, i64>(0),
+            &r.get::<_, Option<String>>(1),
+            &r.get::<_, Option<String>>(2),
+            &r.get::<_, Option<String>>(3),
+            &r.get::<_, Option<i64>>(4),
+            &r.get::<_, Option<f64>>(5),
+            &r.get::<_, Option<f64>>(6),
+            &r.get::<_, Option<Vec<f32>>>(7),
+        ];
+        oc.execute("INSERT INTO places VALUES ($1,$2,$3,$4,$5,$6,$7,$8)", &vals)
+            .await?;
     }
     oc.batch_execute(
         "UPDATE places SET body = 'tampered' WHERE id = 1; DELETE FROM places WHERE id = 2; \
@@ -41,14 +65,26 @@ async fn verify_reports_each_difference_and_exits_1() -> Result<()> {
     )
     .await?;
     let other_config = config.with_file_name("other.toml");
-    std::fs::write(&other_config, std::fs::read_to_string(&config)?.replace(&f.db, &other))?;
+    std::fs::write(
+        &other_config,
+        std::fs::read_to_string(&config)?.replace(&f.db, &other),
+    )?;
     let out = Command::new(e2e::indexer_bin())
-        .args(["verify", "--config", other_config.to_str().unwrap(), "--indexer-url", &ix.url, "--attempts", "1"])
+        .args([
+            "verify",
+            "--config",
+            other_config.to_str().unwrap(),
+            "--indexer-url",
+            &ix.url,
+            "--attempts",
+            "1",
+        ])
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     for needle in [
-        "key 1 (", "different content",
+        "key 1 (",
+        "different content",
         "key 2 is in partition",
         "key 999 (asia) is missing",
         "key 3 is in partition",
@@ -63,24 +99,52 @@ async fn verify_reports_each_difference_and_exits_1() -> Result<()> {
 async fn config_errors_name_the_column() -> Result<()> {
     let f = Fixture::new().await?;
     let good = f.config("", "")?;
-    let out = Command::new(e2e::indexer_bin()).args(["check-config", "--config", good.to_str().unwrap()]).output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(e2e::indexer_bin())
+        .args(["check-config", "--config", good.to_str().unwrap()])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = good.with_file_name("bad.toml");
-    std::fs::write(&bad, std::fs::read_to_string(&good)?.replace("text_fields = [\"name\"", "text_fields = [\"nmae\""))?;
-    let out = Command::new(e2e::indexer_bin()).args(["check-config", "--config", bad.to_str().unwrap()]).output()?;
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&good)?
+            .replace("text_fields = [\"name\"", "text_fields = [\"nmae\""),
+    )?;
+    let out = Command::new(e2e::indexer_bin())
+        .args(["check-config", "--config", bad.to_str().unwrap()])
+        .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("text column \"nmae\" not found in public.places"), "{stderr}");
+    assert!(
+        stderr.contains("text column \"nmae\" not found in public.places"),
+        "{stderr}"
+    );
 
     let typo = good.with_file_name("typo.toml");
-    std::fs::write(&typo, std::fs::read_to_string(&good)?.replace("[apply]", "[apply]\nmax_batch_row = 5"))?;
-    let out = Command::new(e2e::indexer_bin()).args(["check-config", "--config", typo.to_str().unwrap()]).output()?;
-    assert!(String::from_utf8_lossy(&out.stderr).contains("max_batch_row"), "unknown keys are named");
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&good)?.replace("[apply]", "[apply]\nmax_batch_row = 5"),
+    )?;
+    let out = Command::new(e2e::indexer_bin())
+        .args(["check-config", "--config", typo.to_str().unwrap()])
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_batch_row"),
+        "unknown keys are named"
+    );
 
     let wrong_type = good.with_file_name("wrongtype.toml");
-    std::fs::write(&wrong_type, std::fs::read_to_string(&good)?.replace("lat = \"lat\"", "lat = \"name\""))?;
-    let out = Command::new(e2e::indexer_bin()).args(["check-config", "--config", wrong_type.to_str().unwrap()]).output()?;
+    std::fs::write(
+        &wrong_type,
+        std::fs::read_to_string(&good)?.replace("lat = \"lat\"", "lat = \"name\""),
+    )?;
+    let out = Command::new(e2e::indexer_bin())
+        .args(["check-config", "--config", wrong_type.to_str().unwrap()])
+        .output()?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("has type text; it must be numeric"));
     Ok(())
 }
