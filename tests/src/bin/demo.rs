@@ -18,7 +18,8 @@ async fn main() -> Result<()> {
         Ok(url) => (None, url),
         Err(_) => {
             eprintln!("demo: starting a throwaway Postgres cluster ...");
-            let s = PgServer::start()?;
+            // Stopped and removed by a watchdog when this process exits, however it exits.
+            let s = PgServer::start_with_watchdog()?;
             let url = s.url("postgres");
             (Some(s), url)
         }
@@ -107,7 +108,11 @@ async fn main() -> Result<()> {
             ""
         }
     );
-    tokio::signal::ctrl_c().await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     eprintln!("demo: stopping");
     indexer.stop()?;
     drop(server);
