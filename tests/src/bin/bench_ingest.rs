@@ -1,0 +1,214 @@
+//! Ingest benchmark for the indexer core (not a test): snapshot rows/s, streaming apply rows/s
+//! and commit-to-applied latency, on the real dev rows (../shared/data/dev: 30k GeoNames cities
+//! with 384-d embeddings), against a throwaway Postgres and the release indexer.
+//!
+//!   cargo build --release -p indexer -p e2e --bins && target/release/bench_ingest
+//!
+//! Prints one table; figures come from this run only.
+
+use std::io::{BufRead, Read};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use e2e::{Indexer, PgServer};
+use futures_util::SinkExt;
+
+const SCHEMA: &str = "CREATE TABLE places (id bigint PRIMARY KEY, region text NOT NULL, name text, body text, \
+    population bigint, country_code text, lat double precision, lon double precision, embedding real[])";
+
+fn data_dir() -> PathBuf {
+    std::env::var("BENCH_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dev"))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r")
+}
+
+/// The dev rows as COPY text lines (id, region, name, body, population, cc, lat, lon, embedding).
+fn load_rows() -> Result<Vec<String>> {
+    let dir = data_dir();
+    let gz = std::fs::File::open(dir.join("rows.jsonl.gz")).with_context(|| format!("open {}", dir.display()))?;
+    let mut npy = Vec::new();
+    std::fs::File::open(dir.join("embeddings.f32.npy"))?.read_to_end(&mut npy)?;
+    // .npy v1: magic(6) ver(2) header_len(u16 LE) header; then little-endian f32 data.
+    if &npy[..6] != b"\x93NUMPY" {
+        bail!("embeddings.f32.npy is not a .npy file");
+    }
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let data = &npy[10 + header_len..];
+    let dim = 384;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(flate2::read::GzDecoder::new(gz)).lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(&line?)?;
+        let emb: Vec<String> = (0..dim)
+            .map(|j| {
+                let o = (i * dim + j) * 4;
+                f32::from_le_bytes(data[o..o + 4].try_into().unwrap()).to_string()
+            })
+            .collect();
+        out.push(format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{{{}}}\n",
+            v["id"],
+            escape(v["region"].as_str().unwrap_or("")),
+            escape(v["title"].as_str().unwrap_or("")),
+            escape(v["body"].as_str().unwrap_or("")),
+            v["population"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "\\N".into()),
+            escape(v["country_code"].as_str().unwrap_or("")),
+            v["lat"],
+            v["lon"],
+            emb.join(",")
+        ));
+    }
+    Ok(out)
+}
+
+fn config(pg: &PgServer, db: &str, dir: &std::path::Path, vector: bool) -> Result<PathBuf> {
+    let path = dir.join("bench.toml");
+    let vector = if vector { "vector = { column = \"embedding\", dimension = 384 }" } else { "" };
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\ndatabase_url = \"{}\"\npublication = \"bench_pub\"\nslot = \"bench_slot\"\n\
+             [storage]\ndata_dir = \"{}\"\n\
+             [[index]]\nname = \"places\"\ntable = \"places\"\nregion = \"region\"\n\
+             text_fields = [{{ column = \"name\", boost = 2.0 }}, \"body\"]\ngeo = {{ lat = \"lat\", lon = \"lon\" }}\n{vector}\n\
+             filter_fields = [\"population\", \"country_code\"]\n",
+            pg.url(db),
+            dir.join("data").display()
+        ),
+    )?;
+    Ok(path)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let rows = load_rows()?;
+    let n = rows.len();
+    eprintln!("bench: {n} dev rows loaded from {}", data_dir().display());
+    let pg = PgServer::start_with_watchdog()?;
+    let mut report = Vec::new();
+
+    for vector in [false, true] {
+        let db = pg.fresh_db().await?;
+        let client = pg.connect(&db).await?;
+        client.batch_execute(SCHEMA).await?;
+        let sink = client.copy_in("COPY places FROM STDIN").await?;
+        futures_util::pin_mut!(sink);
+        for chunk in rows.chunks(1000) {
+            sink.send(Bytes::from(chunk.concat())).await?;
+        }
+        sink.finish().await?;
+        client.batch_execute("ANALYZE places").await?;
+        let dir = tempfile::tempdir()?;
+        let cfg = config(&pg, &db, dir.path(), vector)?;
+        let mut ix = Indexer::start(&cfg, &dir.path().join("data")).await?;
+        let status = ix.wait_ready().await?;
+        let what = if vector { "text+geo+vector" } else { "text+geo" };
+        report.push(format!(
+            "snapshot ({what}, {n} rows): {:.0} rows/s ({:.2} s, copy + index + commit)",
+            status["snapshot"]["rows_per_sec"].as_f64().unwrap_or(0.0),
+            status["snapshot"]["seconds"].as_f64().unwrap_or(0.0)
+        ));
+        if !vector {
+            ix.stop()?;
+            continue;
+        }
+
+        // Streaming apply at saturation: one transaction re-inserting every row under new keys,
+        // then 30 transactions of 1,000 updates each.
+        let t = Instant::now();
+        client
+            .batch_execute("INSERT INTO places SELECT id + 100000000, region, name, body, population, country_code, lat, lon, embedding FROM places")
+            .await?;
+        let committed = t.elapsed();
+        let lsn = e2e::current_lsn(&client).await?;
+        ix.wait_applied(&lsn).await?;
+        let total = t.elapsed();
+        report.push(format!(
+            "stream apply, one {n}-row transaction: {:.0} rows/s end to end ({:.2} s; Postgres commit took {:.2} s of it)",
+            n as f64 / total.as_secs_f64(),
+            total.as_secs_f64(),
+            committed.as_secs_f64()
+        ));
+        let t = Instant::now();
+        for k in 0..30i64 {
+            client
+                .execute(
+                    "UPDATE places SET population = population + 1 WHERE id IN (SELECT id FROM places ORDER BY id OFFSET $1 LIMIT 1000)",
+                    &[&(k * 1000)],
+                )
+                .await?;
+        }
+        let lsn = e2e::current_lsn(&client).await?;
+        ix.wait_applied(&lsn).await?;
+        report.push(format!(
+            "stream apply, 30 × 1,000-row update transactions: {:.0} rows/s end to end",
+            30_000.0 / t.elapsed().as_secs_f64()
+        ));
+
+        // Commit-to-applied latency at ~1,000 single-row commits/s for 10 s.
+        let http = reqwest::Client::new();
+        let mut waits = Vec::new();
+        let start = Instant::now();
+        let target = 10_000u64;
+        for k in 0..target {
+            let due = start + Duration::from_micros(k * 1000);
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(d).await;
+            }
+            let msgs = client
+                .simple_query(&format!(
+                    "BEGIN; UPDATE places SET population = population + 1 WHERE id = (SELECT id FROM places ORDER BY id OFFSET {} LIMIT 1); COMMIT; SELECT pg_current_wal_lsn()::text",
+                    k % 30_000
+                ))
+                .await?;
+            let committed_at = Instant::now();
+            let lsn = msgs
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .context("no lsn")?;
+            let url = format!("{}/internal/wait?lsn={lsn}&timeout_ms=30000", ix.url);
+            let http = http.clone();
+            waits.push(tokio::spawn(async move {
+                let ok = http.get(url).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+                (ok, committed_at.elapsed())
+            }));
+        }
+        let rate = target as f64 / start.elapsed().as_secs_f64();
+        let mut lat = Vec::new();
+        for w in waits {
+            let (ok, d) = w.await?;
+            if !ok {
+                bail!("a commit was not applied within 30 s");
+            }
+            lat.push(d.as_secs_f64() * 1000.0);
+        }
+        lat.sort_by(f64::total_cmp);
+        report.push(format!(
+            "commit-to-applied at {rate:.0} single-row commits/s ({} commits): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            lat.len(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            lat[lat.len() - 1]
+        ));
+        let status = ix.status().await?;
+        report.push(format!("group commits so far: {}", status["transactions_applied"]));
+        ix.stop()?;
+    }
+    println!("\n## indexer ingest benchmark ({} cores)\n", std::thread::available_parallelism()?.get());
+    for line in report {
+        println!("- {line}");
+    }
+    Ok(())
+}
