@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use tantivy::collector::DocSetCollector;
+use tantivy::collector::{Count, DocSetCollector};
 use tantivy::query::{AllQuery, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
@@ -180,7 +180,11 @@ impl Partition {
         if self.truncated {
             return Ok(false);
         }
-        Ok(lookup(&self.searcher(), &self.fields, key)?.is_some())
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.key, key),
+            IndexRecordOption::Basic,
+        );
+        Ok(self.searcher().search(&query, &Count)? > 0)
     }
 
     /// Makes `key` hold `doc`, or be absent.

@@ -366,12 +366,26 @@ impl Shard {
     /// Makes everything buffered durable at `lsn`, then visible to readers at once.
     pub fn commit(&mut self, lsn: Lsn) -> Result<bool> {
         let started = Instant::now();
-        let mut wrote = false;
-        for p in self.partitions.values_mut() {
-            if p.is_dirty() {
-                p.commit(lsn)?;
-                wrote = true;
-            }
+        // Partitions commit in parallel: most of a commit is fsync of new segment files, and
+        // those of different partitions overlap well.
+        let dirty: Vec<&mut Partition> = self
+            .partitions
+            .values_mut()
+            .filter(|p| p.is_dirty())
+            .collect();
+        let wrote = !dirty.is_empty();
+        if dirty.len() == 1 {
+            dirty.into_iter().try_for_each(|p| p.commit(lsn))?;
+        } else if wrote {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = dirty
+                    .into_iter()
+                    .map(|p| scope.spawn(move || p.commit(lsn)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .try_for_each(|h| h.join().expect("partition commit thread panicked"))
+            })?;
         }
         self.applied = self.applied.max(lsn);
         self.publish();

@@ -25,13 +25,17 @@ fn data_dir() -> PathBuf {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r")
+    s.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
 }
 
 /// The dev rows as COPY text lines (id, region, name, body, population, cc, lat, lon, embedding).
 fn load_rows() -> Result<Vec<String>> {
     let dir = data_dir();
-    let gz = std::fs::File::open(dir.join("rows.jsonl.gz")).with_context(|| format!("open {}", dir.display()))?;
+    let gz = std::fs::File::open(dir.join("rows.jsonl.gz"))
+        .with_context(|| format!("open {}", dir.display()))?;
     let mut npy = Vec::new();
     std::fs::File::open(dir.join("embeddings.f32.npy"))?.read_to_end(&mut npy)?;
     // .npy v1: magic(6) ver(2) header_len(u16 LE) header; then little-endian f32 data.
@@ -42,7 +46,10 @@ fn load_rows() -> Result<Vec<String>> {
     let data = &npy[10 + header_len..];
     let dim = 384;
     let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(flate2::read::GzDecoder::new(gz)).lines().enumerate() {
+    for (i, line) in std::io::BufReader::new(flate2::read::GzDecoder::new(gz))
+        .lines()
+        .enumerate()
+    {
         let v: serde_json::Value = serde_json::from_str(&line?)?;
         let emb: Vec<String> = (0..dim)
             .map(|j| {
@@ -56,7 +63,10 @@ fn load_rows() -> Result<Vec<String>> {
             escape(v["region"].as_str().unwrap_or("")),
             escape(v["title"].as_str().unwrap_or("")),
             escape(v["body"].as_str().unwrap_or("")),
-            v["population"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "\\N".into()),
+            v["population"]
+                .as_i64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "\\N".into()),
             escape(v["country_code"].as_str().unwrap_or("")),
             v["lat"],
             v["lon"],
@@ -68,7 +78,11 @@ fn load_rows() -> Result<Vec<String>> {
 
 fn config(pg: &PgServer, db: &str, dir: &std::path::Path, vector: bool) -> Result<PathBuf> {
     let path = dir.join("bench.toml");
-    let vector = if vector { "vector = { column = \"embedding\", dimension = 384 }" } else { "" };
+    let vector = if vector {
+        "vector = { column = \"embedding\", dimension = 384 }"
+    } else {
+        ""
+    };
     std::fs::write(
         &path,
         format!(
@@ -111,7 +125,11 @@ async fn main() -> Result<()> {
         let cfg = config(&pg, &db, dir.path(), vector)?;
         let mut ix = Indexer::start(&cfg, &dir.path().join("data")).await?;
         let status = ix.wait_ready().await?;
-        let what = if vector { "text+geo+vector" } else { "text+geo" };
+        let what = if vector {
+            "text+geo+vector"
+        } else {
+            "text+geo"
+        };
         report.push(format!(
             "snapshot ({what}, {n} rows): {:.0} rows/s ({:.2} s, copy + index + commit)",
             status["snapshot"]["rows_per_sec"].as_f64().unwrap_or(0.0),
@@ -155,6 +173,12 @@ async fn main() -> Result<()> {
         ));
 
         // Commit-to-applied latency at ~1,000 single-row commits/s for 10 s.
+        let ids: Vec<i64> = client
+            .query("SELECT id FROM places ORDER BY id LIMIT 30000", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         let http = reqwest::Client::new();
         let mut waits = Vec::new();
         let start = Instant::now();
@@ -166,8 +190,8 @@ async fn main() -> Result<()> {
             }
             let msgs = client
                 .simple_query(&format!(
-                    "BEGIN; UPDATE places SET population = population + 1 WHERE id = (SELECT id FROM places ORDER BY id OFFSET {} LIMIT 1); COMMIT; SELECT pg_current_wal_lsn()::text",
-                    k % 30_000
+                    "BEGIN; UPDATE places SET population = population + 1 WHERE id = {}; COMMIT; SELECT pg_current_wal_lsn()::text",
+                    ids[k as usize % ids.len()]
                 ))
                 .await?;
             let committed_at = Instant::now();
@@ -181,7 +205,12 @@ async fn main() -> Result<()> {
             let url = format!("{}/internal/wait?lsn={lsn}&timeout_ms=30000", ix.url);
             let http = http.clone();
             waits.push(tokio::spawn(async move {
-                let ok = http.get(url).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+                let ok = http
+                    .get(url)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
                 (ok, committed_at.elapsed())
             }));
         }
@@ -203,10 +232,35 @@ async fn main() -> Result<()> {
             lat[lat.len() - 1]
         ));
         let status = ix.status().await?;
-        report.push(format!("group commits so far: {}", status["transactions_applied"]));
+        report.push(format!(
+            "transactions applied in this run: {}",
+            status["transactions_applied"]
+        ));
+        let metrics = reqwest::get(format!("{}/metrics", ix.url))
+            .await?
+            .text()
+            .await?;
+        let grab = |name: &str| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().last())
+                .unwrap_or("?")
+                .to_owned()
+        };
+        report.push(format!(
+            "group commits: {} taking {} s in all (p50 {} s, p99 {} s per commit)",
+            grab("indexer_group_commits_total"),
+            grab("indexer_group_commit_seconds_sum"),
+            grab("indexer_group_commit_seconds{quantile=\"0.5\"}"),
+            grab("indexer_group_commit_seconds{quantile=\"0.99\"}"),
+        ));
         ix.stop()?;
     }
-    println!("\n## indexer ingest benchmark ({} cores)\n", std::thread::available_parallelism()?.get());
+    println!(
+        "\n## indexer ingest benchmark ({} cores)\n",
+        std::thread::available_parallelism()?.get()
+    );
     for line in report {
         println!("- {line}");
     }
