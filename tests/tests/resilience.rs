@@ -94,9 +94,19 @@ async fn lost_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> {
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
     ix.wait_ready().await?;
     assert!(ix.stop()?.success());
-    f.client
-        .execute("SELECT pg_drop_replication_slot($1)", &[&f.slot])
-        .await?;
+    // The walsender of the stopped indexer may take a moment to let go of the slot.
+    let (client, slot) = (&f.client, &f.slot);
+    e2e::eventually(
+        "the slot to be dropped",
+        Duration::from_secs(30),
+        || async move {
+            Ok(client
+                .execute("SELECT pg_drop_replication_slot($1)", &[slot])
+                .await
+                .ok())
+        },
+    )
+    .await?;
     f.insert_range(301, 310).await?;
 
     let mut ix = Indexer::spawn(&config, &f.data_dir())?;
