@@ -1,6 +1,8 @@
-//! The applier: a dedicated thread that owns the shard engine, buffers transactions into
-//! partitions, group-commits them (bounded by rows and time), persists the checkpoint, and
-//! only then reports the LSN as durable so the stream may confirm it to Postgres.
+//! The applier: a dedicated thread that owns the shard engine. It applies transactions in
+//! natural batches (whatever is queued, bounded by rows and time) and makes each batch
+//! searchable at once. On a timer or size bound it hands what it applied to a committer
+//! thread (one commit at a time) and goes on applying; when the commit is durable, that LSN
+//! is reported back for confirmation to Postgres.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -12,9 +14,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::checkpoint::Checkpoint;
 use crate::config::ApplyConfig;
 use crate::document::RawRow;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::shard::{Shard, Transaction};
+use crate::shard::{CommitDone, Shard, Transaction};
 use crate::status::Stats;
 
 pub enum ApplyCmd {
@@ -38,6 +40,25 @@ pub struct Applier {
     pub stats: Arc<Stats>,
 }
 
+/// Where the applier reports progress: searchable LSNs (freshness) and durable LSNs
+/// (confirmation to Postgres).
+pub struct Progress {
+    pub searchable: watch::Sender<Lsn>,
+    pub durable: watch::Sender<Lsn>,
+}
+
+enum Event {
+    Cmd(Option<ApplyCmd>),
+    Done(Result<CommitDone>),
+    CommitDue,
+}
+
+struct FileState {
+    last_write: Instant,
+    /// LSN written in the checkpoint file.
+    lsn: Lsn,
+}
+
 /// How often the checkpoint file follows the partitions' own commits (it only shortens the
 /// replay after a restart; correctness rests on the partitions' commit payloads).
 const CHECKPOINT_FILE_INTERVAL: Duration = Duration::from_secs(1);
@@ -47,54 +68,93 @@ impl Applier {
     pub fn spawn(
         self,
         rx: mpsc::Receiver<ApplyCmd>,
-        durable: watch::Sender<Lsn>,
+        progress: Progress,
     ) -> std::thread::JoinHandle<Result<()>> {
         std::thread::Builder::new()
             .name("applier".into())
-            .spawn(move || self.run(rx, durable))
+            .spawn(move || self.run(rx, progress))
             .expect("spawn applier thread")
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<ApplyCmd>, durable: watch::Sender<Lsn>) -> Result<()> {
+    fn run(mut self, mut rx: mpsc::Receiver<ApplyCmd>, progress: Progress) -> Result<()> {
+        // Only for waiting on several channels with a timeout; engine work never runs on it.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(Error::Io)?;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<CommitDone>>();
         let max_delay = Duration::from_millis(self.config.max_batch_delay_ms);
-        let mut last_file_write = Instant::now();
-        let mut file_lsn = self.checkpoint.lsn()?;
+        let commit_interval = Duration::from_millis(self.config.commit_interval_ms);
+        let mut files = FileState {
+            last_write: Instant::now(),
+            lsn: self.checkpoint.lsn()?,
+        };
         let mut stash: Option<ApplyCmd> = None;
         loop {
-            let cmd = match stash.take() {
-                Some(c) => c,
-                None => match rx.blocking_recv() {
-                    Some(c) => c,
-                    None => break,
-                },
+            let event = match stash.take() {
+                Some(c) => Event::Cmd(Some(c)),
+                None => {
+                    let wait = match (
+                        self.shard.commit_in_flight(),
+                        self.shard.uncommitted_since(),
+                    ) {
+                        (false, Some(since)) => commit_interval.saturating_sub(since.elapsed()),
+                        _ => Duration::from_secs(3600),
+                    };
+                    // Bound memory: while a commit runs, stop taking work once twice the
+                    // commit size waits behind it.
+                    let accept = !(self.shard.commit_in_flight()
+                        && self.shard.uncommitted_rows() >= 2 * self.config.max_uncommitted_rows);
+                    timer.block_on(async {
+                        tokio::select! {
+                            biased;
+                            done = done_rx.recv() => Event::Done(done.expect("applier holds a sender")),
+                            cmd = rx.recv(), if accept => Event::Cmd(cmd),
+                            _ = tokio::time::sleep(wait) => Event::CommitDue,
+                        }
+                    })
+                }
             };
-            match cmd {
-                ApplyCmd::SnapshotRows { index, rows } => {
+            match event {
+                Event::Done(done) => {
+                    let done = done?;
+                    let lsn = done.lsn;
+                    self.shard.commit_done(done);
+                    self.after_durable(lsn, &progress, &mut files)?;
+                }
+                Event::CommitDue => self.dispatch_commit(&done_tx, &progress),
+                Event::Cmd(None) => break,
+                Event::Cmd(Some(ApplyCmd::SnapshotRows { index, rows })) => {
                     self.shard.add_snapshot_rows(index, rows)?
                 }
-                ApplyCmd::SnapshotDone { lsn, done } => {
+                Event::Cmd(Some(ApplyCmd::SnapshotDone { lsn, done })) => {
                     let result = self.finish_snapshot(lsn);
                     let failed = result.is_err();
                     if !failed {
-                        file_lsn = lsn;
-                        durable.send_replace(lsn);
+                        files.lsn = lsn;
+                        self.stats.advance_applied(lsn);
+                        progress.searchable.send_replace(lsn);
+                        progress.durable.send_replace(lsn);
                     }
                     let _ = done.send(result);
                     if failed {
                         return Ok(());
                     }
                 }
-                ApplyCmd::Tx(tx) => {
+                Event::Cmd(Some(ApplyCmd::Tx(tx))) => {
                     let started = Instant::now();
                     let mut end = self.apply_one(&tx)?;
-                    // Group commit: take what is already queued, up to the bounds; never wait
-                    // for more when the queue is empty (low latency at low load, large batches
-                    // at high load).
+                    let mut last_commit_time = tx.commit_time_micros;
+                    // Natural batching: take what is already queued, up to the bounds; never
+                    // wait for more when the queue is empty.
                     while self.shard.batch_rows() < self.config.max_batch_rows
                         && started.elapsed() < max_delay
                     {
                         match rx.try_recv() {
-                            Ok(ApplyCmd::Tx(next)) => end = self.apply_one(&next)?.max(end),
+                            Ok(ApplyCmd::Tx(next)) => {
+                                end = self.apply_one(&next)?.max(end);
+                                last_commit_time = next.commit_time_micros;
+                            }
                             Ok(other) => {
                                 stash = Some(other);
                                 break;
@@ -103,29 +163,85 @@ impl Applier {
                         }
                     }
                     if end > self.shard.applied() {
-                        let wrote = self.shard.commit(end)?;
-                        if wrote && last_file_write.elapsed() >= CHECKPOINT_FILE_INTERVAL {
-                            self.write_checkpoint(end)?;
-                            file_lsn = end;
-                            last_file_write = Instant::now();
+                        self.shard.make_searchable(end);
+                        self.stats
+                            .last_applied_commit
+                            .store(last_commit_time, Ordering::Release);
+                        self.stats.advance_applied(end);
+                        progress.searchable.send_replace(end);
+                        if !self.shard.has_uncommitted() {
+                            progress.durable.send_replace(self.shard.durable());
                         }
-                        durable.send_replace(end);
+                    }
+                    let due = self
+                        .shard
+                        .uncommitted_since()
+                        .is_some_and(|t| t.elapsed() >= commit_interval);
+                    if due || self.shard.uncommitted_rows() >= self.config.max_uncommitted_rows {
+                        self.dispatch_commit(&done_tx, &progress);
                     }
                 }
             }
         }
-        // Clean stop: leave the checkpoint file at the last durable position.
-        let applied = self.shard.applied();
-        if applied > file_lsn && self.checkpoint.snapshot_done {
-            self.write_checkpoint(applied)?;
+        // Clean stop: let a running commit finish, make the rest durable, leave the
+        // checkpoint file there.
+        if self.shard.commit_in_flight() {
+            if let Some(done) = timer.block_on(done_rx.recv()) {
+                self.shard.commit_done(done?);
+            }
+        }
+        if self.checkpoint.snapshot_done {
+            let lsn = self.shard.commit()?;
+            progress.durable.send_replace(lsn);
+            if lsn > files.lsn {
+                self.write_checkpoint(lsn)?;
+            }
         }
         Ok(())
     }
 
-    /// Buffers one transaction; returns the LSN a commit after it stands for.
+    /// Starts a commit of everything applied so far on a committer thread, unless one runs.
+    fn dispatch_commit(
+        &mut self,
+        done_tx: &mpsc::UnboundedSender<Result<CommitDone>>,
+        progress: &Progress,
+    ) {
+        match self.shard.take_commit_job() {
+            Some(job) => {
+                let done_tx = done_tx.clone();
+                std::thread::Builder::new()
+                    .name("committer".into())
+                    .spawn(move || {
+                        let _ = done_tx.send(job.run());
+                    })
+                    .expect("spawn committer thread");
+            }
+            None if !self.shard.has_uncommitted() => {
+                progress.durable.send_replace(self.shard.durable());
+            }
+            None => {}
+        }
+    }
+
+    fn after_durable(
+        &mut self,
+        lsn: Lsn,
+        progress: &Progress,
+        files: &mut FileState,
+    ) -> Result<()> {
+        if files.last_write.elapsed() >= CHECKPOINT_FILE_INTERVAL {
+            self.write_checkpoint(lsn)?;
+            files.lsn = lsn;
+            files.last_write = Instant::now();
+        }
+        progress.durable.send_replace(lsn);
+        Ok(())
+    }
+
+    /// Buffers one transaction; returns the LSN it brings the shard to.
     fn apply_one(&mut self, tx: &Transaction) -> Result<Lsn> {
         if tx.end_lsn <= self.shard.applied() {
-            return Ok(Lsn::ZERO); // already durable (replayed after a reconnect)
+            return Ok(Lsn::ZERO); // already applied (re-sent after a reconnect)
         }
         self.shard.apply(tx)?;
         self.stats
@@ -139,7 +255,7 @@ impl Applier {
     }
 
     fn finish_snapshot(&mut self, lsn: Lsn) -> Result<()> {
-        self.shard.commit(lsn)?;
+        self.shard.commit_snapshot(lsn)?;
         self.checkpoint.snapshot_lsn = lsn.to_string();
         self.checkpoint.snapshot_done = true;
         self.write_checkpoint(lsn)

@@ -63,6 +63,11 @@ pub struct ApplyConfig {
     pub max_batch_rows: usize,
     /// ... or once its first transaction has waited this long.
     pub max_batch_delay_ms: u64,
+    /// Applied changes are searchable at once and made durable (tantivy commit, then
+    /// confirmed to Postgres) at most this long after they were applied ...
+    pub commit_interval_ms: u64,
+    /// ... or as soon as this many row changes wait for it.
+    pub max_uncommitted_rows: usize,
     /// Transactions buffered between the stream and the applier.
     pub queue_transactions: usize,
     /// Memory for each partition's index writer.
@@ -76,6 +81,8 @@ impl Default for ApplyConfig {
         ApplyConfig {
             max_batch_rows: 20_000,
             max_batch_delay_ms: 20,
+            commit_interval_ms: 1_000,
+            max_uncommitted_rows: 50_000,
             queue_transactions: 1024,
             writer_memory_mb: 64,
             max_text_bytes: 1 << 20,
@@ -260,8 +267,14 @@ impl Config {
                 return bad(format!("source.regions: {r:?} is not a valid region name"));
             }
         }
-        if self.apply.max_batch_rows == 0 || self.apply.queue_transactions == 0 {
-            return bad("apply.max_batch_rows and apply.queue_transactions must be > 0".into());
+        if self.apply.max_batch_rows == 0
+            || self.apply.queue_transactions == 0
+            || self.apply.max_uncommitted_rows == 0
+        {
+            return bad("apply.max_batch_rows, apply.queue_transactions and apply.max_uncommitted_rows must be > 0".into());
+        }
+        if self.apply.commit_interval_ms > 60_000 {
+            return bad("apply.commit_interval_ms must be at most 60000".into());
         }
         if self.apply.writer_memory_mb < 16 {
             return bad("apply.writer_memory_mb must be at least 16".into());

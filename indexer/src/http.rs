@@ -63,7 +63,7 @@ fn status_json(s: &HttpState) -> Value {
             json!({
                 "index": name,
                 "region": region,
-                "documents": p.searcher.num_docs(),
+                "documents": p.documents().unwrap_or(0),
                 "checkpoint_lsn": p.checkpoint.to_string(),
                 "applied_lsn": applied.to_string(),
                 "lag_bytes": lag_bytes,
@@ -215,14 +215,14 @@ async fn dump(State(s): State<HttpState>, Path(index): Path<String>) -> Response
             if *i != ix {
                 continue;
             }
-            let docs = partition::dump(&p.searcher, &p.fields, region)?;
+            let docs = partition::dump(&p.searcher, &p.fields, &p.fresh, region)?;
             let docs: Vec<Value> = docs
                 .into_iter()
                 .map(|(k, h)| json!([k, format!("{h:016x}")]))
                 .collect();
             partitions.insert(region.clone(), Value::Array(docs));
         }
-        Ok(json!({"applied_lsn": view.applied.to_string(), "partitions": partitions}))
+        Ok(json!({"applied_lsn": view.applied.to_string(), "durable_lsn": view.durable.to_string(), "partitions": partitions}))
     })
     .await;
     match result {

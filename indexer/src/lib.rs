@@ -131,6 +131,7 @@ pub async fn run(
     )?;
     let (apply_tx, apply_rx) = mpsc::channel(config.apply.queue_transactions);
     let (durable_tx, durable_rx) = watch::channel(start);
+    let (searchable_tx, searchable_rx) = watch::channel(start);
     let applier = Applier {
         shard,
         config: config.apply.clone(),
@@ -138,7 +139,13 @@ pub async fn run(
         data_dir: data_dir.clone(),
         stats: stats.clone(),
     }
-    .spawn(apply_rx, durable_tx);
+    .spawn(
+        apply_rx,
+        apply::Progress {
+            searchable: searchable_tx,
+            durable: durable_tx,
+        },
+    );
 
     let http_state = http::HttpState {
         stats: stats.clone(),
@@ -182,7 +189,11 @@ pub async fn run(
             };
             tracing::info!(slot = %slot, from = %start, "resuming from checkpoint");
         }
-        source.stream(apply_tx, durable_rx, shutdown.clone()).await
+        let progress = source::ProgressRx {
+            searchable: searchable_rx,
+            durable: durable_rx,
+        };
+        source.stream(apply_tx, progress, shutdown.clone()).await
     }
     .await;
     poller.abort();

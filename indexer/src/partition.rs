@@ -4,9 +4,15 @@
 //!
 //! Every write is "make key K present with this document, or absent": a delete of K's term
 //! followed by an optional add, ordered by tantivy's opstamps, so replays are harmless.
+//!
+//! Writes are searchable before they are durable: each partition keeps the documents written
+//! since its last tantivy commit in a fresh layer (a persistent map, so a snapshot of it for
+//! readers costs O(1)). A tantivy commit costs ~10 ms whatever its size (every new segment
+//! allocates and scans a large term table), so commits are batched on a timer, while readers
+//! see committed segments overlaid with the fresh layer at once.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use tantivy::collector::{Count, DocSetCollector};
 use tantivy::query::{AllQuery, TermQuery};
@@ -67,20 +73,95 @@ impl Fields {
     }
 }
 
+/// The latest write of a key since the last durable commit that includes it.
+#[derive(Clone, Debug)]
+pub struct FreshEntry {
+    /// End LSN of the transaction that wrote it.
+    pub lsn: Lsn,
+    /// The document, or `None` when the key was deleted.
+    pub doc: Option<Arc<Document>>,
+}
+
+/// Documents written and not yet in a durable commit, by key.
+pub type FreshDocs = imbl::HashMap<String, FreshEntry>;
+
+/// What readers overlay on the committed segments of a partition.
+#[derive(Clone, Default)]
+pub struct FreshLayer {
+    /// A TRUNCATE not yet in the committed segments: committed documents do not count.
+    pub truncated: bool,
+    pub docs: FreshDocs,
+}
+
+impl FreshLayer {
+    /// Whether the committed document under `key` is hidden by this layer.
+    pub fn shadows(&self, key: &str) -> bool {
+        self.truncated || self.docs.contains_key(key)
+    }
+}
+
+/// A write queued for the tantivy writer, applied by the committer.
+pub enum WriteOp {
+    Delete(Term),
+    Add(TantivyDocument),
+    DeleteAll,
+}
+
+/// Everything the committer needs to make one partition durable, detached from the applier.
+pub struct CommitItem {
+    writer: Arc<Mutex<IndexWriter>>,
+    reader: IndexReader,
+    ops: Vec<WriteOp>,
+}
+
+impl CommitItem {
+    /// Applies the queued writes, commits them with `lsn` as payload, reloads the reader.
+    /// Runs on the committer thread; the applier goes on meanwhile.
+    pub fn commit(self, lsn: Lsn) -> Result<()> {
+        let payload = serde_json::to_string(&Payload {
+            lsn: lsn.to_string(),
+        })
+        .expect("payload serializes");
+        let mut writer = self.writer.lock().unwrap();
+        for op in self.ops {
+            match op {
+                WriteOp::Delete(term) => {
+                    writer.delete_term(term);
+                }
+                WriteOp::Add(doc) => {
+                    writer.add_document(doc)?;
+                }
+                WriteOp::DeleteAll => {
+                    writer.delete_query(Box::new(AllQuery))?;
+                }
+            }
+        }
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        drop(writer);
+        self.reader.reload()?;
+        Ok(())
+    }
+}
+
 pub struct Partition {
     pub index: usize,
     pub region: String,
     dir: PathBuf,
-    writer: IndexWriter,
+    writer: Arc<Mutex<IndexWriter>>,
     reader: IndexReader,
     fields: Fields,
-    /// LSN of the last commit (from its payload).
+    /// LSN of the last durable commit (from its payload).
     checkpoint: Lsn,
-    /// Uncommitted state of keys written since the last commit: `None` = absent.
-    pending: HashMap<String, Option<RawRow>>,
-    /// A TRUNCATE is pending: committed documents no longer count.
-    truncated: bool,
-    dirty: bool,
+    /// Writes since the last durable commit that includes them.
+    pending: FreshDocs,
+    /// LSN of a TRUNCATE not yet in a durable commit.
+    truncated_at: Option<Lsn>,
+    /// Writes not yet handed to the committer.
+    ops: Vec<WriteOp>,
+    /// Snapshot documents written straight to the writer, not yet committed.
+    bulk_dirty: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -130,13 +211,14 @@ impl Partition {
             index: ix.ordinal,
             region: region.to_owned(),
             dir: dir.to_owned(),
-            writer,
+            writer: Arc::new(Mutex::new(writer)),
             reader,
             fields,
             checkpoint,
-            pending: HashMap::new(),
-            truncated: false,
-            dirty: false,
+            pending: FreshDocs::new(),
+            truncated_at: None,
+            ops: Vec::new(),
+            bulk_dirty: false,
         })
     }
 
@@ -148,11 +230,12 @@ impl Partition {
         &self.dir
     }
 
-    pub fn is_dirty(&self) -> bool {
-        self.dirty
+    /// Whether writes wait to be handed to the committer.
+    pub fn has_queued_writes(&self) -> bool {
+        !self.ops.is_empty() || self.bulk_dirty
     }
 
-    /// The committed searcher (the state as of `checkpoint`).
+    /// The committed searcher.
     pub fn searcher(&self) -> Searcher {
         self.reader.searcher()
     }
@@ -161,77 +244,86 @@ impl Partition {
         &self.fields
     }
 
-    /// The current (pending, else committed) row stored under `key`.
+    /// The current (fresh, else committed) row stored under `key`.
     pub fn get(&self, key: &str) -> Result<Option<RawRow>> {
-        if let Some(p) = self.pending.get(key) {
-            return Ok(p.clone());
+        if let Some(e) = self.pending.get(key) {
+            return Ok(e.doc.as_ref().map(|d| d.raw.clone()));
         }
-        if self.truncated {
+        if self.truncated_at.is_some() {
             return Ok(None);
         }
         lookup(&self.searcher(), &self.fields, key)
     }
 
-    /// Whether `key` currently has a document here (pending, else committed).
+    /// Whether `key` currently has a document here (fresh, else committed).
     pub fn contains(&self, key: &str) -> Result<bool> {
-        if let Some(p) = self.pending.get(key) {
-            return Ok(p.is_some());
+        if let Some(e) = self.pending.get(key) {
+            return Ok(e.doc.is_some());
         }
-        if self.truncated {
+        if self.truncated_at.is_some() {
             return Ok(false);
         }
-        let query = TermQuery::new(
-            Term::from_field_text(self.fields.key, key),
-            IndexRecordOption::Basic,
-        );
-        Ok(self.searcher().search(&query, &Count)? > 0)
+        committed_contains(&self.searcher(), &self.fields, key)
     }
 
-    /// Makes `key` hold `doc`, or be absent.
-    pub fn set(&mut self, key: &str, doc: Option<&Document>) -> Result<()> {
+    /// Makes `key` hold `doc`, or be absent, as of the transaction ending at `lsn`:
+    /// searchable at the next publish, durable at the next commit.
+    pub fn set(&mut self, key: &str, doc: Option<&Document>, lsn: Lsn) {
         debug_assert!(doc.is_none_or(|d| d.key == key && d.region == self.region));
-        self.writer
-            .delete_term(Term::from_field_text(self.fields.key, key));
+        self.ops
+            .push(WriteOp::Delete(Term::from_field_text(self.fields.key, key)));
         if let Some(d) = doc {
-            self.writer.add_document(self.to_tantivy(d))?;
+            self.ops.push(WriteOp::Add(self.to_tantivy(d)));
         }
-        self.pending
-            .insert(key.to_owned(), doc.map(|d| d.raw.clone()));
-        self.dirty = true;
-        Ok(())
+        let doc = doc.map(|d| Arc::new(d.clone()));
+        self.pending.insert(key.to_owned(), FreshEntry { lsn, doc });
     }
 
-    /// Adds a document known to be absent (snapshot into an empty partition).
+    /// Removes every document, as of the transaction ending at `lsn`.
+    pub fn truncate(&mut self, lsn: Lsn) {
+        self.ops.push(WriteOp::DeleteAll);
+        self.pending = FreshDocs::new();
+        self.truncated_at = Some(lsn);
+    }
+
+    /// Adds a document known to be absent, straight to the writer (snapshot into an empty
+    /// partition: too many rows to keep in the fresh layer; visible at the snapshot's commit).
     pub fn add_new(&mut self, doc: &Document) -> Result<()> {
-        self.writer.add_document(self.to_tantivy(doc))?;
-        self.dirty = true;
+        self.writer
+            .lock()
+            .unwrap()
+            .add_document(self.to_tantivy(doc))?;
+        self.bulk_dirty = true;
         Ok(())
     }
 
-    pub fn truncate(&mut self) -> Result<()> {
-        self.writer.delete_query(Box::new(AllQuery))?;
-        self.pending.clear();
-        self.truncated = true;
-        self.dirty = true;
-        Ok(())
+    /// The fresh layer readers overlay on the committed segments (an O(1) snapshot).
+    pub fn fresh(&self) -> FreshLayer {
+        FreshLayer {
+            truncated: self.truncated_at.is_some(),
+            docs: self.pending.clone(),
+        }
     }
 
-    /// Makes everything written so far durable with `lsn` as the checkpoint, then visible.
-    pub fn commit(&mut self, lsn: Lsn) -> Result<()> {
+    /// Hands the queued writes to the committer.
+    pub fn take_commit(&mut self) -> CommitItem {
+        self.bulk_dirty = false;
+        CommitItem {
+            writer: self.writer.clone(),
+            reader: self.reader.clone(),
+            ops: std::mem::take(&mut self.ops),
+        }
+    }
+
+    /// A commit at `lsn` of what `take_commit` handed over is durable (and the reader
+    /// reloaded): fresh entries it covers are dropped.
+    pub fn committed(&mut self, lsn: Lsn) {
         debug_assert!(lsn >= self.checkpoint, "checkpoint must not go back");
-        let payload = serde_json::to_string(&Payload {
-            lsn: lsn.to_string(),
-        })
-        .expect("payload serializes");
-        let mut prepared = self.writer.prepare_commit()?;
-        prepared.set_payload(&payload);
-        prepared.commit()?;
-        self.reader.reload()?;
         self.checkpoint = lsn;
-        self.pending.clear();
-        self.truncated = false;
-        self.dirty = false;
-        Ok(())
+        self.pending.retain(|_, e| e.lsn > lsn);
+        if self.truncated_at.is_some_and(|t| t <= lsn) {
+            self.truncated_at = None;
+        }
     }
 
     fn to_tantivy(&self, d: &Document) -> TantivyDocument {
@@ -256,6 +348,29 @@ impl Partition {
     }
 }
 
+/// Whether a committed searcher has a live document under `key`.
+pub fn committed_contains(searcher: &Searcher, fields: &Fields, key: &str) -> Result<bool> {
+    let query = TermQuery::new(
+        Term::from_field_text(fields.key, key),
+        IndexRecordOption::Basic,
+    );
+    Ok(searcher.search(&query, &Count)? > 0)
+}
+
+/// Documents a reader sees in a partition: committed, overlaid with the fresh layer.
+pub fn visible_docs(searcher: &Searcher, fields: &Fields, fresh: &FreshLayer) -> Result<u64> {
+    let mut n: i64 = if fresh.truncated {
+        0
+    } else {
+        searcher.num_docs() as i64
+    };
+    for (key, e) in &fresh.docs {
+        let committed = !fresh.truncated && committed_contains(searcher, fields, key)?;
+        n += i64::from(e.doc.is_some()) - i64::from(committed);
+    }
+    Ok(n.max(0) as u64)
+}
+
 /// The stored row under `key` in a searcher, if any.
 pub fn lookup(searcher: &Searcher, fields: &Fields, key: &str) -> Result<Option<RawRow>> {
     let query = TermQuery::new(
@@ -278,9 +393,23 @@ fn decode_source(doc: &TantivyDocument, fields: &Fields) -> Result<RawRow> {
     serde_json::from_slice(bytes).map_err(|e| Error::Checkpoint(format!("bad _source: {e}")))
 }
 
-/// Every live document of a searcher as (key, content hash), for `verify`.
-pub fn dump(searcher: &Searcher, fields: &Fields, region: &str) -> Result<Vec<(String, u64)>> {
+/// Every visible document (committed, overlaid with the fresh layer) as (key, content hash),
+/// for `verify`.
+pub fn dump(
+    searcher: &Searcher,
+    fields: &Fields,
+    fresh: &FreshLayer,
+    region: &str,
+) -> Result<Vec<(String, u64)>> {
     let mut out = Vec::with_capacity(searcher.num_docs() as usize);
+    for (key, e) in &fresh.docs {
+        if let Some(d) = &e.doc {
+            out.push((key.clone(), content_hash(region, &d.raw)));
+        }
+    }
+    if fresh.truncated {
+        return Ok(out);
+    }
     for segment in searcher.segment_readers() {
         let store = segment.get_store_reader(64)?;
         for doc_id in segment.doc_ids_alive() {
@@ -290,6 +419,9 @@ pub fn dump(searcher: &Searcher, fields: &Fields, region: &str) -> Result<Vec<(S
                 .and_then(|v| v.as_str())
                 .ok_or_else(|| Error::Checkpoint("document without _key".into()))?
                 .to_owned();
+            if fresh.docs.contains_key(&key) {
+                continue;
+            }
             let raw = decode_source(&doc, fields)?;
             out.push((key, content_hash(region, &raw)));
         }

@@ -18,7 +18,7 @@ use crate::catalog::ResolvedIndex;
 use crate::document::{map_row, row_key, Document, MapLimits, Mapped, RawRow, Rejection};
 use crate::error::Result;
 use crate::lsn::Lsn;
-use crate::partition::{Fields, Partition};
+use crate::partition::{CommitItem, Fields, FreshLayer, Partition};
 use crate::status::Stats;
 
 /// One column value in a change: pgoutput may say a TOASTed value is unchanged.
@@ -58,10 +58,13 @@ pub struct Transaction {
 
 pub type PartitionId = (usize, String);
 
-/// What readers see: committed searchers of every partition, swapped all at once after a
-/// group commit so no reader sees half of a transaction.
+/// What readers see: per partition, the committed searcher overlaid with the fresh layer;
+/// swapped all at once after each applied batch, so no reader sees half of a transaction.
 pub struct ShardView {
+    /// Everything up to here is searchable.
     pub applied: Lsn,
+    /// Everything up to here is durable (and may be confirmed to Postgres).
+    pub durable: Lsn,
     pub partitions: BTreeMap<PartitionId, PartitionView>,
 }
 
@@ -69,7 +72,16 @@ pub struct ShardView {
 pub struct PartitionView {
     pub searcher: Searcher,
     pub fields: Fields,
+    pub fresh: FreshLayer,
+    /// LSN of the partition's last durable commit.
     pub checkpoint: Lsn,
+}
+
+impl PartitionView {
+    /// Documents a reader sees (committed overlaid with fresh); costs a lookup per fresh key.
+    pub fn documents(&self) -> Result<u64> {
+        crate::partition::visible_docs(&self.searcher, &self.fields, &self.fresh)
+    }
 }
 
 #[derive(Default)]
@@ -93,8 +105,58 @@ pub struct Shard {
     writer_memory: usize,
     view: Arc<ViewCell>,
     stats: Arc<Stats>,
+    /// Searchable up to here.
     applied: Lsn,
+    /// Durable up to here.
+    durable: Lsn,
     batch_rows: usize,
+    /// Row changes applied but not yet handed to a commit, and since when.
+    uncommitted_rows: usize,
+    uncommitted_since: Option<Instant>,
+    /// LSN of the commit job running on the committer, if any.
+    in_flight: Option<Lsn>,
+}
+
+/// A durable commit of several partitions at one LSN, run off the applier thread.
+pub struct CommitJob {
+    pub lsn: Lsn,
+    items: Vec<(PartitionId, CommitItem)>,
+}
+
+impl CommitJob {
+    /// Commits every partition (in parallel: much of a commit is fsync of new segment files,
+    /// and those of different partitions overlap well).
+    pub fn run(self) -> Result<CommitDone> {
+        let started = Instant::now();
+        let lsn = self.lsn;
+        let ids: Vec<PartitionId> = self.items.iter().map(|(id, _)| id.clone()).collect();
+        let mut items = self.items;
+        if items.len() == 1 {
+            items.pop().expect("one item").1.commit(lsn)?;
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = items
+                    .into_iter()
+                    .map(|(_, item)| scope.spawn(move || item.commit(lsn)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .try_for_each(|h| h.join().expect("partition commit thread panicked"))
+            })?;
+        }
+        metrics::counter!(crate::metrics::COMMITS).increment(1);
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(CommitDone {
+            lsn,
+            partitions: ids,
+        })
+    }
+}
+
+/// A finished `CommitJob`.
+pub struct CommitDone {
+    pub lsn: Lsn,
+    pub partitions: Vec<PartitionId>,
 }
 
 impl Shard {
@@ -132,7 +194,11 @@ impl Shard {
             view,
             stats,
             applied,
+            durable: applied,
             batch_rows: 0,
+            uncommitted_rows: 0,
+            uncommitted_since: None,
+            in_flight: None,
         };
         shard.publish();
         Ok(shard)
@@ -151,9 +217,28 @@ impl Shard {
         &self.indexes
     }
 
-    /// Row changes buffered since the last commit.
+    /// Row changes applied since the batch began (see `make_searchable`).
     pub fn batch_rows(&self) -> usize {
         self.batch_rows
+    }
+
+    /// Row changes searchable but not yet durable.
+    pub fn uncommitted_rows(&self) -> usize {
+        self.uncommitted_rows
+    }
+
+    /// When the oldest change not yet durable was made searchable.
+    pub fn uncommitted_since(&self) -> Option<Instant> {
+        self.uncommitted_since
+    }
+
+    /// Whether anything applied is not durable yet (queued, or in a running commit).
+    pub fn has_uncommitted(&self) -> bool {
+        self.in_flight.is_some() || self.partitions.values().any(Partition::has_queued_writes)
+    }
+
+    pub fn commit_in_flight(&self) -> bool {
+        self.in_flight.is_some()
     }
 
     fn partition(&mut self, index: usize, region: &str) -> Result<&mut Partition> {
@@ -214,7 +299,7 @@ impl Shard {
                 Change::Truncate { index } => {
                     for p in self.partitions.values_mut() {
                         if p.index == *index && tx.end_lsn > p.checkpoint() {
-                            p.truncate()?;
+                            p.truncate(tx.end_lsn);
                         }
                     }
                 }
@@ -330,7 +415,7 @@ impl Shard {
         let mut ahead = None;
         for p in self.partitions.values().filter(|p| p.index == index) {
             if let Some(row) = p.get(key)? {
-                if p.checkpoint() <= self.applied {
+                if p.checkpoint() <= self.durable {
                     return Ok(Some(row));
                 }
                 ahead.get_or_insert(row);
@@ -357,46 +442,85 @@ impl Shard {
             }
             let want = doc.filter(|d| d.region == p.region);
             if want.is_some() || p.contains(key)? {
-                p.set(key, want)?;
+                p.set(key, want, lsn);
             }
         }
         Ok(())
     }
 
-    /// Makes everything buffered durable at `lsn`, then visible to readers at once.
-    pub fn commit(&mut self, lsn: Lsn) -> Result<bool> {
-        let started = Instant::now();
-        // Partitions commit in parallel: most of a commit is fsync of new segment files, and
-        // those of different partitions overlap well.
-        let dirty: Vec<&mut Partition> = self
-            .partitions
-            .values_mut()
-            .filter(|p| p.is_dirty())
-            .collect();
-        let wrote = !dirty.is_empty();
-        if dirty.len() == 1 {
-            dirty.into_iter().try_for_each(|p| p.commit(lsn))?;
-        } else if wrote {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = dirty
-                    .into_iter()
-                    .map(|p| scope.spawn(move || p.commit(lsn)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .try_for_each(|h| h.join().expect("partition commit thread panicked"))
-            })?;
-        }
-        self.applied = self.applied.max(lsn);
-        self.publish();
+    /// Makes everything applied so far searchable at `lsn`: readers get the new fresh layers
+    /// of all partitions in one view swap. Not durable yet.
+    pub fn make_searchable(&mut self, lsn: Lsn) {
         metrics::counter!(crate::metrics::ROWS_APPLIED).increment(self.batch_rows as u64);
-        self.batch_rows = 0;
-        if wrote {
-            metrics::counter!(crate::metrics::COMMITS).increment(1);
-            metrics::histogram!(crate::metrics::COMMIT_SECONDS)
-                .record(started.elapsed().as_secs_f64());
+        if self.batch_rows > 0 {
+            self.uncommitted_rows += self.batch_rows;
+            self.uncommitted_since.get_or_insert_with(Instant::now);
         }
-        Ok(wrote)
+        self.batch_rows = 0;
+        self.applied = self.applied.max(lsn);
+        if !self.has_uncommitted() {
+            // Nothing to write (e.g. a transaction on columns or rows we do not keep).
+            self.durable = self.applied;
+        }
+        self.publish();
+    }
+
+    /// Hands everything applied so far to a commit job at the applied LSN, unless one is
+    /// already running or nothing waits. The caller runs the job and reports `commit_done`.
+    pub fn take_commit_job(&mut self) -> Option<CommitJob> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let lsn = self.applied;
+        let items: Vec<(PartitionId, CommitItem)> = self
+            .partitions
+            .iter_mut()
+            .filter(|(_, p)| p.has_queued_writes())
+            .map(|(id, p)| (id.clone(), p.take_commit()))
+            .collect();
+        self.uncommitted_rows = 0;
+        self.uncommitted_since = None;
+        if items.is_empty() {
+            self.durable = lsn;
+            return None;
+        }
+        self.in_flight = Some(lsn);
+        Some(CommitJob { lsn, items })
+    }
+
+    /// A commit job finished: its partitions are durable at its LSN; readers get the
+    /// reloaded searchers with the fresh entries the commit covers dropped, in one swap.
+    pub fn commit_done(&mut self, done: CommitDone) {
+        debug_assert_eq!(self.in_flight, Some(done.lsn));
+        for id in &done.partitions {
+            if let Some(p) = self.partitions.get_mut(id) {
+                p.committed(done.lsn);
+            }
+        }
+        self.in_flight = None;
+        self.durable = self.durable.max(done.lsn);
+        self.publish();
+    }
+
+    /// Makes everything applied so far durable, on this thread; returns the durable LSN.
+    pub fn commit(&mut self) -> Result<Lsn> {
+        debug_assert!(self.in_flight.is_none(), "a commit job is still running");
+        if let Some(job) = self.take_commit_job() {
+            let done = job.run()?;
+            self.commit_done(done);
+        }
+        self.publish();
+        Ok(self.durable)
+    }
+
+    /// Snapshot rows are committed in one go when the copy is complete.
+    pub fn commit_snapshot(&mut self, lsn: Lsn) -> Result<Lsn> {
+        self.make_searchable(lsn);
+        self.commit()
+    }
+
+    pub fn durable(&self) -> Lsn {
+        self.durable
     }
 
     pub fn applied(&self) -> Lsn {
@@ -413,6 +537,7 @@ impl Shard {
                     PartitionView {
                         searcher: p.searcher(),
                         fields: p.fields().clone(),
+                        fresh: p.fresh(),
                         checkpoint: p.checkpoint(),
                     },
                 )
@@ -420,8 +545,196 @@ impl Shard {
             .collect();
         self.view.store(Arc::new(ShardView {
             applied: self.applied,
+            durable: self.durable,
             partitions,
         }));
         self.stats.advance_applied(self.applied);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{GeoSpec, TextSpec};
+    use crate::partition;
+
+    fn index() -> ResolvedIndex {
+        ResolvedIndex {
+            ordinal: 0,
+            name: "places".into(),
+            schema: "public".into(),
+            table: "places".into(),
+            columns: ["id", "region", "body", "lat", "lon"]
+                .map(String::from)
+                .to_vec(),
+            pk: vec![0],
+            region: 1,
+            text: vec![TextSpec {
+                column: 2,
+                boost: 1.0,
+                language: None,
+            }],
+            geo: Some(GeoSpec::LatLon { lat: 3, lon: 4 }),
+            vector: None,
+            filters: vec![],
+            stored: vec![],
+        }
+    }
+
+    fn upsert(id: u32, region: &str, body: &str) -> Change {
+        let cells = [
+            Some(id.to_string()),
+            Some(region.into()),
+            Some(body.into()),
+            Some("1".into()),
+            Some("2".into()),
+        ];
+        Change::Upsert {
+            index: 0,
+            old_key: None,
+            new: cells.into_iter().map(Cell::Value).collect(),
+        }
+    }
+
+    fn tx(lsn: u64, changes: Vec<Change>) -> Transaction {
+        Transaction {
+            end_lsn: Lsn(lsn),
+            commit_time_micros: 0,
+            changes,
+        }
+    }
+
+    /// key → (region, hash) of everything a reader sees.
+    fn visible(view: &ShardView) -> BTreeMap<String, (String, u64)> {
+        let mut out = BTreeMap::new();
+        for ((_, region), p) in &view.partitions {
+            for (k, h) in partition::dump(&p.searcher, &p.fields, &p.fresh, region).unwrap() {
+                assert!(
+                    out.insert(k.clone(), (region.clone(), h)).is_none(),
+                    "key {k} visible twice"
+                );
+            }
+        }
+        out
+    }
+
+    fn open(dir: &Path, view: Arc<ViewCell>, applied: Lsn) -> Shard {
+        let limits = MapLimits {
+            max_text_bytes: 1000,
+            owned_regions: vec![],
+        };
+        Shard::open(
+            dir,
+            vec![index()],
+            limits,
+            16 << 20,
+            Arc::new(Stats::default()),
+            view,
+            applied,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn writes_are_searchable_before_durable_and_unchanged_by_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = Arc::new(ViewCell::default());
+        let mut shard = open(dir.path(), view.clone(), Lsn::ZERO);
+        shard
+            .apply(&tx(
+                10,
+                vec![
+                    upsert(1, "eu", "a"),
+                    upsert(2, "eu", "b"),
+                    upsert(3, "as", "c"),
+                ],
+            ))
+            .unwrap();
+        shard.make_searchable(Lsn(10));
+        let before = visible(&view.load().unwrap());
+        assert_eq!(before.len(), 3);
+        assert_eq!(
+            view.load().unwrap().durable,
+            Lsn::ZERO,
+            "nothing durable yet"
+        );
+
+        // A commit job runs while more is applied: a move of key 1 and a delete of key 2.
+        let job = shard.take_commit_job().unwrap();
+        let old = Change::Delete {
+            index: 0,
+            old: vec![
+                Cell::Value(Some("2".into())),
+                Cell::Value(None),
+                Cell::Value(None),
+                Cell::Value(None),
+                Cell::Value(None),
+            ],
+        };
+        shard
+            .apply(&tx(20, vec![upsert(1, "as", "moved"), old]))
+            .unwrap();
+        shard.make_searchable(Lsn(20));
+        let during = visible(&view.load().unwrap());
+        shard.commit_done(job.run().unwrap());
+        let after = visible(&view.load().unwrap());
+        assert_eq!(
+            during, after,
+            "a finished commit changes nothing a reader sees"
+        );
+        assert_eq!(after.keys().cloned().collect::<Vec<_>>(), ["1", "3"]);
+        assert_eq!(after["1"].0, "as");
+        assert_eq!(view.load().unwrap().durable, Lsn(10));
+        assert!(
+            shard.has_uncommitted(),
+            "the second transaction is not durable yet"
+        );
+
+        assert_eq!(shard.commit().unwrap(), Lsn(20));
+        assert_eq!(visible(&view.load().unwrap()), after);
+        let docs: u64 = view
+            .load()
+            .unwrap()
+            .partitions
+            .values()
+            .map(|p| p.documents().unwrap())
+            .sum();
+        assert_eq!(docs, 2);
+        drop(shard);
+
+        // Reopened, the partitions hold exactly what was durable; replaying an already
+        // durable transaction changes nothing.
+        let view = Arc::new(ViewCell::default());
+        let mut shard = open(dir.path(), view.clone(), Lsn(20));
+        assert_eq!(visible(&view.load().unwrap()), after);
+        shard
+            .apply(&tx(10, vec![upsert(1, "eu", "a"), upsert(2, "eu", "b")]))
+            .unwrap();
+        shard.make_searchable(Lsn(20));
+        shard.commit().unwrap();
+        assert_eq!(visible(&view.load().unwrap()), after);
+    }
+
+    #[test]
+    fn truncate_hides_committed_documents_until_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = Arc::new(ViewCell::default());
+        let mut shard = open(dir.path(), view.clone(), Lsn::ZERO);
+        shard
+            .apply(&tx(10, vec![upsert(1, "eu", "a"), upsert(2, "as", "b")]))
+            .unwrap();
+        shard.make_searchable(Lsn(10));
+        shard.commit().unwrap();
+        shard
+            .apply(&tx(
+                20,
+                vec![Change::Truncate { index: 0 }, upsert(3, "eu", "c")],
+            ))
+            .unwrap();
+        shard.make_searchable(Lsn(20));
+        let seen = visible(&view.load().unwrap());
+        assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["3"]);
+        shard.commit().unwrap();
+        assert_eq!(visible(&view.load().unwrap()), seen);
     }
 }

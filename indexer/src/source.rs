@@ -21,6 +21,12 @@ use crate::pgoutput::{self, Message, OldTuple, Tuple, TupleValue};
 use crate::shard::{Cell, Change, Transaction};
 use crate::status::{SnapshotProgress, Stats};
 
+/// What the stream hears back from the applier.
+pub struct ProgressRx {
+    pub searchable: watch::Receiver<Lsn>,
+    pub durable: watch::Receiver<Lsn>,
+}
+
 pub struct Source {
     pub conn: PgConn,
     pub slot: String,
@@ -133,11 +139,11 @@ impl Source {
     pub async fn stream(
         &self,
         applier: mpsc::Sender<ApplyCmd>,
-        mut durable: watch::Receiver<Lsn>,
+        mut progress: ProgressRx,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<()> {
         let mut backoff = Duration::from_millis(100);
-        let mut forwarded = *durable.borrow();
+        let mut forwarded = *progress.durable.borrow();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -146,7 +152,7 @@ impl Source {
             let attempt = self
                 .session(
                     &applier,
-                    &mut durable,
+                    &mut progress,
                     &mut shutdown,
                     &mut forwarded,
                     &mut backoff,
@@ -197,11 +203,15 @@ impl Source {
     async fn session(
         &self,
         applier: &mpsc::Sender<ApplyCmd>,
-        durable: &mut watch::Receiver<Lsn>,
+        progress: &mut ProgressRx,
         shutdown: &mut watch::Receiver<bool>,
         forwarded: &mut Lsn,
         backoff: &mut Duration,
     ) -> Result<()> {
+        let ProgressRx {
+            searchable,
+            durable,
+        } = progress;
         let start = *durable.borrow();
         let config = self
             .conn
@@ -219,9 +229,10 @@ impl Source {
 
         let mut relations: HashMap<u32, Option<RelationMap>> = HashMap::new();
         let mut open: Option<Transaction> = None;
-        // Forwarded transactions not yet durable: (end LSN, commit time).
+        // Forwarded transactions not yet searchable: (end LSN, commit time).
         let mut in_flight: VecDeque<(Lsn, i64)> = VecDeque::new();
         let mut durable_now = start;
+        let mut searchable_now = (*searchable.borrow()).max(start);
         loop {
             tokio::select! {
                 biased;
@@ -235,9 +246,14 @@ impl Source {
                     }
                     durable_now = *durable.borrow_and_update();
                     client.update_applied_lsn(durable_now.into());
-                    while in_flight.front().is_some_and(|(l, _)| *l <= durable_now) {
-                        let (_, t) = in_flight.pop_front().expect("front exists");
-                        self.stats.last_applied_commit.store(t, Ordering::Release);
+                }
+                changed = searchable.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::ApplierStopped(durable_now));
+                    }
+                    searchable_now = *searchable.borrow_and_update();
+                    while in_flight.front().is_some_and(|(l, _)| *l <= searchable_now) {
+                        in_flight.pop_front();
                     }
                     self.set_oldest_pending(&in_flight);
                 }
@@ -249,12 +265,15 @@ impl Source {
                         ReplicationEvent::KeepAlive { wal_end, .. } => {
                             let wal_end = Lsn::from(wal_end);
                             self.stats.observe_wal_end(wal_end);
-                            // Nothing open and everything forwarded is durable: the slot may
-                            // advance to the server's position, so an idle publication does
-                            // not make Postgres retain WAL.
-                            if open.is_none() && in_flight.is_empty() && durable_now >= *forwarded && wal_end > durable_now {
-                                client.update_applied_lsn(wal_end.into());
+                            // Nothing open: the server has sent everything up to wal_end. When all
+                            // of it is searchable, so is wal_end (freshness for readers waiting on
+                            // unrelated commits); when all of it is durable, the slot may advance
+                            // to wal_end, so an idle publication does not retain WAL.
+                            if open.is_none() && searchable_now >= *forwarded {
                                 self.stats.advance_applied(wal_end);
+                            }
+                            if open.is_none() && durable_now >= *forwarded && wal_end > durable_now {
+                                client.update_applied_lsn(wal_end.into());
                             }
                         }
                         ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {

@@ -11,7 +11,8 @@ use crate::common::{Fixture, Writer};
 async fn kill9_during_writes_loses_nothing() -> Result<()> {
     let f = Fixture::new().await?;
     f.insert_range(1, 3_000).await?;
-    let config = f.config("", "")?;
+    // Durable commits every 50 ms, so kills land before, during and after commits.
+    let config = f.config("", "commit_interval_ms = 50")?;
     let writer = Writer::start(f.pg, &f.db, 1, 4_000, 42).await?;
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     for round in 0..5 {

@@ -87,12 +87,13 @@ fn config(pg: &PgServer, db: &str, dir: &std::path::Path, vector: bool) -> Resul
         &path,
         format!(
             "[source]\ndatabase_url = \"{}\"\npublication = \"bench_pub\"\nslot = \"bench_slot\"\n\
-             [storage]\ndata_dir = \"{}\"\n\
+             [storage]\ndata_dir = \"{}\"\n[apply]\ncommit_interval_ms = {}\n\
              [[index]]\nname = \"places\"\ntable = \"places\"\nregion = \"region\"\n\
              text_fields = [{{ column = \"name\", boost = 2.0 }}, \"body\"]\ngeo = {{ lat = \"lat\", lon = \"lon\" }}\n{vector}\n\
              filter_fields = [\"population\", \"country_code\"]\n",
             pg.url(db),
-            dir.join("data").display()
+            dir.join("data").display(),
+            std::env::var("BENCH_COMMIT_MS").unwrap_or_else(|_| "1000".into()),
         ),
     )?;
     Ok(path)
