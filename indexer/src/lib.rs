@@ -39,20 +39,86 @@ use crate::status::{SnapshotProgress, Stats};
 pub const ADDR_FILE: &str = "indexer.addr";
 
 /// Runs the indexer until `shutdown` turns true: resolve config, snapshot or resume, stream.
+/// A slot lost while running is rebuilt from a new snapshot when `on_slot_loss = "resnapshot"`;
+/// the shard endpoint stays up throughout.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let conn = PgConn::from_url(&config.source.database_url)?;
     let admin = conn.connect().await?;
     let indexes = catalog::resolve(&admin, &config).await?;
     catalog::ensure_publication(&admin, &config.source.publication, &indexes).await?;
+    drop(admin);
+    std::fs::create_dir_all(&config.storage.data_dir)?;
+
+    let stats = Arc::new(Stats::default());
+    let view = Arc::new(ViewCell::default());
+    let http_state = http::HttpState {
+        stats: stats.clone(),
+        view: view.clone(),
+        indexes: Arc::new(indexes.clone()),
+        slot: config.source.slot.clone(),
+        prometheus,
+    };
+    let addr = listener.local_addr()?;
+    write_addr_file(&config.storage.data_dir, &addr.to_string())?;
+    tracing::info!(%addr, "shard endpoint listening");
+    let mut http_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        let app = http::router(http_state);
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    let poller = tokio::spawn(poll_slot(
+        conn.clone(),
+        config.source.slot.clone(),
+        stats.clone(),
+    ));
+
+    let ctx = RunContext {
+        config: &config,
+        conn: &conn,
+        indexes: &indexes,
+        stats: &stats,
+        view: &view,
+    };
+    let result = loop {
+        match run_once(&ctx, shutdown.clone()).await {
+            Err(e @ Error::SlotLost { .. })
+                if config.source.on_slot_loss == SlotLossPolicy::Resnapshot =>
+            {
+                tracing::warn!(error = %e, "rebuilding the index from a new snapshot");
+                *stats.last_error.lock().unwrap() = Some(e.to_string());
+            }
+            other => break other,
+        }
+    };
+    poller.abort();
+    server.abort();
+    result
+}
+
+struct RunContext<'a> {
+    config: &'a Config,
+    conn: &'a PgConn,
+    indexes: &'a [ResolvedIndex],
+    stats: &'a Arc<Stats>,
+    view: &'a Arc<ViewCell>,
+}
+
+/// One life of the shard: snapshot or resume, then stream until shutdown or an error.
+async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let config = ctx.config;
+    let admin = ctx.conn.connect().await?;
     let slot = config.source.slot.clone();
     let data_dir = config.storage.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)?;
-    let fingerprint = fingerprint(&indexes, &config.source.regions);
+    let fingerprint = fingerprint(ctx.indexes, &config.source.regions);
 
     let existing = Checkpoint::load(&data_dir)?;
     let slot_state = pg::slot_status(&admin, &slot).await?;
@@ -96,12 +162,14 @@ pub async fn run(
     };
     if need_snapshot {
         if slot_state.is_some() {
-            tracing::info!(slot = %slot, "dropping slot left without a finished snapshot");
+            tracing::info!(slot = %slot, "dropping a slot without a usable snapshot");
             pg::drop_slot(&admin, &slot).await?;
         }
         Checkpoint::remove(&data_dir)?;
         Shard::wipe(&data_dir)?;
+        ctx.stats.reset_applied();
     }
+    drop(admin);
     let checkpoint = match existing {
         Some(c) if !need_snapshot => c,
         _ => Checkpoint {
@@ -114,19 +182,17 @@ pub async fn run(
     };
     let start = checkpoint.lsn()?;
 
-    let stats = Arc::new(Stats::default());
-    let view = Arc::new(ViewCell::default());
     let limits = document::MapLimits {
         max_text_bytes: config.apply.max_text_bytes,
         owned_regions: config.source.regions.clone(),
     };
     let shard = Shard::open(
         &data_dir,
-        indexes.clone(),
+        ctx.indexes.to_vec(),
         limits,
         config.apply.writer_memory_mb << 20,
-        stats.clone(),
-        view.clone(),
+        ctx.stats.clone(),
+        ctx.view.clone(),
         start,
     )?;
     let (apply_tx, apply_rx) = mpsc::channel(config.apply.queue_transactions);
@@ -137,7 +203,7 @@ pub async fn run(
         config: config.apply.clone(),
         checkpoint,
         data_dir: data_dir.clone(),
-        stats: stats.clone(),
+        stats: ctx.stats.clone(),
     }
     .spawn(
         apply_rx,
@@ -147,34 +213,14 @@ pub async fn run(
         },
     );
 
-    let http_state = http::HttpState {
-        stats: stats.clone(),
-        view: view.clone(),
-        indexes: Arc::new(indexes.clone()),
-        slot: slot.clone(),
-        prometheus,
-    };
-    let addr = listener.local_addr()?;
-    write_addr_file(&data_dir, &addr.to_string())?;
-    tracing::info!(%addr, "shard endpoint listening");
-    let mut http_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        let app = http::router(http_state);
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|s| *s).await;
-            })
-            .await;
-    });
-    let poller = tokio::spawn(poll_slot(conn.clone(), slot.clone(), stats.clone()));
-
     let source = source::Source {
-        conn,
+        conn: ctx.conn.clone(),
         slot: slot.clone(),
         publication: config.source.publication.clone(),
-        indexes,
-        stats: stats.clone(),
+        indexes: ctx.indexes.to_vec(),
+        stats: ctx.stats.clone(),
     };
+    let stats = ctx.stats;
     let result = async {
         if need_snapshot {
             tokio::select! {
@@ -196,14 +242,12 @@ pub async fn run(
         source.stream(apply_tx, progress, shutdown.clone()).await
     }
     .await;
-    poller.abort();
     // The stream has dropped its sender: the applier drains, commits and stops.
     let applied = tokio::task::spawn_blocking(move || applier.join())
         .await
         .map_err(|e| Error::Protocol(format!("applier join: {e}")))?;
     let applier_result =
         applied.unwrap_or_else(|_| Err(Error::Protocol("applier panicked".into())));
-    server.abort();
     match (result, applier_result) {
         (Err(Error::ApplierStopped(_)), Err(e)) => Err(e),
         (Err(e), _) => Err(e),

@@ -72,6 +72,13 @@ impl Stats {
         }
     }
 
+    /// Forgets the applied position (the index is being rebuilt from a new snapshot).
+    pub fn reset_applied(&self) {
+        self.applied.store(0, Ordering::Release);
+        self.oldest_pending_commit.store(0, Ordering::Release);
+        self.last_applied_commit.store(0, Ordering::Release);
+    }
+
     /// Waits until `applied >= lsn`, up to `timeout`; returns the applied LSN either way.
     pub async fn wait_applied(&self, lsn: Lsn, timeout: std::time::Duration) -> Lsn {
         let deadline = tokio::time::Instant::now() + timeout;

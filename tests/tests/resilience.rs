@@ -128,3 +128,97 @@ async fn lost_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> {
     f.assert_equal(&rebuild, &ix).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidated_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> {
+    // A cluster of its own: the WAL limit is cluster-wide.
+    let pg: &'static PgServer = Box::leak(Box::new(PgServer::start_with_watchdog()?));
+    let f = Fixture::on(pg).await?;
+    f.client
+        .batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        .await?;
+    f.client.batch_execute("SELECT pg_reload_conf()").await?;
+    f.insert_range(1, 200).await?;
+    let config = f.config("", "")?;
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    ix.wait_ready().await?;
+    assert!(ix.stop()?.success());
+
+    // With the indexer down, write more WAL than the slot may keep; a checkpoint invalidates it.
+    let (client, slot) = (&f.client, &f.slot);
+    e2e::eventually("the slot to be invalidated", Duration::from_secs(60), || async move {
+        client
+            .batch_execute("INSERT INTO other (v) SELECT repeat(md5(g::text), 40) FROM generate_series(1, 20000) g")
+            .await?;
+        client.batch_execute("CHECKPOINT").await?;
+        let status: Option<String> = client
+            .query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[slot])
+            .await?
+            .get(0);
+        Ok((status.as_deref() == Some("lost")).then_some(()))
+    })
+    .await?;
+    f.insert_range(201, 220).await?;
+
+    let mut ix = Indexer::spawn(&config, &f.data_dir())?;
+    assert_eq!(ix.wait_exit(Duration::from_secs(30)).await?.code(), Some(2));
+    let log = ix.log_text();
+    assert!(log.contains("was invalidated"), "{log}");
+
+    let rebuild = f.config("on_slot_loss = \"resnapshot\"", "")?;
+    let mut ix = Indexer::start(&rebuild, &f.data_dir()).await?;
+    let status = ix.wait_ready().await?;
+    assert_eq!(status["snapshot"]["state"], "done");
+    f.assert_equal(&rebuild, &ix).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_lost_while_streaming_is_rebuilt_in_process() -> Result<()> {
+    let f = Fixture::new().await?;
+    f.insert_range(1, 500).await?;
+    let config = f.config("on_slot_loss = \"resnapshot\"", "")?;
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    ix.wait_ready().await?;
+    let endpoint = ix.url.clone();
+
+    // Cut the walsender and drop the slot before the indexer reconnects (it backs off 100 ms).
+    let (client, slot) = (&f.client, &f.slot);
+    e2e::eventually("the active slot to be dropped", Duration::from_secs(30), || async move {
+        client
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[slot],
+            )
+            .await?;
+        Ok(client.execute("SELECT pg_drop_replication_slot($1)", &[slot]).await.ok())
+    })
+    .await?;
+    f.insert_range(501, 600).await?;
+    f.client
+        .batch_execute("DELETE FROM places WHERE id <= 50")
+        .await?;
+
+    // Same process, same endpoint: it rebuilds and catches up.
+    let ix_status = e2e::eventually("a rebuilt snapshot", Duration::from_secs(60), || {
+        let ix = &ix;
+        async move {
+            let s = ix.status().await?;
+            Ok((s["snapshot"]["state"] == "done"
+                && s["stream"] == "streaming"
+                && s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("does not exist")))
+            .then_some(s))
+        }
+    })
+    .await?;
+    assert_eq!(ix.url, endpoint);
+    assert!(
+        ix_status["snapshot"]["rows"].as_u64().unwrap() >= 500,
+        "{ix_status}"
+    );
+    f.assert_equal(&config, &ix).await?;
+    ix.wait_ready().await?;
+    Ok(())
+}
