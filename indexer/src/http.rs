@@ -104,11 +104,28 @@ fn status_json(s: &HttpState) -> Value {
     })
 }
 
-async fn status(State(s): State<HttpState>) -> Json<Value> {
-    Json(status_json(&s))
+/// Counting visible documents looks up every fresh key: engine work, on the blocking pool.
+async fn status(State(s): State<HttpState>) -> Response {
+    match tokio::task::spawn_blocking(move || status_json(&s)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "status task failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
+        }
+    }
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> Response {
+    match tokio::task::spawn_blocking(move || render_metrics(&s)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "metrics task failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
+        }
+    }
+}
+
+fn render_metrics(s: &HttpState) -> Response {
     use crate::metrics::*;
     let stats = &s.stats;
     metrics::gauge!(APPLIED_LSN).set(stats.applied().as_u64() as f64);
