@@ -119,7 +119,7 @@ impl Applier {
                 Event::Done(done) => {
                     let done = done?;
                     let lsn = done.lsn;
-                    self.shard.commit_done(done);
+                    self.shard.commit_done(done)?;
                     self.after_durable(lsn, &progress, &mut files)?;
                 }
                 Event::CommitDue => self.dispatch_commit(&done_tx, &progress),
@@ -187,7 +187,7 @@ impl Applier {
         // checkpoint file there.
         if self.shard.commit_in_flight() {
             if let Some(done) = timer.block_on(done_rx.recv()) {
-                self.shard.commit_done(done?);
+                self.shard.commit_done(done?)?;
             }
         }
         if self.checkpoint.snapshot_done {

@@ -36,6 +36,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/internal/wait", get(wait))
         .route("/internal/dump/{index}", get(dump))
+        .route("/internal/search", axum::routing::post(search))
         .with_state(state)
 }
 
@@ -250,6 +251,208 @@ async fn dump(State(s): State<HttpState>, Path(index): Path<String>) -> Response
         }
         Err(e) => {
             tracing::error!(error = %e, "dump task failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
+        }
+    }
+}
+
+/// Largest number of hits one internal search returns.
+pub const MAX_HITS: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchRequest {
+    index: String,
+    #[serde(default)]
+    regions: Vec<String>,
+    geo: Option<GeoRequest>,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    10
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum GeoRequest {
+    Within {
+        lat: f64,
+        lon: f64,
+        radius_m: f64,
+    },
+    Bbox {
+        south: f64,
+        west: f64,
+        north: f64,
+        east: f64,
+    },
+    Nearest {
+        lat: f64,
+        lon: f64,
+        k: usize,
+    },
+}
+
+/// A request field that fails validation: 422 with the field named.
+struct FieldError {
+    field: &'static str,
+    message: String,
+}
+
+impl FieldError {
+    fn new(field: &'static str, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for FieldError {
+    fn into_response(self) -> Response {
+        error(StatusCode::UNPROCESSABLE_ENTITY, self.field, self.message)
+    }
+}
+
+fn check_lat(field: &'static str, v: f64) -> Result<f64, FieldError> {
+    if v.is_finite() && (-90.0..=90.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(FieldError::new(
+            field,
+            "latitude must be a number in [-90, 90]",
+        ))
+    }
+}
+
+fn check_lon(field: &'static str, v: f64) -> Result<f64, FieldError> {
+    if v.is_finite() && (-180.0..=180.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(FieldError::new(
+            field,
+            "longitude must be a number in [-180, 180]",
+        ))
+    }
+}
+
+impl GeoRequest {
+    fn validate(self) -> Result<crate::search::GeoQuery, FieldError> {
+        use crate::search::GeoQuery;
+        Ok(match self {
+            GeoRequest::Within { lat, lon, radius_m } => {
+                if !(radius_m.is_finite() && radius_m >= 0.0) {
+                    return Err(FieldError::new(
+                        "geo.within.radius_m",
+                        "radius must be a number >= 0 (metres)",
+                    ));
+                }
+                GeoQuery::Within {
+                    lat: check_lat("geo.within.lat", lat)?,
+                    lon: check_lon("geo.within.lon", lon)?,
+                    radius_m,
+                }
+            }
+            GeoRequest::Bbox {
+                south,
+                west,
+                north,
+                east,
+            } => {
+                let b = crate::engine::geo::BBox {
+                    south: check_lat("geo.bbox.south", south)?,
+                    west: check_lon("geo.bbox.west", west)?,
+                    north: check_lat("geo.bbox.north", north)?,
+                    east: check_lon("geo.bbox.east", east)?,
+                };
+                if b.south > b.north {
+                    return Err(FieldError::new(
+                        "geo.bbox.south",
+                        "south must not be north of north",
+                    ));
+                }
+                GeoQuery::BBox(b)
+            }
+            GeoRequest::Nearest { lat, lon, k } => {
+                if k == 0 || k > MAX_HITS {
+                    return Err(FieldError::new(
+                        "geo.nearest.k",
+                        format!("k must be in 1..={MAX_HITS}"),
+                    ));
+                }
+                GeoQuery::Nearest {
+                    lat: check_lat("geo.nearest.lat", lat)?,
+                    lon: check_lon("geo.nearest.lon", lon)?,
+                    k,
+                }
+            }
+        })
+    }
+}
+
+/// Shard search (internal; the public API is query-api's). Geo only so far.
+async fn search(
+    State(s): State<HttpState>,
+    body: Result<Json<SearchRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "body", e.body_text()),
+    };
+    let Some(ix) = s.indexes.iter().find(|i| i.name == req.index) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "index",
+            format!("unknown index {:?}", req.index),
+        );
+    };
+    if req.limit == 0 || req.limit > MAX_HITS {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit",
+            format!("limit must be in 1..={MAX_HITS}"),
+        );
+    }
+    let Some(geo) = req.geo else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "geo",
+            "a geo query is required (text and vector search are not built yet)",
+        );
+    };
+    if ix.geo.is_none() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "geo",
+            format!("index {:?} has no geo field", ix.name),
+        );
+    }
+    let query = match geo.validate() {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    let Some(view) = s.view.load() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
+    };
+    let scope = crate::search::Scope {
+        index: ix.ordinal,
+        regions: req.regions,
+    };
+    let limit = req.limit;
+    let result = tokio::task::spawn_blocking(move || {
+        let hits = crate::search::geo(&view, &scope, &query, limit);
+        json!({
+            "applied_lsn": view.applied.to_string(),
+            "hits": hits.iter().map(|h| json!({"key": h.key, "region": h.region, "distance_m": h.distance_m})).collect::<Vec<_>>(),
+        })
+    })
+    .await;
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "search task failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
         }
     }

@@ -23,6 +23,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDo
 
 use crate::catalog::ResolvedIndex;
 use crate::document::{content_hash, Document, RawRow};
+use crate::engine::geo::GeoIndex;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 
@@ -41,7 +42,7 @@ pub struct Fields {
 impl Fields {
     pub fn schema(ix: &ResolvedIndex) -> (Schema, Fields) {
         let mut b = Schema::builder();
-        let key = b.add_text_field("_key", STRING | STORED);
+        let key = b.add_text_field("_key", STRING | STORED | FAST);
         let source = b.add_bytes_field("_source", STORED);
         let text = ix
             .text
@@ -162,6 +163,11 @@ pub struct Partition {
     ops: Vec<WriteOp>,
     /// Snapshot documents written straight to the writer, not yet committed.
     bulk_dirty: bool,
+    /// The running commit includes bulk (snapshot) documents: rebuild derived structures.
+    bulk_in_commit: bool,
+    /// Points of the committed documents (when the index has geo); readers overlay the
+    /// fresh layer. Copied on write when readers still hold the previous version.
+    geo: Option<Arc<GeoIndex>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -207,7 +213,7 @@ impl Partition {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
-        Ok(Partition {
+        Partition {
             index: ix.ordinal,
             region: region.to_owned(),
             dir: dir.to_owned(),
@@ -219,7 +225,50 @@ impl Partition {
             truncated_at: None,
             ops: Vec::new(),
             bulk_dirty: false,
-        })
+            bulk_in_commit: false,
+            geo: None,
+        }
+        .with_derived_structures()
+    }
+
+    /// Builds the in-memory structures of the committed documents (at open, after a bulk commit).
+    fn with_derived_structures(mut self) -> Result<Partition> {
+        self.rebuild_geo()?;
+        Ok(self)
+    }
+
+    fn rebuild_geo(&mut self) -> Result<()> {
+        if self.fields.lat.is_none() {
+            return Ok(());
+        }
+        let searcher = self.searcher();
+        let mut points = Vec::with_capacity(searcher.num_docs() as usize);
+        for segment in searcher.segment_readers() {
+            let ff = segment.fast_fields();
+            let (lat, lon) = (ff.f64("_lat")?, ff.f64("_lon")?);
+            let Some(keys) = ff.str("_key")? else {
+                continue;
+            };
+            let mut key = String::new();
+            for doc in segment.doc_ids_alive() {
+                let (Some(la), Some(lo)) = (lat.first(doc), lon.first(doc)) else {
+                    continue;
+                };
+                let Some(ord) = keys.term_ords(doc).next() else {
+                    continue;
+                };
+                key.clear();
+                keys.ord_to_str(ord, &mut key)?;
+                points.push((key.clone(), la, lo));
+            }
+        }
+        self.geo = Some(Arc::new(GeoIndex::bulk(points)));
+        Ok(())
+    }
+
+    /// The committed documents' points, if the index has geo.
+    pub fn geo(&self) -> Option<Arc<GeoIndex>> {
+        self.geo.clone()
     }
 
     pub fn checkpoint(&self) -> Lsn {
@@ -307,7 +356,7 @@ impl Partition {
 
     /// Hands the queued writes to the committer.
     pub fn take_commit(&mut self) -> CommitItem {
-        self.bulk_dirty = false;
+        self.bulk_in_commit = std::mem::take(&mut self.bulk_dirty);
         CommitItem {
             writer: self.writer.clone(),
             reader: self.reader.clone(),
@@ -317,13 +366,24 @@ impl Partition {
 
     /// A commit at `lsn` of what `take_commit` handed over is durable (and the reader
     /// reloaded): fresh entries it covers are dropped.
-    pub fn committed(&mut self, lsn: Lsn) {
+    pub fn committed(&mut self, lsn: Lsn) -> Result<()> {
         debug_assert!(lsn >= self.checkpoint, "checkpoint must not go back");
         self.checkpoint = lsn;
+        let truncated = self.truncated_at.is_some_and(|t| t <= lsn);
+        if std::mem::take(&mut self.bulk_in_commit) || truncated {
+            self.rebuild_geo()?;
+        } else if let Some(geo) = &mut self.geo {
+            // The committed set changed by exactly the fresh entries this commit covers.
+            let geo = Arc::make_mut(geo);
+            for (key, e) in self.pending.iter().filter(|(_, e)| e.lsn <= lsn) {
+                geo.set(key, e.doc.as_ref().and_then(|d| d.geo));
+            }
+        }
         self.pending.retain(|_, e| e.lsn > lsn);
-        if self.truncated_at.is_some_and(|t| t <= lsn) {
+        if truncated {
             self.truncated_at = None;
         }
+        Ok(())
     }
 
     fn to_tantivy(&self, d: &Document) -> TantivyDocument {

@@ -75,6 +75,8 @@ pub struct PartitionView {
     pub fresh: FreshLayer,
     /// LSN of the partition's last durable commit.
     pub checkpoint: Lsn,
+    /// Points of the committed documents (overlay `fresh`).
+    pub geo: Option<Arc<crate::engine::geo::GeoIndex>>,
 }
 
 impl PartitionView {
@@ -490,16 +492,17 @@ impl Shard {
 
     /// A commit job finished: its partitions are durable at its LSN; readers get the
     /// reloaded searchers with the fresh entries the commit covers dropped, in one swap.
-    pub fn commit_done(&mut self, done: CommitDone) {
+    pub fn commit_done(&mut self, done: CommitDone) -> Result<()> {
         debug_assert_eq!(self.in_flight, Some(done.lsn));
         for id in &done.partitions {
             if let Some(p) = self.partitions.get_mut(id) {
-                p.committed(done.lsn);
+                p.committed(done.lsn)?;
             }
         }
         self.in_flight = None;
         self.durable = self.durable.max(done.lsn);
         self.publish();
+        Ok(())
     }
 
     /// Makes everything applied so far durable, on this thread; returns the durable LSN.
@@ -507,7 +510,7 @@ impl Shard {
         debug_assert!(self.in_flight.is_none(), "a commit job is still running");
         if let Some(job) = self.take_commit_job() {
             let done = job.run()?;
-            self.commit_done(done);
+            self.commit_done(done)?;
         }
         self.publish();
         Ok(self.durable)
@@ -539,6 +542,7 @@ impl Shard {
                         fields: p.fields().clone(),
                         fresh: p.fresh(),
                         checkpoint: p.checkpoint(),
+                        geo: p.geo(),
                     },
                 )
             })
@@ -676,7 +680,7 @@ mod tests {
             .unwrap();
         shard.make_searchable(Lsn(20));
         let during = visible(&view.load().unwrap());
-        shard.commit_done(job.run().unwrap());
+        shard.commit_done(job.run().unwrap()).unwrap();
         let after = visible(&view.load().unwrap());
         assert_eq!(
             during, after,

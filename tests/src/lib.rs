@@ -3,6 +3,8 @@
 //! test, and the real `indexer` binary run as a child process that tests can kill -9.
 //! Everything waits on conditions with deadlines; nothing sleeps a fixed time to "let it work".
 
+pub mod dev_data;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -136,6 +136,11 @@ filter_fields = ["population"]
     }
 }
 
+/// A name unique in this test process (slots, databases).
+pub fn uniq_name(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), uniq())
+}
+
 fn uniq() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)

@@ -3,5 +3,6 @@
 
 mod cdc;
 mod common;
+mod geo;
 mod resilience;
 mod verify_cmd;

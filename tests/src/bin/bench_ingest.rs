@@ -6,7 +6,6 @@
 //!
 //! Prints one table; figures come from this run only.
 
-use std::io::{BufRead, Read};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,67 +13,6 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use e2e::{Indexer, PgServer};
 use futures_util::SinkExt;
-
-const SCHEMA: &str = "CREATE TABLE places (id bigint PRIMARY KEY, region text NOT NULL, name text, body text, \
-    population bigint, country_code text, lat double precision, lon double precision, embedding real[])";
-
-fn data_dir() -> PathBuf {
-    std::env::var("BENCH_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dev"))
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('\t', "\\t")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
-}
-
-/// The dev rows as COPY text lines (id, region, name, body, population, cc, lat, lon, embedding).
-fn load_rows() -> Result<Vec<String>> {
-    let dir = data_dir();
-    let gz = std::fs::File::open(dir.join("rows.jsonl.gz"))
-        .with_context(|| format!("open {}", dir.display()))?;
-    let mut npy = Vec::new();
-    std::fs::File::open(dir.join("embeddings.f32.npy"))?.read_to_end(&mut npy)?;
-    // .npy v1: magic(6) ver(2) header_len(u16 LE) header; then little-endian f32 data.
-    if &npy[..6] != b"\x93NUMPY" {
-        bail!("embeddings.f32.npy is not a .npy file");
-    }
-    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
-    let data = &npy[10 + header_len..];
-    let dim = 384;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(flate2::read::GzDecoder::new(gz))
-        .lines()
-        .enumerate()
-    {
-        let v: serde_json::Value = serde_json::from_str(&line?)?;
-        let emb: Vec<String> = (0..dim)
-            .map(|j| {
-                let o = (i * dim + j) * 4;
-                f32::from_le_bytes(data[o..o + 4].try_into().unwrap()).to_string()
-            })
-            .collect();
-        out.push(format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{{{}}}\n",
-            v["id"],
-            escape(v["region"].as_str().unwrap_or("")),
-            escape(v["title"].as_str().unwrap_or("")),
-            escape(v["body"].as_str().unwrap_or("")),
-            v["population"]
-                .as_i64()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "\\N".into()),
-            escape(v["country_code"].as_str().unwrap_or("")),
-            v["lat"],
-            v["lon"],
-            emb.join(",")
-        ));
-    }
-    Ok(out)
-}
 
 fn config(pg: &PgServer, db: &str, dir: &std::path::Path, vector: bool) -> Result<PathBuf> {
     let path = dir.join("bench.toml");
@@ -105,16 +43,16 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let rows = load_rows()?;
+    let rows = e2e::dev_data::copy_lines(true)?;
     let n = rows.len();
-    eprintln!("bench: {n} dev rows loaded from {}", data_dir().display());
+    eprintln!("bench: {n} dev rows");
     let pg = PgServer::start_with_watchdog()?;
     let mut report = Vec::new();
 
     for vector in [false, true] {
         let db = pg.fresh_db().await?;
         let client = pg.connect(&db).await?;
-        client.batch_execute(SCHEMA).await?;
+        client.batch_execute(e2e::dev_data::PLACES).await?;
         let sink = client.copy_in("COPY places FROM STDIN").await?;
         futures_util::pin_mut!(sink);
         for chunk in rows.chunks(1000) {

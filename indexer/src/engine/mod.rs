@@ -1,0 +1,4 @@
+//! Query engines of a partition: synchronous library code over in-memory structures, free of
+//! I/O, HTTP and async (the shard calls them on the blocking pool).
+
+pub mod geo;

@@ -1,0 +1,112 @@
+//! Searches over a shard view: each partition answers from its committed structures with the
+//! fresh layer overlaid (fresh documents shadow committed ones with the same key), and the
+//! partitions' answers merge into one global order — a true global top-k, not per-partition
+//! top-k concatenated. Synchronous: call it on the blocking pool.
+
+use std::cmp::Ordering;
+
+use crate::engine::geo::{haversine_m, BBox};
+use crate::shard::ShardView;
+
+/// A geo query; every hit carries its great-circle distance in metres from the query point
+/// (from the box's centre for `BBox`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum GeoQuery {
+    Within { lat: f64, lon: f64, radius_m: f64 },
+    BBox(BBox),
+    Nearest { lat: f64, lon: f64, k: usize },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GeoHit {
+    pub key: String,
+    pub region: String,
+    pub distance_m: f64,
+}
+
+/// Which partitions a query touches.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub index: usize,
+    /// Empty: every region of the index.
+    pub regions: Vec<String>,
+}
+
+impl Scope {
+    fn covers(&self, index: usize, region: &str) -> bool {
+        index == self.index && (self.regions.is_empty() || self.regions.iter().any(|r| r == region))
+    }
+}
+
+fn order(a: &GeoHit, b: &GeoHit) -> Ordering {
+    a.distance_m
+        .total_cmp(&b.distance_m)
+        .then_with(|| a.key.cmp(&b.key))
+}
+
+/// Hits sorted by distance (then key), at most `limit`.
+pub fn geo(view: &ShardView, scope: &Scope, query: &GeoQuery, limit: usize) -> Vec<GeoHit> {
+    let mut hits = Vec::new();
+    let (lat, lon) = match query {
+        GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
+        GeoQuery::BBox(b) => b.centre(),
+    };
+    let want = match query {
+        GeoQuery::Nearest { k, .. } => (*k).min(limit),
+        _ => limit,
+    };
+    for ((index, region), p) in &view.partitions {
+        if !scope.covers(*index, region) {
+            continue;
+        }
+        let mut push = |key: &str, distance_m: f64| {
+            hits.push(GeoHit {
+                key: key.to_owned(),
+                region: region.clone(),
+                distance_m,
+            })
+        };
+        // Committed points, unless the fresh layer shadows them.
+        if let Some(g) = &p.geo {
+            match query {
+                GeoQuery::Within { radius_m, .. } => g.within(lat, lon, *radius_m, |k, d| {
+                    if !p.fresh.shadows(k) {
+                        push(k, d)
+                    }
+                }),
+                GeoQuery::BBox(b) => g.in_bbox(b, (lat, lon), |k, d| {
+                    if !p.fresh.shadows(k) {
+                        push(k, d)
+                    }
+                }),
+                GeoQuery::Nearest { .. } => {
+                    for (k, d) in g
+                        .nearest(lat, lon)
+                        .filter(|(k, _)| !p.fresh.shadows(k))
+                        .take(want)
+                    {
+                        push(k, d);
+                    }
+                }
+            }
+        }
+        // Fresh documents, scanned exactly.
+        for (key, e) in &p.fresh.docs {
+            let Some((dlat, dlon)) = e.doc.as_ref().and_then(|d| d.geo) else {
+                continue;
+            };
+            let d = haversine_m(lat, lon, dlat, dlon);
+            let keep = match query {
+                GeoQuery::Within { radius_m, .. } => d <= *radius_m,
+                GeoQuery::BBox(b) => b.contains(dlat, dlon),
+                GeoQuery::Nearest { .. } => true,
+            };
+            if keep {
+                push(key, d);
+            }
+        }
+    }
+    hits.sort_by(order);
+    hits.truncate(want);
+    hits
+}
