@@ -126,6 +126,17 @@ pub fn map_row(ix: &ResolvedIndex, raw: RawRow, limits: &MapLimits) -> Mapped {
         Some(spec) => match &raw[spec.column] {
             None => None,
             Some(text) => match parse_vector(text, spec.dimension) {
+                Ok(v)
+                    if spec.metric == crate::config::Metric::Cosine
+                        && v.iter().all(|x| *x == 0.0) =>
+                {
+                    rejections.push(reject(
+                        &key,
+                        ix.column_name(spec.column),
+                        "zero vector has no direction (cosine)".into(),
+                    ));
+                    None
+                }
                 Ok(v) => Some(v),
                 Err(reason) => {
                     rejections.push(reject(&key, ix.column_name(spec.column), reason));

@@ -266,8 +266,20 @@ struct SearchRequest {
     #[serde(default)]
     regions: Vec<String>,
     geo: Option<GeoRequest>,
+    vector: Option<VectorRequest>,
     #[serde(default = "default_limit")]
     limit: usize,
+}
+
+/// Largest `k` of a vector query.
+pub const MAX_K: usize = 1_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VectorRequest {
+    values: Vec<f32>,
+    #[serde(default = "default_limit")]
+    k: usize,
 }
 
 fn default_limit() -> usize {
@@ -415,23 +427,77 @@ async fn search(
             format!("limit must be in 1..={MAX_HITS}"),
         );
     }
-    let Some(geo) = req.geo else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "geo",
-            "a geo query is required (text and vector search are not built yet)",
-        );
-    };
-    if ix.geo.is_none() {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "geo",
-            format!("index {:?} has no geo field", ix.name),
-        );
+    enum Query {
+        Geo(crate::search::GeoQuery),
+        Vector(crate::search::VectorQuery),
     }
-    let query = match geo.validate() {
-        Ok(q) => q,
-        Err(e) => return e.into_response(),
+    let query = match (req.geo, req.vector) {
+        (Some(_), Some(_)) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "vector",
+                "combining geo and vector in one query is not built yet",
+            );
+        }
+        (None, None) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "geo",
+                "a geo or vector query is required (text search is not built yet)",
+            );
+        }
+        (Some(geo), None) => {
+            if ix.geo.is_none() {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "geo",
+                    format!("index {:?} has no geo field", ix.name),
+                );
+            }
+            match geo.validate() {
+                Ok(q) => Query::Geo(q),
+                Err(e) => return e.into_response(),
+            }
+        }
+        (None, Some(v)) => {
+            let Some(spec) = ix.vector else {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "vector",
+                    format!("index {:?} has no vector field", ix.name),
+                );
+            };
+            if v.values.len() != spec.dimension {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "vector.values",
+                    format!(
+                        "the vector has {} dimensions, index {:?} has {}",
+                        v.values.len(),
+                        ix.name,
+                        spec.dimension
+                    ),
+                );
+            }
+            if v.k == 0 || v.k > MAX_K {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "vector.k",
+                    format!("k must be in 1..={MAX_K}"),
+                );
+            }
+            if v.values.iter().any(|x| !x.is_finite()) {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "vector.values",
+                    "values must be finite numbers",
+                );
+            }
+            Query::Vector(crate::search::VectorQuery {
+                values: v.values,
+                k: v.k.min(req.limit),
+            })
+        }
     };
     let Some(view) = s.view.load() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
@@ -442,11 +508,17 @@ async fn search(
     };
     let limit = req.limit;
     let result = tokio::task::spawn_blocking(move || {
-        let hits = crate::search::geo(&view, &scope, &query, limit);
-        json!({
-            "applied_lsn": view.applied.to_string(),
-            "hits": hits.iter().map(|h| json!({"key": h.key, "region": h.region, "distance_m": h.distance_m})).collect::<Vec<_>>(),
-        })
+        let hits: Vec<Value> = match &query {
+            Query::Geo(q) => crate::search::geo(&view, &scope, q, limit)
+                .iter()
+                .map(|h| json!({"key": h.key, "region": h.region, "distance_m": h.distance_m}))
+                .collect(),
+            Query::Vector(q) => crate::search::vector(&view, &scope, q)
+                .iter()
+                .map(|h| json!({"key": h.key, "region": h.region, "score": h.score}))
+                .collect(),
+        };
+        json!({"applied_lsn": view.applied.to_string(), "hits": hits})
     })
     .await;
     match result {

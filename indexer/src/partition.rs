@@ -24,6 +24,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDo
 use crate::catalog::ResolvedIndex;
 use crate::document::{content_hash, Document, RawRow};
 use crate::engine::geo::GeoIndex;
+use crate::engine::vector::VectorStore;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 
@@ -37,6 +38,8 @@ pub struct Fields {
     pub text: Vec<(Field, usize)>,
     pub lat: Option<Field>,
     pub lon: Option<Field>,
+    /// The vector as little-endian f32 bytes (fast field: loaded at start without parsing).
+    pub vector: Option<Field>,
 }
 
 impl Fields {
@@ -61,6 +64,7 @@ impl Fields {
             ),
             None => (None, None),
         };
+        let vector = ix.vector.map(|_| b.add_bytes_field("_vec", FAST));
         (
             b.build(),
             Fields {
@@ -69,6 +73,7 @@ impl Fields {
                 text,
                 lat,
                 lon,
+                vector,
             },
         )
     }
@@ -168,6 +173,9 @@ pub struct Partition {
     /// Points of the committed documents (when the index has geo); readers overlay the
     /// fresh layer. Copied on write when readers still hold the previous version.
     geo: Option<Arc<GeoIndex>>,
+    /// Vectors of the committed documents (when the index has one), likewise.
+    vectors: Option<Arc<VectorStore>>,
+    vector_spec: Option<crate::catalog::VectorSpec>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -227,6 +235,8 @@ impl Partition {
             bulk_dirty: false,
             bulk_in_commit: false,
             geo: None,
+            vectors: None,
+            vector_spec: ix.vector,
         }
         .with_derived_structures()
     }
@@ -234,7 +244,48 @@ impl Partition {
     /// Builds the in-memory structures of the committed documents (at open, after a bulk commit).
     fn with_derived_structures(mut self) -> Result<Partition> {
         self.rebuild_geo()?;
+        self.rebuild_vectors()?;
         Ok(self)
+    }
+
+    fn rebuild_vectors(&mut self) -> Result<()> {
+        let Some(spec) = self.vector_spec else {
+            return Ok(());
+        };
+        let mut store = VectorStore::new(spec.dimension, spec.metric);
+        let searcher = self.searcher();
+        for segment in searcher.segment_readers() {
+            let ff = segment.fast_fields();
+            let (keys, vecs) = (ff.str("_key")?, ff.bytes("_vec")?);
+            let (Some(keys), Some(vecs)) = (keys, vecs) else {
+                continue;
+            };
+            let (mut key, mut bytes) = (String::new(), Vec::new());
+            for doc in segment.doc_ids_alive() {
+                let (Some(k), Some(v)) = (keys.term_ords(doc).next(), vecs.term_ords(doc).next())
+                else {
+                    continue;
+                };
+                key.clear();
+                keys.ord_to_str(k, &mut key)?;
+                bytes.clear();
+                vecs.ord_to_bytes(v, &mut bytes)?;
+                let values: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                if values.len() == spec.dimension {
+                    store.set(&key, Some(&values));
+                }
+            }
+        }
+        self.vectors = Some(Arc::new(store));
+        Ok(())
+    }
+
+    /// The committed documents' vectors, if the index has one.
+    pub fn vectors(&self) -> Option<Arc<VectorStore>> {
+        self.vectors.clone()
     }
 
     fn rebuild_geo(&mut self) -> Result<()> {
@@ -372,11 +423,22 @@ impl Partition {
         let truncated = self.truncated_at.is_some_and(|t| t <= lsn);
         if std::mem::take(&mut self.bulk_in_commit) || truncated {
             self.rebuild_geo()?;
-        } else if let Some(geo) = &mut self.geo {
+            self.rebuild_vectors()?;
+        } else {
             // The committed set changed by exactly the fresh entries this commit covers.
-            let geo = Arc::make_mut(geo);
-            for (key, e) in self.pending.iter().filter(|(_, e)| e.lsn <= lsn) {
-                geo.set(key, e.doc.as_ref().and_then(|d| d.geo));
+            let covered: Vec<(&String, &FreshEntry)> =
+                self.pending.iter().filter(|(_, e)| e.lsn <= lsn).collect();
+            if let Some(geo) = &mut self.geo {
+                let geo = Arc::make_mut(geo);
+                for (key, e) in &covered {
+                    geo.set(key, e.doc.as_ref().and_then(|d| d.geo));
+                }
+            }
+            if let Some(vectors) = &mut self.vectors {
+                let vectors = Arc::make_mut(vectors);
+                for (key, e) in &covered {
+                    vectors.set(key, e.doc.as_ref().and_then(|d| d.vector.as_deref()));
+                }
             }
         }
         self.pending.retain(|_, e| e.lsn > lsn);
@@ -403,6 +465,10 @@ impl Partition {
         {
             doc.add_f64(flat, lat);
             doc.add_f64(flon, lon);
+        }
+        if let (Some(v), Some(field)) = (&d.vector, self.fields.vector) {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            doc.add_bytes(field, &bytes);
         }
         doc
     }

@@ -6,6 +6,7 @@
 use std::cmp::Ordering;
 
 use crate::engine::geo::{haversine_m, BBox};
+use crate::engine::vector::{self, Scored, TopK};
 use crate::shard::ShardView;
 
 /// A geo query; every hit carries its great-circle distance in metres from the query point
@@ -109,4 +110,60 @@ pub fn geo(view: &ShardView, scope: &Scope, query: &GeoQuery, limit: usize) -> V
     hits.sort_by(order);
     hits.truncate(want);
     hits
+}
+
+/// Exact k-nearest neighbours of `values` (of the index's dimension).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VectorQuery {
+    pub values: Vec<f32>,
+    pub k: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VectorHit {
+    pub key: String,
+    pub region: String,
+    /// Higher is closer: cosine similarity, dot product, or minus the Euclidean distance.
+    pub score: f64,
+}
+
+/// The `k` closest documents over every partition in scope, best first (ties by key).
+pub fn vector(view: &ShardView, scope: &Scope, query: &VectorQuery) -> Vec<VectorHit> {
+    let q_inv = vector::inv_norm(&query.values);
+    let mut top = TopK::new(query.k);
+    let mut regions: std::collections::HashMap<std::sync::Arc<str>, String> =
+        std::collections::HashMap::new();
+    for ((index, region), p) in &view.partitions {
+        if !scope.covers(*index, region) {
+            continue;
+        }
+        let Some(store) = &p.vectors else { continue };
+        let mut add = |hit: Scored| {
+            if top.admits(hit.score) {
+                regions.insert(hit.key.clone(), region.clone());
+                top.push(hit);
+            }
+        };
+        for hit in store.search(&query.values, query.k, |k| p.fresh.shadows(k)) {
+            add(hit);
+        }
+        for (key, e) in &p.fresh.docs {
+            let Some(v) = e.doc.as_ref().and_then(|d| d.vector.as_deref()) else {
+                continue;
+            };
+            let s = vector::score(store.metric(), &query.values, q_inv, v, vector::inv_norm(v));
+            add(Scored {
+                key: std::sync::Arc::from(key.as_str()),
+                score: s,
+            });
+        }
+    }
+    top.into_sorted()
+        .into_iter()
+        .map(|h| VectorHit {
+            region: regions.get(&h.key).cloned().unwrap_or_default(),
+            key: h.key.to_string(),
+            score: h.score,
+        })
+        .collect()
 }

@@ -77,6 +77,8 @@ pub struct PartitionView {
     pub checkpoint: Lsn,
     /// Points of the committed documents (overlay `fresh`).
     pub geo: Option<Arc<crate::engine::geo::GeoIndex>>,
+    /// Vectors of the committed documents (overlay `fresh`).
+    pub vectors: Option<Arc<crate::engine::vector::VectorStore>>,
 }
 
 impl PartitionView {
@@ -543,6 +545,7 @@ impl Shard {
                         fresh: p.fresh(),
                         checkpoint: p.checkpoint(),
                         geo: p.geo(),
+                        vectors: p.vectors(),
                     },
                 )
             })
@@ -740,5 +743,64 @@ mod tests {
         assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["3"]);
         shard.commit().unwrap();
         assert_eq!(visible(&view.load().unwrap()), seen);
+    }
+}
+
+#[cfg(test)]
+mod vector_store_tests {
+    use super::*;
+    use crate::catalog::VectorSpec;
+    use crate::config::Metric;
+
+    #[test]
+    fn snapshot_vectors_reach_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = ResolvedIndex {
+            ordinal: 0,
+            name: "v".into(),
+            schema: "public".into(),
+            table: "v".into(),
+            columns: ["id", "region", "emb"].map(String::from).to_vec(),
+            pk: vec![0],
+            region: 1,
+            text: vec![],
+            geo: None,
+            vector: Some(VectorSpec {
+                column: 2,
+                dimension: 2,
+                metric: Metric::Cosine,
+            }),
+            filters: vec![],
+            stored: vec![],
+        };
+        let view = Arc::new(ViewCell::default());
+        let limits = MapLimits {
+            max_text_bytes: 100,
+            owned_regions: vec![],
+        };
+        let mut shard = Shard::open(
+            dir.path(),
+            vec![ix],
+            limits,
+            16 << 20,
+            Arc::new(Stats::default()),
+            view.clone(),
+            Lsn::ZERO,
+        )
+        .unwrap();
+        shard
+            .add_snapshot_rows(
+                0,
+                vec![vec![
+                    Some("1".into()),
+                    Some("eu".into()),
+                    Some("{1,0}".into()),
+                ]],
+            )
+            .unwrap();
+        shard.commit_snapshot(Lsn(5)).unwrap();
+        let v = view.load().unwrap();
+        let p = v.partitions.values().next().unwrap();
+        assert_eq!(p.vectors.as_ref().unwrap().len(), 1);
     }
 }

@@ -5,4 +5,5 @@ mod cdc;
 mod common;
 mod geo;
 mod resilience;
+mod vector;
 mod verify_cmd;

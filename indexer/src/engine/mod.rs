@@ -2,3 +2,4 @@
 //! I/O, HTTP and async (the shard calls them on the blocking pool).
 
 pub mod geo;
+pub mod vector;

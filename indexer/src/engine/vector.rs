@@ -1,0 +1,313 @@
+//! Exact k-nearest-neighbour search over a partition's vectors (cosine, L2, dot). This is the
+//! "exact" mode, the scanner for vectors not yet in an approximate graph, and the answer for
+//! filters that pass few documents.
+//!
+//! Vectors live in fixed-size chunks behind `Arc`s, with a persistent key → slot map, so a
+//! copy for readers is cheap and a write copies only the chunk it touches. Scores accumulate
+//! in f64: exact mode agrees with a float64 reference on the same f32 inputs.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use crate::config::Metric;
+
+const CHUNK: usize = 1024;
+
+#[derive(Clone)]
+struct Chunk {
+    keys: Vec<Option<Arc<str>>>,
+    /// `CHUNK * dim` values, row-major.
+    data: Vec<f32>,
+    /// 1 / |v| per slot (cosine).
+    inv_norm: Vec<f64>,
+}
+
+/// Similarity of two vectors under `metric`, higher is closer: cosine similarity, dot
+/// product, or minus the Euclidean distance.
+pub fn score(metric: Metric, q: &[f32], q_inv_norm: f64, v: &[f32], v_inv_norm: f64) -> f64 {
+    match metric {
+        Metric::Cosine => dot(q, v) * q_inv_norm * v_inv_norm,
+        Metric::Dot => dot(q, v),
+        Metric::L2 => -q
+            .iter()
+            .zip(v)
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+            .sum::<f64>()
+            .sqrt(),
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum()
+}
+
+pub fn inv_norm(v: &[f32]) -> f64 {
+    let n = dot(v, v).sqrt();
+    if n > 0.0 {
+        1.0 / n
+    } else {
+        0.0
+    }
+}
+
+/// A hit: key and score (higher is closer).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    pub key: Arc<str>,
+    pub score: f64,
+}
+
+/// Orders hits best first; ties by key, so results are deterministic.
+pub fn best_first(a: &Scored, b: &Scored) -> Ordering {
+    b.score.total_cmp(&a.score).then_with(|| a.key.cmp(&b.key))
+}
+
+/// Keeps the `k` best hits seen.
+pub struct TopK {
+    k: usize,
+    heap: BinaryHeap<Worst>,
+}
+
+/// Heap order: the worst hit on top.
+struct Worst(Scored);
+
+impl PartialEq for Worst {
+    fn eq(&self, o: &Self) -> bool {
+        best_first(&self.0, &o.0) == Ordering::Equal
+    }
+}
+impl Eq for Worst {}
+impl PartialOrd for Worst {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Worst {
+    fn cmp(&self, o: &Self) -> Ordering {
+        best_first(&self.0, &o.0)
+    }
+}
+
+impl TopK {
+    pub fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    /// Whether a hit with this score could enter.
+    pub fn admits(&self, score: f64) -> bool {
+        self.heap.len() < self.k || self.heap.peek().is_some_and(|w| score >= w.0.score)
+    }
+
+    pub fn push(&mut self, hit: Scored) {
+        if self.k == 0 {
+            return;
+        }
+        self.heap.push(Worst(hit));
+        if self.heap.len() > self.k {
+            self.heap.pop();
+        }
+    }
+
+    /// Best first.
+    pub fn into_sorted(self) -> Vec<Scored> {
+        let mut v: Vec<Scored> = self.heap.into_iter().map(|w| w.0).collect();
+        v.sort_by(best_first);
+        v
+    }
+}
+
+/// The vectors of one partition's committed documents.
+#[derive(Clone)]
+pub struct VectorStore {
+    dim: usize,
+    metric: Metric,
+    chunks: Vec<Arc<Chunk>>,
+    slots: imbl::HashMap<Arc<str>, u32>,
+    free: Vec<u32>,
+}
+
+impl VectorStore {
+    pub fn new(dim: usize, metric: Metric) -> VectorStore {
+        VectorStore {
+            dim,
+            metric,
+            chunks: Vec::new(),
+            slots: imbl::HashMap::new(),
+            free: Vec::new(),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&[f32]> {
+        let slot = *self.slots.get(key)? as usize;
+        let c = &self.chunks[slot / CHUNK];
+        let at = (slot % CHUNK) * self.dim;
+        Some(&c.data[at..at + self.dim])
+    }
+
+    /// Sets the vector of `key` (of this store's dimension), or removes it.
+    pub fn set(&mut self, key: &str, v: Option<&[f32]>) {
+        match (self.slots.get(key).copied(), v) {
+            (Some(slot), Some(v)) => self.write(slot, key, Some(v)),
+            (Some(slot), None) => {
+                self.write(slot, key, None);
+                self.slots.remove(key);
+                self.free.push(slot);
+            }
+            (None, Some(v)) => {
+                let slot = match self.free.pop() {
+                    Some(s) => s,
+                    None => {
+                        let s = (self.chunks.len() * CHUNK) as u32;
+                        self.chunks.push(Arc::new(Chunk {
+                            keys: vec![None; CHUNK],
+                            data: vec![0.0; CHUNK * self.dim],
+                            inv_norm: vec![0.0; CHUNK],
+                        }));
+                        // The rest of the new chunk is free, lowest slot first.
+                        self.free.extend((s + 1..s + CHUNK as u32).rev());
+                        s
+                    }
+                };
+                self.slots.insert(Arc::from(key), slot);
+                self.write(slot, key, Some(v));
+            }
+            (None, None) => {}
+        }
+    }
+
+    fn write(&mut self, slot: u32, key: &str, v: Option<&[f32]>) {
+        let dim = self.dim;
+        let slot = slot as usize;
+        let c = Arc::make_mut(&mut self.chunks[slot / CHUNK]);
+        let i = slot % CHUNK;
+        match v {
+            Some(v) => {
+                debug_assert_eq!(v.len(), dim);
+                c.data[i * dim..(i + 1) * dim].copy_from_slice(v);
+                c.inv_norm[i] = inv_norm(v);
+                c.keys[i] = Some(Arc::from(key));
+            }
+            None => c.keys[i] = None,
+        }
+    }
+
+    /// The `k` best vectors for `query`, skipping keys for which `skip` is true.
+    pub fn search(&self, query: &[f32], k: usize, skip: impl Fn(&str) -> bool) -> Vec<Scored> {
+        let q_inv = inv_norm(query);
+        let mut top = TopK::new(k);
+        for c in &self.chunks {
+            for (i, key) in c.keys.iter().enumerate() {
+                let Some(key) = key else { continue };
+                let v = &c.data[i * self.dim..(i + 1) * self.dim];
+                let s = score(self.metric, query, q_inv, v, c.inv_norm[i]);
+                if top.admits(s) && !skip(key) {
+                    top.push(Scored {
+                        key: key.clone(),
+                        score: s,
+                    });
+                }
+            }
+        }
+        top.into_sorted()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn brute(vs: &[(String, Vec<f32>)], q: &[f32], k: usize, metric: Metric) -> Vec<String> {
+        let mut all: Vec<Scored> = vs
+            .iter()
+            .map(|(key, v)| Scored {
+                key: Arc::from(key.as_str()),
+                score: score(metric, q, inv_norm(q), v, inv_norm(v)),
+            })
+            .collect();
+        all.sort_by(best_first);
+        all.into_iter().take(k).map(|s| s.key.to_string()).collect()
+    }
+
+    #[test]
+    fn set_overwrite_and_remove() {
+        let mut s = VectorStore::new(2, Metric::Dot);
+        s.set("a", Some(&[1.0, 0.0]));
+        s.set("b", Some(&[0.0, 1.0]));
+        s.set("a", Some(&[0.0, 2.0]));
+        assert_eq!(s.get("a"), Some(&[0.0, 2.0][..]));
+        let top: Vec<String> = s
+            .search(&[0.0, 1.0], 2, |_| false)
+            .iter()
+            .map(|h| h.key.to_string())
+            .collect();
+        assert_eq!(top, ["a", "b"]);
+        s.set("a", None);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.search(&[0.0, 1.0], 5, |_| false).len(), 1);
+        assert_eq!(s.search(&[0.0, 1.0], 5, |k| k == "b").len(), 0);
+    }
+
+    #[test]
+    fn copies_share_untouched_chunks() {
+        let mut s = VectorStore::new(1, Metric::Dot);
+        for i in 0..3000 {
+            s.set(&i.to_string(), Some(&[i as f32]));
+        }
+        let before = s.clone();
+        s.set("5", Some(&[-1.0]));
+        assert_eq!(before.get("5"), Some(&[5.0][..]), "readers keep their copy");
+        assert!(
+            Arc::ptr_eq(&before.chunks[2], &s.chunks[2]),
+            "other chunks are shared"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn search_equals_brute_force(
+            vs in proptest::collection::vec(proptest::collection::vec(-1.0f32..1.0, 4), 1..300),
+            q in proptest::collection::vec(-1.0f32..1.0, 4),
+            k in 1usize..20,
+            m in 0..3,
+            deletes in proptest::collection::vec(any::<prop::sample::Index>(), 0..30),
+        ) {
+            let metric = [Metric::Cosine, Metric::Dot, Metric::L2][m as usize];
+            let mut live: Vec<(String, Vec<f32>)> = vs.iter().enumerate().map(|(i, v)| (i.to_string(), v.clone())).collect();
+            let mut s = VectorStore::new(4, metric);
+            for (k, v) in &live {
+                s.set(k, Some(v));
+            }
+            for d in deletes {
+                if live.is_empty() { break; }
+                let (key, _) = live.remove(d.index(live.len()));
+                s.set(&key, None);
+            }
+            let got: Vec<String> = s.search(&q, k, |_| false).iter().map(|h| h.key.to_string()).collect();
+            prop_assert_eq!(got, brute(&live, &q, k, metric));
+        }
+    }
+}
