@@ -90,6 +90,23 @@ impl Applier {
             lsn: self.checkpoint.lsn()?,
         };
         let mut stash: Option<ApplyCmd> = None;
+        // Graph inserts are slow: a builder thread takes committed vectors in order, while the
+        // exact scanner covers what it has not inserted yet.
+        let (graph_tx, graph_rx) = std::sync::mpsc::channel::<crate::engine::graph::GraphJob>();
+        std::thread::Builder::new()
+            .name("graph-builder".into())
+            .spawn(move || {
+                for job in graph_rx {
+                    job.run();
+                }
+            })
+            .expect("spawn graph builder");
+        let feed_graphs = |shard: &mut Shard| {
+            for job in shard.take_graph_jobs() {
+                let _ = graph_tx.send(job);
+            }
+        };
+        feed_graphs(&mut self.shard);
         loop {
             let event = match stash.take() {
                 Some(c) => Event::Cmd(Some(c)),
@@ -120,6 +137,7 @@ impl Applier {
                     let done = done?;
                     let lsn = done.lsn;
                     self.shard.commit_done(done)?;
+                    feed_graphs(&mut self.shard);
                     self.after_durable(lsn, &progress, &mut files)?;
                 }
                 Event::CommitDue => self.dispatch_commit(&done_tx, &progress),
@@ -129,6 +147,7 @@ impl Applier {
                 }
                 Event::Cmd(Some(ApplyCmd::SnapshotDone { lsn, done })) => {
                     let result = self.finish_snapshot(lsn);
+                    feed_graphs(&mut self.shard);
                     let failed = result.is_err();
                     if !failed {
                         files.lsn = lsn;

@@ -70,6 +70,8 @@ fn status_json(s: &HttpState) -> Value {
                 "lag_bytes": lag_bytes,
                 "lag_ms": lag_ms,
                 "rejected_rows": rejected.get(&(name.clone(), region.clone())).copied().unwrap_or(0),
+                "vectors_pending_graph": p.graph.as_ref().map(|g| p.recent_vectors.range(g.graphed()..).count()),
+                "graph_points": p.graph.as_ref().map(|g| g.points()),
             })
         })
         .collect();
@@ -280,6 +282,9 @@ struct VectorRequest {
     values: Vec<f32>,
     #[serde(default = "default_limit")]
     k: usize,
+    ef: Option<usize>,
+    #[serde(default)]
+    exact: bool,
 }
 
 fn default_limit() -> usize {
@@ -493,9 +498,18 @@ async fn search(
                     "values must be finite numbers",
                 );
             }
+            if v.ef.is_some_and(|ef| ef == 0 || ef > 10 * MAX_K) {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "vector.ef",
+                    format!("ef must be in 1..={}", 10 * MAX_K),
+                );
+            }
             Query::Vector(crate::search::VectorQuery {
                 values: v.values,
                 k: v.k.min(req.limit),
+                ef: v.ef,
+                exact: v.exact,
             })
         }
     };

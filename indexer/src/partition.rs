@@ -24,6 +24,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDo
 use crate::catalog::ResolvedIndex;
 use crate::document::{content_hash, Document, RawRow};
 use crate::engine::geo::GeoIndex;
+use crate::engine::graph::{Graph, GraphJob};
 use crate::engine::vector::VectorStore;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -176,6 +177,13 @@ pub struct Partition {
     /// Vectors of the committed documents (when the index has one), likewise.
     vectors: Option<Arc<VectorStore>>,
     vector_spec: Option<crate::catalog::VectorSpec>,
+    /// Approximate index over the committed vectors, filled by the graph builder.
+    graph: Option<Arc<Graph>>,
+    /// Committed vector versions by write sequence number, until the graph has them.
+    recent: imbl::OrdMap<u64, u64>,
+    next_seq: u64,
+    /// Committed vectors not yet handed to the graph builder.
+    graph_queue: Vec<(u64, Vec<f32>)>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -237,6 +245,10 @@ impl Partition {
             geo: None,
             vectors: None,
             vector_spec: ix.vector,
+            graph: None,
+            recent: imbl::OrdMap::new(),
+            next_seq: 0,
+            graph_queue: Vec::new(),
         }
         .with_derived_structures()
     }
@@ -279,8 +291,48 @@ impl Partition {
                 }
             }
         }
+        // A new graph over every vector; until the builder has them, the exact scanner does.
+        let graph = Arc::new(Graph::new(spec.metric, store.len() * 2));
+        self.recent = imbl::OrdMap::new();
+        self.graph_queue = store.live();
+        for (id, _) in &self.graph_queue {
+            self.recent.insert(self.next_seq, *id);
+            self.next_seq += 1;
+        }
+        self.graph = Some(graph);
         self.vectors = Some(Arc::new(store));
         Ok(())
+    }
+
+    /// Vectors committed since the last call, for the graph builder.
+    pub fn take_graph_job(&mut self) -> Option<GraphJob> {
+        if self.graph_queue.is_empty() {
+            return None;
+        }
+        Some(GraphJob {
+            graph: self.graph.clone()?,
+            items: std::mem::take(&mut self.graph_queue),
+            seq_end: self.next_seq,
+        })
+    }
+
+    /// Forgets versions the graph now has.
+    pub fn trim_graphed(&mut self) {
+        if let Some(g) = &self.graph {
+            let w = g.graphed();
+            if self.recent.get_min().is_some_and(|(seq, _)| *seq < w) {
+                self.recent = self.recent.split(&w).1;
+            }
+        }
+    }
+
+    pub fn graph(&self) -> Option<Arc<Graph>> {
+        self.graph.clone()
+    }
+
+    /// Committed vector versions (write seq → id) the graph may not have yet.
+    pub fn recent_vectors(&self) -> imbl::OrdMap<u64, u64> {
+        self.recent.clone()
     }
 
     /// The committed documents' vectors, if the index has one.
@@ -437,7 +489,12 @@ impl Partition {
             if let Some(vectors) = &mut self.vectors {
                 let vectors = Arc::make_mut(vectors);
                 for (key, e) in &covered {
-                    vectors.set(key, e.doc.as_ref().and_then(|d| d.vector.as_deref()));
+                    let v = e.doc.as_ref().and_then(|d| d.vector.as_deref());
+                    if let (Some(id), Some(v)) = (vectors.set(key, v), v) {
+                        self.recent.insert(self.next_seq, id);
+                        self.next_seq += 1;
+                        self.graph_queue.push((id, v.to_vec()));
+                    }
                 }
             }
         }

@@ -117,6 +117,10 @@ pub fn geo(view: &ShardView, scope: &Scope, query: &GeoQuery, limit: usize) -> V
 pub struct VectorQuery {
     pub values: Vec<f32>,
     pub k: usize,
+    /// Search breadth of the graph (higher: better recall, slower); default `max(256, 8k)`.
+    pub ef: Option<usize>,
+    /// Scan every vector instead of the graph: recall 1.0.
+    pub exact: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -144,8 +148,34 @@ pub fn vector(view: &ShardView, scope: &Scope, query: &VectorQuery) -> Vec<Vecto
                 top.push(hit);
             }
         };
-        for hit in store.search(&query.values, query.k, |k| p.fresh.shadows(k)) {
-            add(hit);
+        match (&p.graph, query.exact) {
+            (Some(graph), false) => {
+                // Versions below the watermark are in the graph; the rest are scanned.
+                let watermark = graph.graphed();
+                let ef = query.ef.unwrap_or((8 * query.k).max(256)).max(query.k);
+                let mut seen = std::collections::HashSet::new();
+                // The search explores `ef` nodes anyway: rescoring all of them exactly is cheap and
+                // makes up for tombstones among them.
+                let candidates = graph.search(&query.values, ef, ef);
+                let pending = p.recent_vectors.range(watermark..).map(|(_, id)| *id);
+                for id in candidates.into_iter().chain(pending) {
+                    let Some((key, v, inv)) = store.by_id(id) else {
+                        continue;
+                    };
+                    if p.fresh.shadows(key) || !seen.insert(key.clone()) {
+                        continue;
+                    }
+                    add(Scored {
+                        key: key.clone(),
+                        score: vector::score(store.metric(), &query.values, q_inv, v, inv),
+                    });
+                }
+            }
+            _ => {
+                for hit in store.search(&query.values, query.k, |k| p.fresh.shadows(k)) {
+                    add(hit);
+                }
+            }
         }
         for (key, e) in &p.fresh.docs {
             let Some(v) = e.doc.as_ref().and_then(|d| d.vector.as_deref()) else {

@@ -79,6 +79,9 @@ pub struct PartitionView {
     pub geo: Option<Arc<crate::engine::geo::GeoIndex>>,
     /// Vectors of the committed documents (overlay `fresh`).
     pub vectors: Option<Arc<crate::engine::vector::VectorStore>>,
+    /// Approximate index of `vectors`; versions it may lack are in `recent_vectors`.
+    pub graph: Option<Arc<crate::engine::graph::Graph>>,
+    pub recent_vectors: imbl::OrdMap<u64, u64>,
 }
 
 impl PartitionView {
@@ -189,7 +192,7 @@ impl Shard {
                 }
             }
         }
-        let shard = Shard {
+        let mut shard = Shard {
             indexes,
             data_dir: data_dir.to_owned(),
             partitions,
@@ -532,7 +535,18 @@ impl Shard {
         self.applied
     }
 
-    fn publish(&self) {
+    /// Vectors committed since the last call, per partition, for the graph builder.
+    pub fn take_graph_jobs(&mut self) -> Vec<crate::engine::graph::GraphJob> {
+        self.partitions
+            .values_mut()
+            .filter_map(Partition::take_graph_job)
+            .collect()
+    }
+
+    fn publish(&mut self) {
+        for p in self.partitions.values_mut() {
+            p.trim_graphed();
+        }
         let partitions = self
             .partitions
             .iter()
@@ -546,6 +560,8 @@ impl Shard {
                         checkpoint: p.checkpoint(),
                         geo: p.geo(),
                         vectors: p.vectors(),
+                        graph: p.graph(),
+                        recent_vectors: p.recent_vectors(),
                     },
                 )
             })

@@ -2,4 +2,5 @@
 //! I/O, HTTP and async (the shard calls them on the blocking pool).
 
 pub mod geo;
+pub mod graph;
 pub mod vector;

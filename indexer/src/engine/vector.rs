@@ -21,6 +21,8 @@ struct Chunk {
     data: Vec<f32>,
     /// 1 / |v| per slot (cosine).
     inv_norm: Vec<f64>,
+    /// Bumped by every write of a slot: `(slot << 32) | generation` names one vector version.
+    gens: Vec<u32>,
 }
 
 /// Similarity of two vectors under `metric`, higher is closer: cosine similarity, dot
@@ -167,14 +169,16 @@ impl VectorStore {
         Some(&c.data[at..at + self.dim])
     }
 
-    /// Sets the vector of `key` (of this store's dimension), or removes it.
-    pub fn set(&mut self, key: &str, v: Option<&[f32]>) {
+    /// Sets the vector of `key` (of this store's dimension), or removes it; returns the id of
+    /// the new version.
+    pub fn set(&mut self, key: &str, v: Option<&[f32]>) -> Option<u64> {
         match (self.slots.get(key).copied(), v) {
             (Some(slot), Some(v)) => self.write(slot, key, Some(v)),
             (Some(slot), None) => {
                 self.write(slot, key, None);
                 self.slots.remove(key);
                 self.free.push(slot);
+                None
             }
             (None, Some(v)) => {
                 let slot = match self.free.pop() {
@@ -185,6 +189,7 @@ impl VectorStore {
                             keys: vec![None; CHUNK],
                             data: vec![0.0; CHUNK * self.dim],
                             inv_norm: vec![0.0; CHUNK],
+                            gens: vec![0; CHUNK],
                         }));
                         // The rest of the new chunk is free, lowest slot first.
                         self.free.extend((s + 1..s + CHUNK as u32).rev());
@@ -192,25 +197,62 @@ impl VectorStore {
                     }
                 };
                 self.slots.insert(Arc::from(key), slot);
-                self.write(slot, key, Some(v));
+                self.write(slot, key, Some(v))
             }
-            (None, None) => {}
+            (None, None) => None,
         }
     }
 
-    fn write(&mut self, slot: u32, key: &str, v: Option<&[f32]>) {
-        let dim = self.dim;
-        let slot = slot as usize;
-        let c = Arc::make_mut(&mut self.chunks[slot / CHUNK]);
+    /// The current version under an id: key, vector and 1/|v|; `None` once replaced or deleted.
+    pub fn by_id(&self, id: u64) -> Option<(&Arc<str>, &[f32], f64)> {
+        let slot = (id >> 32) as usize;
+        let c = self.chunks.get(slot / CHUNK)?;
         let i = slot % CHUNK;
+        if c.gens[i] != id as u32 {
+            return None;
+        }
+        let key = c.keys[i].as_ref()?;
+        Some((
+            key,
+            &c.data[i * self.dim..(i + 1) * self.dim],
+            c.inv_norm[i],
+        ))
+    }
+
+    /// Every live vector with its id (to build a graph).
+    pub fn live(&self) -> Vec<(u64, Vec<f32>)> {
+        let mut out = Vec::with_capacity(self.len());
+        for (ci, c) in self.chunks.iter().enumerate() {
+            for (i, key) in c.keys.iter().enumerate() {
+                if key.is_some() {
+                    let slot = (ci * CHUNK + i) as u64;
+                    out.push((
+                        (slot << 32) | u64::from(c.gens[i]),
+                        c.data[i * self.dim..(i + 1) * self.dim].to_vec(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn write(&mut self, slot: u32, key: &str, v: Option<&[f32]>) -> Option<u64> {
+        let dim = self.dim;
+        let c = Arc::make_mut(&mut self.chunks[slot as usize / CHUNK]);
+        let i = slot as usize % CHUNK;
+        c.gens[i] = c.gens[i].wrapping_add(1);
         match v {
             Some(v) => {
                 debug_assert_eq!(v.len(), dim);
                 c.data[i * dim..(i + 1) * dim].copy_from_slice(v);
                 c.inv_norm[i] = inv_norm(v);
                 c.keys[i] = Some(Arc::from(key));
+                Some((u64::from(slot) << 32) | u64::from(c.gens[i]))
             }
-            None => c.keys[i] = None,
+            None => {
+                c.keys[i] = None;
+                None
+            }
         }
     }
 
@@ -255,9 +297,15 @@ mod tests {
     #[test]
     fn set_overwrite_and_remove() {
         let mut s = VectorStore::new(2, Metric::Dot);
-        s.set("a", Some(&[1.0, 0.0]));
+        let a1 = s.set("a", Some(&[1.0, 0.0])).unwrap();
         s.set("b", Some(&[0.0, 1.0]));
-        s.set("a", Some(&[0.0, 2.0]));
+        let a2 = s.set("a", Some(&[0.0, 2.0])).unwrap();
+        assert!(s.by_id(a1).is_none(), "a replaced version is a tombstone");
+        assert_eq!(
+            s.by_id(a2).map(|(k, v, _)| (k.to_string(), v.to_vec())),
+            Some(("a".into(), vec![0.0, 2.0]))
+        );
+        assert_eq!(s.live().len(), 2);
         assert_eq!(s.get("a"), Some(&[0.0, 2.0][..]));
         let top: Vec<String> = s
             .search(&[0.0, 1.0], 2, |_| false)
