@@ -437,13 +437,6 @@ async fn search(
         Vector(crate::search::VectorQuery),
     }
     let query = match (req.geo, req.vector) {
-        (Some(_), Some(_)) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "vector",
-                "combining geo and vector in one query is not built yet",
-            );
-        }
         (None, None) => {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -464,7 +457,7 @@ async fn search(
                 Err(e) => return e.into_response(),
             }
         }
-        (None, Some(v)) => {
+        (geo, Some(v)) => {
             let Some(spec) = ix.vector else {
                 return error(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -473,16 +466,13 @@ async fn search(
                 );
             };
             if v.values.len() != spec.dimension {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "vector.values",
-                    format!(
-                        "the vector has {} dimensions, index {:?} has {}",
-                        v.values.len(),
-                        ix.name,
-                        spec.dimension
-                    ),
+                let msg = format!(
+                    "the vector has {} dimensions, index {:?} has {}",
+                    v.values.len(),
+                    ix.name,
+                    spec.dimension
                 );
+                return error(StatusCode::UNPROCESSABLE_ENTITY, "vector.values", msg);
             }
             if v.k == 0 || v.k > MAX_K {
                 return error(
@@ -505,11 +495,36 @@ async fn search(
                     format!("ef must be in 1..={}", 10 * MAX_K),
                 );
             }
+            // A geo part beside a vector filters it: within a radius or a box.
+            let filter = match geo {
+                None => None,
+                Some(g) => {
+                    if ix.geo.is_none() {
+                        return error(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "geo",
+                            format!("index {:?} has no geo field", ix.name),
+                        );
+                    }
+                    match g.validate() {
+                        Ok(crate::search::GeoQuery::Nearest { .. }) => {
+                            return error(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "geo.nearest",
+                                "nearest cannot filter a vector query: use within or bbox",
+                            );
+                        }
+                        Ok(q) => Some(q),
+                        Err(e) => return e.into_response(),
+                    }
+                }
+            };
             Query::Vector(crate::search::VectorQuery {
                 values: v.values,
                 k: v.k.min(req.limit),
                 ef: v.ef,
                 exact: v.exact,
+                filter,
             })
         }
     };

@@ -112,7 +112,8 @@ pub fn geo(view: &ShardView, scope: &Scope, query: &GeoQuery, limit: usize) -> V
     hits
 }
 
-/// Exact k-nearest neighbours of `values` (of the index's dimension).
+/// k-nearest neighbours of `values` (of the index's dimension), optionally among documents
+/// that pass a geo filter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VectorQuery {
     pub values: Vec<f32>,
@@ -121,7 +122,13 @@ pub struct VectorQuery {
     pub ef: Option<usize>,
     /// Scan every vector instead of the graph: recall 1.0.
     pub exact: bool,
+    /// Only documents within this radius or box (`Nearest` is not a filter).
+    pub filter: Option<GeoQuery>,
 }
+
+/// A filter passing at most this many documents of a partition is searched exactly: cheaper
+/// than the graph, and exact (a graph walk would skip most of what it visits).
+pub const EXACT_FILTER_MAX: usize = 4_096;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct VectorHit {
@@ -129,6 +136,44 @@ pub struct VectorHit {
     pub region: String,
     /// Higher is closer: cosine similarity, dot product, or minus the Euclidean distance.
     pub score: f64,
+}
+
+/// Keys of a partition that pass a geo filter: committed (unless shadowed) and fresh.
+fn geo_allowed(
+    p: &crate::shard::PartitionView,
+    filter: &GeoQuery,
+) -> std::collections::HashSet<String> {
+    let mut allowed = std::collections::HashSet::new();
+    let (lat, lon) = match filter {
+        GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
+        GeoQuery::BBox(b) => b.centre(),
+    };
+    if let Some(g) = &p.geo {
+        let mut take = |k: &str, _d: f64| {
+            if !p.fresh.shadows(k) {
+                allowed.insert(k.to_owned());
+            }
+        };
+        match filter {
+            GeoQuery::Within { radius_m, .. } => g.within(lat, lon, *radius_m, &mut take),
+            GeoQuery::BBox(b) => g.in_bbox(b, (lat, lon), &mut take),
+            GeoQuery::Nearest { .. } => {}
+        }
+    }
+    for (key, e) in &p.fresh.docs {
+        let Some((dlat, dlon)) = e.doc.as_ref().and_then(|d| d.geo) else {
+            continue;
+        };
+        let pass = match filter {
+            GeoQuery::Within { radius_m, .. } => haversine_m(lat, lon, dlat, dlon) <= *radius_m,
+            GeoQuery::BBox(b) => b.contains(dlat, dlon),
+            GeoQuery::Nearest { .. } => false,
+        };
+        if pass {
+            allowed.insert(key.clone());
+        }
+    }
+    allowed
 }
 
 /// The `k` closest documents over every partition in scope, best first (ties by key).
@@ -142,50 +187,88 @@ pub fn vector(view: &ShardView, scope: &Scope, query: &VectorQuery) -> Vec<Vecto
             continue;
         }
         let Some(store) = &p.vectors else { continue };
-        let mut add = |hit: Scored| {
-            if top.admits(hit.score) {
-                regions.insert(hit.key.clone(), region.clone());
-                top.push(hit);
+        let metric = store.metric();
+        let allowed = query.filter.as_ref().map(|f| geo_allowed(p, f));
+        let passes = |key: &str| allowed.as_ref().is_none_or(|a| a.contains(key));
+        let mut found: Vec<Scored> = Vec::new();
+        let selective = allowed
+            .as_ref()
+            .is_some_and(|a| a.len() <= EXACT_FILTER_MAX);
+        let mut use_graph = !query.exact && !selective && p.graph.is_some();
+        if use_graph {
+            let graph = p.graph.as_ref().expect("checked");
+            // Versions below the watermark are in the graph; the rest are scanned.
+            let watermark = graph.graphed();
+            let ef = query.ef.unwrap_or((8 * query.k).max(256)).max(query.k);
+            let mut seen = std::collections::HashSet::new();
+            // The search explores `ef` nodes anyway: rescoring all of them exactly is cheap and
+            // makes up for tombstones and filtered-out documents among them.
+            let candidates = graph.search(&query.values, ef, ef);
+            let pending = p.recent_vectors.range(watermark..).map(|(_, id)| *id);
+            for id in candidates.into_iter().chain(pending) {
+                let Some((key, v, inv)) = store.by_id(id) else {
+                    continue;
+                };
+                if p.fresh.shadows(key) || !passes(key) || !seen.insert(key.clone()) {
+                    continue;
+                }
+                found.push(Scored {
+                    key: key.clone(),
+                    score: vector::score(metric, &query.values, q_inv, v, inv),
+                });
             }
-        };
-        match (&p.graph, query.exact) {
-            (Some(graph), false) => {
-                // Versions below the watermark are in the graph; the rest are scanned.
-                let watermark = graph.graphed();
-                let ef = query.ef.unwrap_or((8 * query.k).max(256)).max(query.k);
-                let mut seen = std::collections::HashSet::new();
-                // The search explores `ef` nodes anyway: rescoring all of them exactly is cheap and
-                // makes up for tombstones among them.
-                let candidates = graph.search(&query.values, ef, ef);
-                let pending = p.recent_vectors.range(watermark..).map(|(_, id)| *id);
-                for id in candidates.into_iter().chain(pending) {
-                    let Some((key, v, inv)) = store.by_id(id) else {
-                        continue;
-                    };
-                    if p.fresh.shadows(key) || !seen.insert(key.clone()) {
-                        continue;
+            // A filter that removed too much of the beam: answer exactly instead.
+            let fresh_passing = p
+                .fresh
+                .docs
+                .iter()
+                .filter(|(k, e)| e.doc.as_ref().is_some_and(|d| d.vector.is_some()) && passes(k))
+                .count();
+            if allowed.is_some() && found.len() + fresh_passing < query.k {
+                found.clear();
+                use_graph = false;
+            }
+        }
+        if !use_graph {
+            match &allowed {
+                Some(keys) => {
+                    for key in keys {
+                        if p.fresh.docs.contains_key(key) {
+                            continue; // scored below from the fresh layer
+                        }
+                        if let Some(v) = store.get(key) {
+                            found.push(Scored {
+                                key: std::sync::Arc::from(key.as_str()),
+                                score: vector::score(
+                                    metric,
+                                    &query.values,
+                                    q_inv,
+                                    v,
+                                    vector::inv_norm(v),
+                                ),
+                            });
+                        }
                     }
-                    add(Scored {
-                        key: key.clone(),
-                        score: vector::score(store.metric(), &query.values, q_inv, v, inv),
-                    });
                 }
-            }
-            _ => {
-                for hit in store.search(&query.values, query.k, |k| p.fresh.shadows(k)) {
-                    add(hit);
-                }
+                None => found.extend(store.search(&query.values, query.k, |k| p.fresh.shadows(k))),
             }
         }
         for (key, e) in &p.fresh.docs {
             let Some(v) = e.doc.as_ref().and_then(|d| d.vector.as_deref()) else {
                 continue;
             };
-            let s = vector::score(store.metric(), &query.values, q_inv, v, vector::inv_norm(v));
-            add(Scored {
-                key: std::sync::Arc::from(key.as_str()),
-                score: s,
-            });
+            if passes(key) {
+                found.push(Scored {
+                    key: std::sync::Arc::from(key.as_str()),
+                    score: vector::score(metric, &query.values, q_inv, v, vector::inv_norm(v)),
+                });
+            }
+        }
+        for hit in found {
+            if top.admits(hit.score) {
+                regions.insert(hit.key.clone(), region.clone());
+                top.push(hit);
+            }
         }
     }
     top.into_sorted()

@@ -49,30 +49,40 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-type Table = Vec<(i64, String, Vec<f32>)>;
+/// (id, region, embedding, lat, lon) of every row with a vector.
+type Table = Vec<(i64, String, Vec<f32>, f64, f64)>;
 
 /// Every row with a vector: the oracle's input, read once per check.
 async fn table(client: &tokio_postgres::Client) -> Result<Table> {
     Ok(client
         .query(
-            "SELECT id, region, embedding FROM places WHERE embedding IS NOT NULL",
+            "SELECT id, region, embedding, lat, lon FROM places WHERE embedding IS NOT NULL",
             &[],
         )
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect())
 }
 
-/// Exact top-k ids, best first, ties by id.
-fn oracle(rows: &Table, q: &[f32], k: usize, region: Option<&str>) -> Vec<i64> {
+/// Exact top-k ids among rows passing `keep`, best first, ties by id.
+fn oracle_where(
+    rows: &Table,
+    q: &[f32],
+    k: usize,
+    keep: impl Fn(&(i64, String, Vec<f32>, f64, f64)) -> bool,
+) -> Vec<i64> {
     let mut all: Vec<(f64, i64)> = rows
         .iter()
-        .filter(|r| region.is_none_or(|reg| r.1 == reg))
+        .filter(|r| keep(r))
         .map(|r| (cosine(q, &r.2), r.0))
         .collect();
     all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     all.into_iter().take(k).map(|x| x.1).collect()
+}
+
+fn oracle(rows: &Table, q: &[f32], k: usize, region: Option<&str>) -> Vec<i64> {
+    oracle_where(rows, q, k, |r| region.is_none_or(|reg| r.1 == reg))
 }
 
 fn embedding(q: &Value) -> Vec<f32> {
@@ -114,7 +124,7 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
             "[source]\ndatabase_url = \"{}\"\npublication = \"p\"\nslot = \"{}\"\n[storage]\ndata_dir = \"{}\"\n\
              [apply]\nwriter_memory_mb = 32\ncommit_interval_ms = 60000\n\
              [[index]]\nname = \"places\"\ntable = \"places\"\nregion = \"region\"\n\
-             vector = {{ column = \"embedding\", dimension = 384, metric = \"cosine\" }}\n",
+             vector = {{ column = \"embedding\", dimension = 384, metric = \"cosine\" }}\ngeo = {{ lat = \"lat\", lon = \"lon\" }}\n",
             pg.url(&db),
             uniq_name("vec"),
             dir.path().join("data").display()
@@ -194,6 +204,70 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
         "graph mode: mean recall@10 global {global}, in region {regional}"
     );
 
+    // 1b. Geo-filtered vector queries (geo filters, the vector ranks): exact when the filter
+    //     is selective or `exact` is set; the graph with a post-filter otherwise.
+    let rows = table(&client).await?;
+    let http = reqwest::Client::new();
+    let mut wide_recall = 0.0;
+    let sample: Vec<&Value> = queries.iter().step_by(10).collect();
+    for q in &sample {
+        let v = embedding(q);
+        let top1 = q["top10_ids"][0].as_i64().unwrap();
+        let (lat, lon) = rows
+            .iter()
+            .find(|r| r.0 == top1)
+            .map(|r| (r.3, r.4))
+            .unwrap();
+        for (radius_m, exact) in [
+            (500_000.0, false),
+            (5_000_000.0, true),
+            (5_000_000.0, false),
+        ] {
+            let body = json!({"index": "places", "geo": {"within": {"lat": lat, "lon": lon, "radius_m": radius_m}},
+                              "vector": {"values": v, "k": 10, "exact": exact}, "limit": 10});
+            let resp: Value = http
+                .post(format!("{}/internal/search", ix.url))
+                .json(&body)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let got: Vec<i64> = resp["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["key"].as_str().unwrap().parse().unwrap())
+                .collect();
+            let want = oracle_where(&rows, &v, 10, |r| {
+                indexer::engine::geo::haversine_m(lat, lon, r.3, r.4) <= radius_m
+            });
+            if exact || radius_m < 1_000_000.0 {
+                assert_eq!(
+                    got, want,
+                    "query {} within {radius_m} m (exact {exact})",
+                    q["qid"]
+                );
+            } else {
+                wide_recall += want.iter().filter(|id| got.contains(id)).count() as f64
+                    / want.len().max(1) as f64;
+            }
+        }
+    }
+    let wide_recall = wide_recall / sample.len() as f64;
+    eprintln!("geo-filtered graph mode (5,000 km): mean recall@10 {wide_recall:.4}");
+    assert!(
+        wide_recall >= 0.9,
+        "geo-filtered graph mode recall@10 {wide_recall}"
+    );
+    let bad: Value = http
+        .post(format!("{}/internal/search", ix.url))
+        .json(&json!({"index": "places", "geo": {"nearest": {"lat": 0.0, "lon": 0.0, "k": 5}}, "vector": {"values": embedding(&queries[0]), "k": 5}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(bad["error"]["field"], "geo.nearest", "{bad}");
+
     // 2. Changes: new embeddings, region moves, deletes, rows without a vector. Answered from
     //    the fresh layer (60 s commit interval), then after kill -9 from the replayed stream.
     client
@@ -205,7 +279,6 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
         )
         .await?;
     ix.wait_applied(&e2e::current_lsn(&client).await?).await?;
-    let sample: Vec<&Value> = queries.iter().step_by(10).collect();
     let rows = table(&client).await?;
     let current: std::collections::HashMap<i64, &Vec<f32>> =
         rows.iter().map(|r| (r.0, &r.2)).collect();

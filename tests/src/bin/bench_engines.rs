@@ -250,6 +250,7 @@ fn main() -> Result<()> {
                     k: 10,
                     ef: None,
                     exact: true,
+                    filter: None,
                 },
             )
             .into_iter()
@@ -268,6 +269,7 @@ fn main() -> Result<()> {
                 k: 10,
                 ef: None,
                 exact: true,
+                filter: None,
             },
         );
         ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -289,6 +291,7 @@ fn main() -> Result<()> {
                     k: 10,
                     ef: Some(ef),
                     exact: false,
+                    filter: None,
                 },
             );
             ms.push(t.elapsed().as_secs_f64() * 1e3);
