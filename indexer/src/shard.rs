@@ -820,3 +820,178 @@ mod vector_store_tests {
         assert_eq!(p.vectors.as_ref().unwrap().len(), 1);
     }
 }
+
+#[cfg(test)]
+mod engine_answers {
+    use super::*;
+    use crate::catalog::{GeoSpec, VectorSpec};
+    use crate::config::Metric;
+    use crate::search::{self, GeoQuery, Scope, VectorQuery};
+
+    fn index() -> ResolvedIndex {
+        ResolvedIndex {
+            ordinal: 0,
+            name: "p".into(),
+            schema: "public".into(),
+            table: "p".into(),
+            columns: ["id", "region", "lat", "lon", "emb"]
+                .map(String::from)
+                .to_vec(),
+            pk: vec![0],
+            region: 1,
+            text: vec![],
+            geo: Some(GeoSpec::LatLon { lat: 2, lon: 3 }),
+            vector: Some(VectorSpec {
+                column: 4,
+                dimension: 2,
+                metric: Metric::Cosine,
+            }),
+            filters: vec![],
+            stored: vec![],
+        }
+    }
+
+    fn row(id: u32, region: &str, lat: f64, emb: &str) -> Change {
+        let cells = [
+            Some(id.to_string()),
+            Some(region.into()),
+            Some(lat.to_string()),
+            Some("0".into()),
+            Some(emb.into()),
+        ];
+        Change::Upsert {
+            index: 0,
+            old_key: None,
+            new: cells.into_iter().map(Cell::Value).collect(),
+        }
+    }
+
+    fn answers(view: &ShardView) -> (Vec<String>, Vec<String>) {
+        let scope = Scope {
+            index: 0,
+            regions: vec![],
+        };
+        let geo = search::geo(
+            view,
+            &scope,
+            &GeoQuery::Within {
+                lat: 0.0,
+                lon: 0.0,
+                radius_m: 2e7,
+            },
+            100,
+        );
+        let q = VectorQuery {
+            values: vec![1.0, 0.0],
+            k: 100,
+            ef: None,
+            exact: false,
+            filter: None,
+        };
+        let vec = search::vector(view, &scope, &q);
+        let mut g: Vec<String> = geo
+            .into_iter()
+            .map(|h| format!("{}@{}", h.key, h.region))
+            .collect();
+        let mut v: Vec<String> = vec
+            .into_iter()
+            .map(|h| format!("{}@{}", h.key, h.region))
+            .collect();
+        g.sort();
+        v.sort();
+        (g, v)
+    }
+
+    #[test]
+    fn truncate_moves_and_deletes_reach_every_engine_before_and_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = Arc::new(ViewCell::default());
+        let limits = MapLimits {
+            max_text_bytes: 100,
+            owned_regions: vec![],
+        };
+        let mut shard = Shard::open(
+            dir.path(),
+            vec![index()],
+            limits,
+            16 << 20,
+            Arc::new(Stats::default()),
+            view.clone(),
+            Lsn::ZERO,
+        )
+        .unwrap();
+        let tx = |lsn: u64, changes| Transaction {
+            end_lsn: Lsn(lsn),
+            commit_time_micros: 0,
+            changes,
+        };
+        shard
+            .apply(&tx(
+                10,
+                vec![
+                    row(1, "eu", 1.0, "{1,0}"),
+                    row(2, "eu", 2.0, "{0,1}"),
+                    row(3, "as", 3.0, "{1,1}"),
+                ],
+            ))
+            .unwrap();
+        shard.make_searchable(Lsn(10));
+        shard.commit().unwrap();
+        for job in shard.take_graph_jobs() {
+            job.run();
+        }
+        let all = (
+            vec!["1@eu".to_owned(), "2@eu".into(), "3@as".into()],
+            vec!["1@eu".to_owned(), "2@eu".into(), "3@as".into()],
+        );
+        assert_eq!(answers(&view.load().unwrap()), all);
+
+        // A move and a delete, searchable before they are durable, equal after.
+        let delete = Change::Delete {
+            index: 0,
+            old: vec![
+                Cell::Value(Some("2".into())),
+                Cell::Value(None),
+                Cell::Value(None),
+                Cell::Value(None),
+                Cell::Value(None),
+            ],
+        };
+        shard
+            .apply(&tx(20, vec![row(1, "as", 1.0, "{1,0}"), delete]))
+            .unwrap();
+        shard.make_searchable(Lsn(20));
+        let moved = (
+            vec!["1@as".to_owned(), "3@as".into()],
+            vec!["1@as".to_owned(), "3@as".into()],
+        );
+        assert_eq!(answers(&view.load().unwrap()), moved);
+        shard.commit().unwrap();
+        assert_eq!(
+            answers(&view.load().unwrap()),
+            moved,
+            "before the graph has the new version"
+        );
+        for job in shard.take_graph_jobs() {
+            job.run();
+        }
+        assert_eq!(answers(&view.load().unwrap()), moved, "after");
+
+        // TRUNCATE then one row: only that row, before and after the commit that rebuilds.
+        shard
+            .apply(&tx(
+                30,
+                vec![Change::Truncate { index: 0 }, row(4, "eu", 4.0, "{2,0}")],
+            ))
+            .unwrap();
+        shard.make_searchable(Lsn(30));
+        let only = (vec!["4@eu".to_owned()], vec!["4@eu".to_owned()]);
+        assert_eq!(answers(&view.load().unwrap()), only);
+        shard.commit().unwrap();
+        assert_eq!(answers(&view.load().unwrap()), only);
+        for job in shard.take_graph_jobs() {
+            job.run();
+        }
+        assert_eq!(answers(&view.load().unwrap()), only);
+    }
+}
