@@ -3,7 +3,12 @@
 //! geo nearest and vector kNN (graph and exact), recall@10 against `ef`, memory and the time
 //! to reopen the shard from disk.
 //!
-//!   cargo build --release -p e2e --bins && target/release/bench_engines
+//!   cargo build --release -p e2e --bins && target/release/bench_engines [ROWS]
+//!
+//! ROWS (default: the 30k dev rows) scales the set up: copy c of dev row r gets id
+//! `r.id + c * 10^9`, its latitude and longitude shifted by up to ±0.5° (clamped), and its
+//! embedding perturbed by deterministic noise of amplitude 0.05 per component, then
+//! renormalised; text and region are kept. Seeded, so every run builds the same set.
 //!
 //! Figures come from this run only.
 
@@ -65,15 +70,61 @@ fn index() -> ResolvedIndex {
 
 /// COPY text lines → rows aligned with `index().columns` (the dev data has no escapes to undo
 /// beyond what the COPY parser handles).
-fn rows() -> Result<Vec<RawRow>> {
+fn rows(target: usize) -> Result<Vec<RawRow>> {
     let mut parser = indexer::copy::CopyTextParser::new(9);
-    let mut out = Vec::new();
+    let mut base = Vec::new();
     for line in e2e::dev_data::copy_lines(true)? {
         parser
-            .feed(line.as_bytes(), &mut out)
+            .feed(line.as_bytes(), &mut base)
             .map_err(anyhow::Error::msg)?;
     }
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64 // [0, 1)
+    };
+    let mut out = base.clone();
+    let mut copy = 1u64;
+    while out.len() < target {
+        for r in &base {
+            if out.len() >= target {
+                break;
+            }
+            let mut r = r.clone();
+            let id: u64 = r[0].as_deref().unwrap().parse()?;
+            r[0] = Some((id + copy * 1_000_000_000).to_string());
+            let lat: f64 = r[6].as_deref().unwrap().parse()?;
+            let lon: f64 = r[7].as_deref().unwrap().parse()?;
+            r[6] = Some((lat + next() - 0.5).clamp(-90.0, 90.0).to_string());
+            r[7] = Some((lon + next() - 0.5).clamp(-180.0, 180.0).to_string());
+            let v = indexer::document::parse_vector(r[8].as_deref().unwrap(), 384)
+                .map_err(anyhow::Error::msg)?;
+            let mut v: Vec<f32> = v
+                .iter()
+                .map(|x| x + ((next() - 0.5) * 0.1) as f32)
+                .collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= n);
+            r[8] = Some(format!(
+                "{{{}}}",
+                v.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+            out.push(r);
+        }
+        copy += 1;
+    }
     Ok(out)
+}
+
+/// Prints a figure as soon as it is measured (a long run that dies still leaves its figures).
+fn report(out: &mut Vec<String>, line: String) {
+    eprintln!("- {line}");
+    out.push(line);
 }
 
 fn rss_mb() -> f64 {
@@ -152,7 +203,8 @@ fn main() -> Result<()> {
     if args.len() == 3 && args[1] == "--reopen" {
         return reopen(std::path::Path::new(&args[2]));
     }
-    let rows = rows()?;
+    let target = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let rows = rows(target)?;
     let n = rows.len();
     let dir = tempfile::tempdir()?;
     let view = Arc::new(ViewCell::default());
@@ -174,10 +226,13 @@ fn main() -> Result<()> {
     let build = t.elapsed().as_secs_f64();
     let (graphed, graph_secs) = build_graphs(&mut shard);
     let mut out = vec![
-        format!("documents: {n} (dev set: 30k GeoNames cities, 384-d MiniLM embeddings, text name+body, geo)"),
+        format!("documents: {n} (dev set: 30k GeoNames cities, 384-d MiniLM embeddings, text name+body, geo; scaled as described in the source when above 30k)"),
         format!("index build (map, tantivy, commit, R-tree, vector store): {build:.2} s = {:.0} docs/s", n as f64 / build),
         format!("HNSW build (M=16, ef_construction=100, parallel insert, 2 cores): {graphed} vectors in {graph_secs:.2} s = {:.0} vectors/s", graphed as f64 / graph_secs),
     ];
+    for line in &out {
+        eprintln!("- {line}");
+    }
     let v = view.load().unwrap();
     let scope = Scope {
         index: 0,
@@ -203,12 +258,15 @@ fn main() -> Result<()> {
             .len();
             ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        out.push(format!(
-            "geo radius {} km: {} (mean {:.1} hits)",
-            radius_m / 1000.0,
-            percentiles(ms.clone()),
-            hits as f64 / ms.len() as f64
-        ));
+        report(
+            &mut out,
+            format!(
+                "geo radius {} km: {} (mean {:.1} hits)",
+                radius_m / 1000.0,
+                percentiles(ms.clone()),
+                hits as f64 / ms.len() as f64
+            ),
+        );
     }
     let mut ms = Vec::new();
     for (lat, lon) in points.iter().step_by(60) {
@@ -225,7 +283,7 @@ fn main() -> Result<()> {
         );
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    out.push(format!("geo nearest k=10: {}", percentiles(ms)));
+    report(&mut out, format!("geo nearest k=10: {}", percentiles(ms)));
 
     // Vector: the 200 held-out query sentences; recall@10 against exact mode, by ef.
     let queries: Vec<Vec<f32>> = e2e::dev_data::queries("queries_vector.jsonl")?
@@ -274,10 +332,10 @@ fn main() -> Result<()> {
         );
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    out.push(format!(
-        "vector k=10 exact (all 6 partitions): {}",
-        percentiles(ms)
-    ));
+    report(
+        &mut out,
+        format!("vector k=10 exact (all 6 partitions): {}", percentiles(ms)),
+    );
     for ef in [32, 64, 128, 256, 512] {
         let mut ms = Vec::new();
         let mut recall = 0.0;
@@ -297,11 +355,14 @@ fn main() -> Result<()> {
             ms.push(t.elapsed().as_secs_f64() * 1e3);
             recall += got.iter().filter(|h| want.contains(&h.key)).count() as f64 / 10.0;
         }
-        out.push(format!(
-            "vector k=10 graph ef={ef}: recall@10 {:.4}, {}",
-            recall / queries.len() as f64,
-            percentiles(ms)
-        ));
+        report(
+            &mut out,
+            format!(
+                "vector k=10 graph ef={ef}: recall@10 {:.4}, {}",
+                recall / queries.len() as f64,
+                percentiles(ms)
+            ),
+        );
     }
 
     // Restart, in a fresh process: reopen from disk (tantivy, R-tree and vector store
@@ -318,13 +379,13 @@ fn main() -> Result<()> {
         String::from_utf8_lossy(&child.stderr)
     );
     let r: serde_json::Value = serde_json::from_slice(&child.stdout)?;
-    out.push(format!(
+    report(&mut out, format!(
         "restart: serving (exactly) after {:.2} s; graph rebuilt after a further {:.2} s (not persisted yet)",
         r["serving_s"].as_f64().unwrap_or(0.0),
         r["graph_s"].as_f64().unwrap_or(0.0)
     ));
     let rss = r["rss_mb"].as_f64().unwrap_or(0.0);
-    out.push(format!(
+    report(&mut out, format!(
         "resident memory of the reopened shard with its graph: {rss:.0} MB for {} docs ({:.0} MB per 1M docs, linear estimate)",
         r["docs"],
         rss * 1e6 / r["docs"].as_f64().unwrap_or(1.0)
