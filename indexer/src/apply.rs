@@ -96,6 +96,23 @@ impl Applier {
         std::thread::Builder::new()
             .name("graph-builder".into())
             .spawn(move || {
+                // Background work: on a small machine it must not take CPU from the apply path
+                // (measured: commit-to-searchable p99 14 ms -> 430 ms when it competes).
+                #[cfg(target_os = "linux")]
+                {
+                    use thread_priority::{
+                        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+                    };
+                    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+                    let id = thread_priority::thread_native_id();
+                    if let Err(e) = thread_priority::set_thread_priority_and_policy(
+                        id,
+                        ThreadPriority::Min,
+                        idle,
+                    ) {
+                        tracing::warn!(error = ?e, "could not lower the graph builder's priority");
+                    }
+                }
                 for job in graph_rx {
                     job.run();
                 }
