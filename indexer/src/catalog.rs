@@ -342,3 +342,38 @@ pub async fn ensure_publication(
     }
     Ok(())
 }
+
+/// A resolved index for engine tests: key column 0, region column 1, cosine vectors.
+#[cfg(test)]
+pub(crate) fn test_index(
+    columns: &[&str],
+    text: Option<usize>,
+    geo: Option<(usize, usize)>,
+    vector: Option<(usize, usize)>,
+) -> ResolvedIndex {
+    ResolvedIndex {
+        ordinal: 0,
+        name: "places".into(),
+        schema: "public".into(),
+        table: "places".into(),
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        pk: vec![0],
+        region: 1,
+        text: text
+            .map(|column| TextSpec {
+                column,
+                boost: 1.0,
+                language: None,
+            })
+            .into_iter()
+            .collect(),
+        geo: geo.map(|(lat, lon)| GeoSpec::LatLon { lat, lon }),
+        vector: vector.map(|(column, dimension)| VectorSpec {
+            column,
+            dimension,
+            metric: crate::config::Metric::Cosine,
+        }),
+        filters: vec![],
+        stored: vec![],
+    }
+}

@@ -262,34 +262,14 @@ pub fn content_hash(region: &str, raw: &RawRow) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{TextSpec, VectorSpec};
-    use crate::config::Metric;
 
     fn places() -> ResolvedIndex {
-        ResolvedIndex {
-            ordinal: 0,
-            name: "places".into(),
-            schema: "public".into(),
-            table: "places".into(),
-            columns: ["id", "region", "body", "lat", "lon", "embedding"]
-                .map(String::from)
-                .to_vec(),
-            pk: vec![0],
-            region: 1,
-            text: vec![TextSpec {
-                column: 2,
-                boost: 1.0,
-                language: None,
-            }],
-            geo: Some(GeoSpec::LatLon { lat: 3, lon: 4 }),
-            vector: Some(VectorSpec {
-                column: 5,
-                dimension: 3,
-                metric: Metric::Cosine,
-            }),
-            filters: vec![],
-            stored: vec![],
-        }
+        crate::catalog::test_index(
+            &["id", "region", "body", "lat", "lon", "embedding"],
+            Some(2),
+            Some((3, 4)),
+            Some((5, 3)),
+        )
     }
 
     fn row(vals: [Option<&str>; 6]) -> RawRow {

@@ -218,15 +218,19 @@ pub fn vector(view: &ShardView, scope: &Scope, query: &VectorQuery) -> Vec<Vecto
                 });
             }
             // A filter that removed too much of the beam: answer exactly instead.
-            let fresh_passing = p
-                .fresh
-                .docs
-                .iter()
-                .filter(|(k, e)| e.doc.as_ref().is_some_and(|d| d.vector.is_some()) && passes(k))
-                .count();
-            if allowed.is_some() && found.len() + fresh_passing < query.k {
-                found.clear();
-                use_graph = false;
+            if allowed.is_some() && found.len() < query.k {
+                let fresh_passing = p
+                    .fresh
+                    .docs
+                    .iter()
+                    .filter(|(k, e)| {
+                        e.doc.as_ref().is_some_and(|d| d.vector.is_some()) && passes(k)
+                    })
+                    .count();
+                if found.len() + fresh_passing < query.k {
+                    found.clear();
+                    use_graph = false;
+                }
             }
         }
         if !use_graph {

@@ -58,6 +58,18 @@ pub struct Transaction {
 
 pub type PartitionId = (usize, String);
 
+/// Fills cells into a row; unchanged TOAST values come from `current` (none: NULL).
+fn cells_to_raw(cells: &[Cell], current: Option<&RawRow>) -> RawRow {
+    cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c {
+            Cell::Value(v) => v.clone(),
+            Cell::UnchangedToast => current.and_then(|r| r.get(i).cloned().flatten()),
+        })
+        .collect()
+}
+
 /// What readers see: per partition, the committed searcher overlaid with the fresh layer;
 /// swapped all at once after each applied batch, so no reader sees half of a transaction.
 pub struct ShardView {
@@ -294,7 +306,7 @@ impl Shard {
                     new,
                 } => self.apply_upsert(tx.end_lsn, *index, old_key.as_deref(), new)?,
                 Change::Delete { index, old } => {
-                    let raw = self.cells_to_raw(*index, old, None);
+                    let raw = cells_to_raw(old, None);
                     match row_key(&self.indexes[*index], &raw) {
                         Some(key) => self.set_everywhere(tx.end_lsn, *index, &key, None)?,
                         None => self.reject(
@@ -332,16 +344,7 @@ impl Shard {
         new: &[Cell],
     ) -> Result<()> {
         let ix = &self.indexes[index];
-        let key_of = |cells: &[Cell]| -> Option<String> {
-            let raw: RawRow = cells
-                .iter()
-                .map(|c| match c {
-                    Cell::Value(v) => v.clone(),
-                    Cell::UnchangedToast => None,
-                })
-                .collect();
-            row_key(ix, &raw)
-        };
+        let key_of = |cells: &[Cell]| row_key(ix, &cells_to_raw(cells, None));
         let Some(key) = key_of(new) else {
             self.reject(
                 "",
@@ -358,7 +361,7 @@ impl Shard {
                 None
             };
             self.set_everywhere(lsn, index, old, None)?;
-            let raw = self.cells_to_raw(index, new, current.as_ref());
+            let raw = cells_to_raw(new, current.as_ref());
             return self.upsert_raw(lsn, index, &key, raw);
         }
         let current = if new.contains(&Cell::UnchangedToast) {
@@ -383,7 +386,7 @@ impl Shard {
         } else {
             None
         };
-        let raw = self.cells_to_raw(index, new, current.as_ref());
+        let raw = cells_to_raw(new, current.as_ref());
         self.upsert_raw(lsn, index, &key, raw)
     }
 
@@ -402,18 +405,6 @@ impl Shard {
                 self.set_everywhere(lsn, index, key, None)
             }
         }
-    }
-
-    /// Fills cells into a row; unchanged TOAST values come from `current`.
-    fn cells_to_raw(&self, _index: usize, cells: &[Cell], current: Option<&RawRow>) -> RawRow {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match c {
-                Cell::Value(v) => v.clone(),
-                Cell::UnchangedToast => current.and_then(|r| r.get(i).cloned().flatten()),
-            })
-            .collect()
     }
 
     /// The row currently stored for `key` in any partition of `index`, preferring partitions
@@ -578,30 +569,15 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{GeoSpec, TextSpec};
     use crate::partition;
 
     fn index() -> ResolvedIndex {
-        ResolvedIndex {
-            ordinal: 0,
-            name: "places".into(),
-            schema: "public".into(),
-            table: "places".into(),
-            columns: ["id", "region", "body", "lat", "lon"]
-                .map(String::from)
-                .to_vec(),
-            pk: vec![0],
-            region: 1,
-            text: vec![TextSpec {
-                column: 2,
-                boost: 1.0,
-                language: None,
-            }],
-            geo: Some(GeoSpec::LatLon { lat: 3, lon: 4 }),
-            vector: None,
-            filters: vec![],
-            stored: vec![],
-        }
+        crate::catalog::test_index(
+            &["id", "region", "body", "lat", "lon"],
+            Some(2),
+            Some((3, 4)),
+            None,
+        )
     }
 
     fn upsert(id: u32, region: &str, body: &str) -> Change {
@@ -684,16 +660,7 @@ mod tests {
 
         // A commit job runs while more is applied: a move of key 1 and a delete of key 2.
         let job = shard.take_commit_job().unwrap();
-        let old = Change::Delete {
-            index: 0,
-            old: vec![
-                Cell::Value(Some("2".into())),
-                Cell::Value(None),
-                Cell::Value(None),
-                Cell::Value(None),
-                Cell::Value(None),
-            ],
-        };
+        let old = delete_of("2", 5);
         shard
             .apply(&tx(20, vec![upsert(1, "as", "moved"), old]))
             .unwrap();
@@ -765,30 +732,11 @@ mod tests {
 #[cfg(test)]
 mod vector_store_tests {
     use super::*;
-    use crate::catalog::VectorSpec;
-    use crate::config::Metric;
 
     #[test]
     fn snapshot_vectors_reach_the_store() {
         let dir = tempfile::tempdir().unwrap();
-        let ix = ResolvedIndex {
-            ordinal: 0,
-            name: "v".into(),
-            schema: "public".into(),
-            table: "v".into(),
-            columns: ["id", "region", "emb"].map(String::from).to_vec(),
-            pk: vec![0],
-            region: 1,
-            text: vec![],
-            geo: None,
-            vector: Some(VectorSpec {
-                column: 2,
-                dimension: 2,
-                metric: Metric::Cosine,
-            }),
-            filters: vec![],
-            stored: vec![],
-        };
+        let ix = crate::catalog::test_index(&["id", "region", "emb"], None, None, Some((2, 2)));
         let view = Arc::new(ViewCell::default());
         let limits = MapLimits {
             max_text_bytes: 100,
@@ -824,31 +772,15 @@ mod vector_store_tests {
 #[cfg(test)]
 mod engine_answers {
     use super::*;
-    use crate::catalog::{GeoSpec, VectorSpec};
-    use crate::config::Metric;
     use crate::search::{self, GeoQuery, Scope, VectorQuery};
 
     fn index() -> ResolvedIndex {
-        ResolvedIndex {
-            ordinal: 0,
-            name: "p".into(),
-            schema: "public".into(),
-            table: "p".into(),
-            columns: ["id", "region", "lat", "lon", "emb"]
-                .map(String::from)
-                .to_vec(),
-            pk: vec![0],
-            region: 1,
-            text: vec![],
-            geo: Some(GeoSpec::LatLon { lat: 2, lon: 3 }),
-            vector: Some(VectorSpec {
-                column: 4,
-                dimension: 2,
-                metric: Metric::Cosine,
-            }),
-            filters: vec![],
-            stored: vec![],
-        }
+        crate::catalog::test_index(
+            &["id", "region", "lat", "lon", "emb"],
+            None,
+            Some((2, 3)),
+            Some((4, 2)),
+        )
     }
 
     fn row(id: u32, region: &str, lat: f64, emb: &str) -> Change {
@@ -947,16 +879,7 @@ mod engine_answers {
         assert_eq!(answers(&view.load().unwrap()), all);
 
         // A move and a delete, searchable before they are durable, equal after.
-        let delete = Change::Delete {
-            index: 0,
-            old: vec![
-                Cell::Value(Some("2".into())),
-                Cell::Value(None),
-                Cell::Value(None),
-                Cell::Value(None),
-                Cell::Value(None),
-            ],
-        };
+        let delete = delete_of("2", 5);
         shard
             .apply(&tx(20, vec![row(1, "as", 1.0, "{1,0}"), delete]))
             .unwrap();
@@ -994,4 +917,12 @@ mod engine_answers {
         }
         assert_eq!(answers(&view.load().unwrap()), only);
     }
+}
+
+/// A DELETE of `key` as pgoutput sends it: the key cell, the others empty.
+#[cfg(test)]
+fn delete_of(key: &str, columns: usize) -> Change {
+    let mut old = vec![Cell::Value(None); columns];
+    old[0] = Cell::Value(Some(key.into()));
+    Change::Delete { index: 0, old }
 }

@@ -21,22 +21,27 @@ const MAX_CONNECTIONS: usize = 16;
 const EF_CONSTRUCTION: usize = 100;
 const MAX_LAYERS: usize = 16;
 
-/// f32 dot product in eight lanes, so the compiler vectorises it.
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
+/// Sums `term(a[i], b[i])` in eight lanes, so the compiler vectorises it.
+#[inline(always)]
+fn sum8(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| term(*x, *y))
         .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
-            acc[i] += x[i] * y[i];
+            acc[i] += term(x[i], y[i]);
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    sum8(a, b, |x, y| x * y)
 }
 
 /// Cosine distance between unit vectors: `1 - a·b`, clamped at 0 against rounding.
@@ -55,20 +60,7 @@ pub struct SquaredL2;
 
 impl Distance<f32> for SquaredL2 {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0f32; 8];
-        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-        let tail: f32 = ca
-            .remainder()
-            .iter()
-            .zip(cb.remainder())
-            .map(|(x, y)| (x - y) * (x - y))
-            .sum();
-        for (x, y) in ca.zip(cb) {
-            for i in 0..8 {
-                acc[i] += (x[i] - y[i]) * (x[i] - y[i]);
-            }
-        }
-        acc.iter().sum::<f32>() + tail
+        sum8(a, b, |x, y| (x - y) * (x - y))
     }
 }
 

@@ -228,7 +228,7 @@ fn main() -> Result<()> {
     let mut out = vec![
         format!("documents: {n} (dev set: 30k GeoNames cities, 384-d MiniLM embeddings, text name+body, geo; scaled as described in the source when above 30k)"),
         format!("index build (map, tantivy, commit, R-tree, vector store): {build:.2} s = {:.0} docs/s", n as f64 / build),
-        format!("HNSW build (M=16, ef_construction=100, parallel insert, 2 cores): {graphed} vectors in {graph_secs:.2} s = {:.0} vectors/s", graphed as f64 / graph_secs),
+        format!("HNSW build (M=16, ef_construction=100, one thread, as the indexer builds it): {graphed} vectors in {graph_secs:.2} s = {:.0} vectors/s", graphed as f64 / graph_secs),
     ];
     for line in &out {
         eprintln!("- {line}");
