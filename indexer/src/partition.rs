@@ -114,17 +114,41 @@ pub enum WriteOp {
     DeleteAll,
 }
 
-/// Everything the committer needs to make one partition durable, detached from the applier.
+/// How the committed structures (R-tree, vector store) follow a commit.
+enum Maintenance {
+    /// Apply exactly these writes (every fresh entry the commit covers).
+    Update(FreshDocs),
+    /// Rebuild from the committed fast fields (after a bulk load or a TRUNCATE).
+    Rebuild,
+}
+
+/// Everything the committer needs to make one partition durable and to build its next
+/// committed structures, detached from the applier.
 pub struct CommitItem {
     writer: Arc<Mutex<IndexWriter>>,
     reader: IndexReader,
     ops: Vec<WriteOp>,
+    fields: Fields,
+    vector_spec: Option<crate::catalog::VectorSpec>,
+    maintenance: Maintenance,
+    geo: Option<Arc<GeoIndex>>,
+    vectors: Option<Arc<VectorStore>>,
+}
+
+/// The committed structures a commit produced, for the applier to swap in.
+pub struct Derived {
+    geo: Option<Arc<GeoIndex>>,
+    vectors: Option<Arc<VectorStore>>,
+    rebuilt: bool,
+    /// Vector versions new in the store, for the graph builder.
+    new_vectors: Vec<(u64, Vec<f32>)>,
 }
 
 impl CommitItem {
-    /// Applies the queued writes, commits them with `lsn` as payload, reloads the reader.
-    /// Runs on the committer thread; the applier goes on meanwhile.
-    pub fn commit(self, lsn: Lsn) -> Result<()> {
+    /// Applies the queued writes, commits them with `lsn` as payload, reloads the reader,
+    /// then builds the next committed structures (copy-on-write: readers keep the old ones).
+    /// Runs on the committer thread; the applier goes on meanwhile and swaps the results in.
+    pub fn commit(self, lsn: Lsn) -> Result<Derived> {
         let payload = serde_json::to_string(&Payload {
             lsn: lsn.to_string(),
         })
@@ -148,8 +172,112 @@ impl CommitItem {
         prepared.commit()?;
         drop(writer);
         self.reader.reload()?;
-        Ok(())
+        let (mut geo, mut vectors) = (self.geo, self.vectors);
+        match self.maintenance {
+            Maintenance::Rebuild => {
+                let searcher = self.reader.searcher();
+                let geo = build_geo(&searcher, &self.fields)?;
+                let vectors = build_vectors(&searcher, self.vector_spec)?;
+                let new_vectors = vectors.as_ref().map(|v| v.live()).unwrap_or_default();
+                Ok(Derived {
+                    geo: geo.map(Arc::new),
+                    vectors: vectors.map(Arc::new),
+                    rebuilt: true,
+                    new_vectors,
+                })
+            }
+            Maintenance::Update(covered) => {
+                // The committed set changed by exactly the fresh entries this commit covers.
+                if let Some(geo) = &mut geo {
+                    let geo = Arc::make_mut(geo);
+                    for (key, e) in &covered {
+                        geo.set(key, e.doc.as_ref().and_then(|d| d.geo));
+                    }
+                }
+                let mut new_vectors = Vec::new();
+                if let Some(vectors) = &mut vectors {
+                    let vectors = Arc::make_mut(vectors);
+                    for (key, e) in &covered {
+                        let v = e.doc.as_ref().and_then(|d| d.vector.as_deref());
+                        if let (Some(id), Some(v)) = (vectors.set(key, v), v) {
+                            new_vectors.push((id, v.to_vec()));
+                        }
+                    }
+                }
+                Ok(Derived {
+                    geo,
+                    vectors,
+                    rebuilt: false,
+                    new_vectors,
+                })
+            }
+        }
     }
+}
+
+/// The points of a searcher's live documents, if the index has geo.
+fn build_geo(searcher: &Searcher, fields: &Fields) -> Result<Option<GeoIndex>> {
+    if fields.lat.is_none() {
+        return Ok(None);
+    }
+    let mut points = Vec::with_capacity(searcher.num_docs() as usize);
+    for segment in searcher.segment_readers() {
+        let ff = segment.fast_fields();
+        let (lat, lon) = (ff.f64("_lat")?, ff.f64("_lon")?);
+        let Some(keys) = ff.str("_key")? else {
+            continue;
+        };
+        let mut key = String::new();
+        for doc in segment.doc_ids_alive() {
+            let (Some(la), Some(lo)) = (lat.first(doc), lon.first(doc)) else {
+                continue;
+            };
+            let Some(ord) = keys.term_ords(doc).next() else {
+                continue;
+            };
+            key.clear();
+            keys.ord_to_str(ord, &mut key)?;
+            points.push((key.clone(), la, lo));
+        }
+    }
+    Ok(Some(GeoIndex::bulk(points)))
+}
+
+/// The vectors of a searcher's live documents, if the index has a vector.
+fn build_vectors(
+    searcher: &Searcher,
+    spec: Option<crate::catalog::VectorSpec>,
+) -> Result<Option<VectorStore>> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let mut store = VectorStore::new(spec.dimension, spec.metric);
+    for segment in searcher.segment_readers() {
+        let ff = segment.fast_fields();
+        let (keys, vecs) = (ff.str("_key")?, ff.bytes("_vec")?);
+        let (Some(keys), Some(vecs)) = (keys, vecs) else {
+            continue;
+        };
+        let (mut key, mut bytes) = (String::new(), Vec::new());
+        for doc in segment.doc_ids_alive() {
+            let (Some(k), Some(v)) = (keys.term_ords(doc).next(), vecs.term_ords(doc).next())
+            else {
+                continue;
+            };
+            key.clear();
+            keys.ord_to_str(k, &mut key)?;
+            bytes.clear();
+            vecs.ord_to_bytes(v, &mut bytes)?;
+            let values: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if values.len() == spec.dimension {
+                store.set(&key, Some(&values));
+            }
+        }
+    }
+    Ok(Some(store))
 }
 
 pub struct Partition {
@@ -169,8 +297,6 @@ pub struct Partition {
     ops: Vec<WriteOp>,
     /// Snapshot documents written straight to the writer, not yet committed.
     bulk_dirty: bool,
-    /// The running commit includes bulk (snapshot) documents: rebuild derived structures.
-    bulk_in_commit: bool,
     /// Points of the committed documents (when the index has geo); readers overlay the
     /// fresh layer. Copied on write when readers still hold the previous version.
     geo: Option<Arc<GeoIndex>>,
@@ -241,7 +367,6 @@ impl Partition {
             truncated_at: None,
             ops: Vec::new(),
             bulk_dirty: false,
-            bulk_in_commit: false,
             geo: None,
             vectors: None,
             vector_spec: ix.vector,
@@ -253,55 +378,39 @@ impl Partition {
         .with_derived_structures()
     }
 
-    /// Builds the in-memory structures of the committed documents (at open, after a bulk commit).
+    /// Builds the in-memory structures of the committed documents (at open).
     fn with_derived_structures(mut self) -> Result<Partition> {
-        self.rebuild_geo()?;
-        self.rebuild_vectors()?;
+        let searcher = self.searcher();
+        let geo = build_geo(&searcher, &self.fields)?;
+        let vectors = build_vectors(&searcher, self.vector_spec)?;
+        let new_vectors = vectors.as_ref().map(|v| v.live()).unwrap_or_default();
+        self.swap_in(Derived {
+            geo: geo.map(Arc::new),
+            vectors: vectors.map(Arc::new),
+            rebuilt: true,
+            new_vectors,
+        });
         Ok(self)
     }
 
-    fn rebuild_vectors(&mut self) -> Result<()> {
-        let Some(spec) = self.vector_spec else {
-            return Ok(());
-        };
-        let mut store = VectorStore::new(spec.dimension, spec.metric);
-        let searcher = self.searcher();
-        for segment in searcher.segment_readers() {
-            let ff = segment.fast_fields();
-            let (keys, vecs) = (ff.str("_key")?, ff.bytes("_vec")?);
-            let (Some(keys), Some(vecs)) = (keys, vecs) else {
-                continue;
-            };
-            let (mut key, mut bytes) = (String::new(), Vec::new());
-            for doc in segment.doc_ids_alive() {
-                let (Some(k), Some(v)) = (keys.term_ords(doc).next(), vecs.term_ords(doc).next())
-                else {
-                    continue;
-                };
-                key.clear();
-                keys.ord_to_str(k, &mut key)?;
-                bytes.clear();
-                vecs.ord_to_bytes(v, &mut bytes)?;
-                let values: Vec<f32> = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                if values.len() == spec.dimension {
-                    store.set(&key, Some(&values));
-                }
-            }
+    /// Takes the committed structures a commit (or the open) built.
+    fn swap_in(&mut self, d: Derived) {
+        self.geo = d.geo;
+        self.vectors = d.vectors;
+        if d.rebuilt {
+            // A new graph over every vector; until the builder has them, the exact scanner does.
+            let n = self.vectors.as_ref().map_or(0, |v| v.len());
+            self.graph = self
+                .vector_spec
+                .map(|spec| Arc::new(Graph::new(spec.metric, n * 2)));
+            self.recent = imbl::OrdMap::new();
+            self.graph_queue.clear();
         }
-        // A new graph over every vector; until the builder has them, the exact scanner does.
-        let graph = Arc::new(Graph::new(spec.metric, store.len() * 2));
-        self.recent = imbl::OrdMap::new();
-        self.graph_queue = store.live();
-        for (id, _) in &self.graph_queue {
-            self.recent.insert(self.next_seq, *id);
+        for (id, v) in d.new_vectors {
+            self.recent.insert(self.next_seq, id);
             self.next_seq += 1;
+            self.graph_queue.push((id, v));
         }
-        self.graph = Some(graph);
-        self.vectors = Some(Arc::new(store));
-        Ok(())
     }
 
     /// Vectors committed since the last call, for the graph builder.
@@ -338,35 +447,6 @@ impl Partition {
     /// The committed documents' vectors, if the index has one.
     pub fn vectors(&self) -> Option<Arc<VectorStore>> {
         self.vectors.clone()
-    }
-
-    fn rebuild_geo(&mut self) -> Result<()> {
-        if self.fields.lat.is_none() {
-            return Ok(());
-        }
-        let searcher = self.searcher();
-        let mut points = Vec::with_capacity(searcher.num_docs() as usize);
-        for segment in searcher.segment_readers() {
-            let ff = segment.fast_fields();
-            let (lat, lon) = (ff.f64("_lat")?, ff.f64("_lon")?);
-            let Some(keys) = ff.str("_key")? else {
-                continue;
-            };
-            let mut key = String::new();
-            for doc in segment.doc_ids_alive() {
-                let (Some(la), Some(lo)) = (lat.first(doc), lon.first(doc)) else {
-                    continue;
-                };
-                let Some(ord) = keys.term_ords(doc).next() else {
-                    continue;
-                };
-                key.clear();
-                keys.ord_to_str(ord, &mut key)?;
-                points.push((key.clone(), la, lo));
-            }
-        }
-        self.geo = Some(Arc::new(GeoIndex::bulk(points)));
-        Ok(())
     }
 
     /// The committed documents' points, if the index has geo.
@@ -457,52 +537,36 @@ impl Partition {
         }
     }
 
-    /// Hands the queued writes to the committer.
+    /// Hands the queued writes to the committer, with what it needs to build the next
+    /// committed structures: every pending write is in this commit.
     pub fn take_commit(&mut self) -> CommitItem {
-        self.bulk_in_commit = std::mem::take(&mut self.bulk_dirty);
+        let maintenance = if std::mem::take(&mut self.bulk_dirty) || self.truncated_at.is_some() {
+            Maintenance::Rebuild
+        } else {
+            Maintenance::Update(self.pending.clone())
+        };
         CommitItem {
             writer: self.writer.clone(),
             reader: self.reader.clone(),
             ops: std::mem::take(&mut self.ops),
+            fields: self.fields.clone(),
+            vector_spec: self.vector_spec,
+            maintenance,
+            geo: self.geo.clone(),
+            vectors: self.vectors.clone(),
         }
     }
 
     /// A commit at `lsn` of what `take_commit` handed over is durable (and the reader
-    /// reloaded): fresh entries it covers are dropped.
-    pub fn committed(&mut self, lsn: Lsn) -> Result<()> {
+    /// reloaded): its structures are swapped in and the fresh entries it covers dropped.
+    pub fn committed(&mut self, lsn: Lsn, derived: Derived) {
         debug_assert!(lsn >= self.checkpoint, "checkpoint must not go back");
         self.checkpoint = lsn;
-        let truncated = self.truncated_at.is_some_and(|t| t <= lsn);
-        if std::mem::take(&mut self.bulk_in_commit) || truncated {
-            self.rebuild_geo()?;
-            self.rebuild_vectors()?;
-        } else {
-            // The committed set changed by exactly the fresh entries this commit covers.
-            let covered: Vec<(&String, &FreshEntry)> =
-                self.pending.iter().filter(|(_, e)| e.lsn <= lsn).collect();
-            if let Some(geo) = &mut self.geo {
-                let geo = Arc::make_mut(geo);
-                for (key, e) in &covered {
-                    geo.set(key, e.doc.as_ref().and_then(|d| d.geo));
-                }
-            }
-            if let Some(vectors) = &mut self.vectors {
-                let vectors = Arc::make_mut(vectors);
-                for (key, e) in &covered {
-                    let v = e.doc.as_ref().and_then(|d| d.vector.as_deref());
-                    if let (Some(id), Some(v)) = (vectors.set(key, v), v) {
-                        self.recent.insert(self.next_seq, id);
-                        self.next_seq += 1;
-                        self.graph_queue.push((id, v.to_vec()));
-                    }
-                }
-            }
-        }
+        self.swap_in(derived);
         self.pending.retain(|_, e| e.lsn > lsn);
-        if truncated {
+        if self.truncated_at.is_some_and(|t| t <= lsn) {
             self.truncated_at = None;
         }
-        Ok(())
     }
 
     fn to_tantivy(&self, d: &Document) -> TantivyDocument {

@@ -18,7 +18,7 @@ use crate::catalog::ResolvedIndex;
 use crate::document::{map_row, row_key, Document, MapLimits, Mapped, RawRow, Rejection};
 use crate::error::Result;
 use crate::lsn::Lsn;
-use crate::partition::{CommitItem, Fields, FreshLayer, Partition};
+use crate::partition::{CommitItem, Derived, Fields, FreshLayer, Partition};
 use crate::status::Stats;
 
 /// One column value in a change: pgoutput may say a TOASTed value is unchanged.
@@ -148,34 +148,33 @@ impl CommitJob {
     pub fn run(self) -> Result<CommitDone> {
         let started = Instant::now();
         let lsn = self.lsn;
-        let ids: Vec<PartitionId> = self.items.iter().map(|(id, _)| id.clone()).collect();
         let mut items = self.items;
-        if items.len() == 1 {
-            items.pop().expect("one item").1.commit(lsn)?;
+        let partitions = if items.len() == 1 {
+            let (id, item) = items.pop().expect("one item");
+            vec![(id, item.commit(lsn)?)]
         } else {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = items
                     .into_iter()
-                    .map(|(_, item)| scope.spawn(move || item.commit(lsn)))
+                    .map(|(id, item)| scope.spawn(move || Ok((id, item.commit(lsn)?))))
                     .collect();
                 handles
                     .into_iter()
-                    .try_for_each(|h| h.join().expect("partition commit thread panicked"))
-            })?;
-        }
+                    .map(|h| h.join().expect("partition commit thread panicked"))
+                    .collect::<Result<Vec<_>>>()
+            })?
+        };
         metrics::counter!(crate::metrics::COMMITS).increment(1);
         metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok(CommitDone {
-            lsn,
-            partitions: ids,
-        })
+        Ok(CommitDone { lsn, partitions })
     }
 }
 
 /// A finished `CommitJob`.
 pub struct CommitDone {
     pub lsn: Lsn,
-    pub partitions: Vec<PartitionId>,
+    /// Each committed partition with its next committed structures.
+    partitions: Vec<(PartitionId, Derived)>,
 }
 
 impl Shard {
@@ -490,9 +489,9 @@ impl Shard {
     /// reloaded searchers with the fresh entries the commit covers dropped, in one swap.
     pub fn commit_done(&mut self, done: CommitDone) -> Result<()> {
         debug_assert_eq!(self.in_flight, Some(done.lsn));
-        for id in &done.partitions {
-            if let Some(p) = self.partitions.get_mut(id) {
-                p.committed(done.lsn)?;
+        for (id, derived) in done.partitions {
+            if let Some(p) = self.partitions.get_mut(&id) {
+                p.committed(done.lsn, derived);
             }
         }
         self.in_flight = None;
