@@ -315,6 +315,19 @@ impl Config {
                             d.column
                         ));
                     }
+                    if let Some(l) = &d.language {
+                        if crate::engine::analyzer::language(l).is_none() {
+                            let known: Vec<&str> = crate::engine::analyzer::LANGUAGES
+                                .iter()
+                                .map(|(n, _)| *n)
+                                .collect();
+                            return bad(format!(
+                                "{at}: text field {:?}: unknown language {l:?} (one of: {})",
+                                d.column,
+                                known.join(", ")
+                            ));
+                        }
+                    }
                 }
             }
             if matches!(&ix.primary_key, Some(pk) if pk.is_empty()) {

@@ -267,10 +267,66 @@ struct SearchRequest {
     index: String,
     #[serde(default)]
     regions: Vec<String>,
+    text: Option<TextRequest>,
     geo: Option<GeoRequest>,
     vector: Option<VectorRequest>,
+    hybrid: Option<HybridRequest>,
     #[serde(default = "default_limit")]
     limit: usize,
+    #[serde(default)]
+    offset: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextRequest {
+    q: String,
+    #[serde(default)]
+    operator: crate::engine::text::Operator,
+    #[serde(default = "yes")]
+    highlight: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Reciprocal rank fusion of the text and vector branches.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HybridRequest {
+    #[serde(default = "default_rrf_k")]
+    k: f64,
+    #[serde(default)]
+    weights: Weights,
+    /// How deep each branch is read; default 100 (at least offset + limit).
+    window: Option<usize>,
+}
+
+fn default_rrf_k() -> f64 {
+    60.0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Weights {
+    #[serde(default = "one")]
+    text: f64,
+    #[serde(default = "one")]
+    vector: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Weights {
+        Weights {
+            text: 1.0,
+            vector: 1.0,
+        }
+    }
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Largest `k` of a vector query.
@@ -432,101 +488,18 @@ async fn search(
             format!("limit must be in 1..={MAX_HITS}"),
         );
     }
-    enum Query {
-        Geo(crate::search::GeoQuery),
-        Vector(crate::search::VectorQuery),
+    if req.offset > MAX_HITS - req.limit {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "offset",
+            format!("offset + limit must be at most {MAX_HITS}"),
+        );
     }
-    let query = match (req.geo, req.vector) {
-        (None, None) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "geo",
-                "a geo or vector query is required (text search is not built yet)",
-            );
-        }
-        (Some(geo), None) => {
-            if ix.geo.is_none() {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "geo",
-                    format!("index {:?} has no geo field", ix.name),
-                );
-            }
-            match geo.validate() {
-                Ok(q) => Query::Geo(q),
-                Err(e) => return e.into_response(),
-            }
-        }
-        (geo, Some(v)) => {
-            let Some(spec) = ix.vector else {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "vector",
-                    format!("index {:?} has no vector field", ix.name),
-                );
-            };
-            if v.values.len() != spec.dimension {
-                let msg = format!(
-                    "the vector has {} dimensions, index {:?} has {}",
-                    v.values.len(),
-                    ix.name,
-                    spec.dimension
-                );
-                return error(StatusCode::UNPROCESSABLE_ENTITY, "vector.values", msg);
-            }
-            if v.k == 0 || v.k > MAX_K {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "vector.k",
-                    format!("k must be in 1..={MAX_K}"),
-                );
-            }
-            if v.values.iter().any(|x| !x.is_finite()) {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "vector.values",
-                    "values must be finite numbers",
-                );
-            }
-            if v.ef.is_some_and(|ef| ef == 0 || ef > 10 * MAX_K) {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "vector.ef",
-                    format!("ef must be in 1..={}", 10 * MAX_K),
-                );
-            }
-            // A geo part beside a vector filters it: within a radius or a box.
-            let filter = match geo {
-                None => None,
-                Some(g) => {
-                    if ix.geo.is_none() {
-                        return error(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "geo",
-                            format!("index {:?} has no geo field", ix.name),
-                        );
-                    }
-                    match g.validate() {
-                        Ok(crate::search::GeoQuery::Nearest { .. }) => {
-                            return error(
-                                StatusCode::UNPROCESSABLE_ENTITY,
-                                "geo.nearest",
-                                "nearest cannot filter a vector query: use within or bbox",
-                            );
-                        }
-                        Ok(q) => Some(q),
-                        Err(e) => return e.into_response(),
-                    }
-                }
-            };
-            Query::Vector(crate::search::VectorQuery {
-                values: v.values,
-                k: v.k.min(req.limit),
-                ef: v.ef,
-                exact: v.exact,
-                filter,
-            })
-        }
+    let query = match plan(
+        ix, req.text, req.geo, req.vector, req.hybrid, req.limit, req.offset,
+    ) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
     };
     let Some(view) = s.view.load() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
@@ -535,26 +508,303 @@ async fn search(
         index: ix.ordinal,
         regions: req.regions,
     };
-    let limit = req.limit;
-    let result = tokio::task::spawn_blocking(move || {
-        let hits: Vec<Value> = match &query {
-            Query::Geo(q) => crate::search::geo(&view, &scope, q, limit)
-                .iter()
-                .map(|h| json!({"key": h.key, "region": h.region, "distance_m": h.distance_m}))
-                .collect(),
-            Query::Vector(q) => crate::search::vector(&view, &scope, q)
-                .iter()
-                .map(|h| json!({"key": h.key, "region": h.region, "score": h.score}))
-                .collect(),
+    let (limit, offset) = (req.limit, req.offset);
+    let ix = ix.clone();
+    let result = tokio::task::spawn_blocking(move || -> tantivy::Result<Value> {
+        let row = |region: &str, key: &str| -> tantivy::Result<Value> {
+            let Some(p) = view.partitions.get(&(ix.ordinal, region.to_owned())) else {
+                return Ok(Value::Null);
+            };
+            Ok(crate::search::row_of(p, key)?
+                .map(|r| fields_json(&ix, &r))
+                .unwrap_or(Value::Null))
         };
-        json!({"applied_lsn": view.applied.to_string(), "hits": hits})
+        let mut total = None;
+        let hits: Vec<Value> = match &query {
+            Planned::Geo(q) => {
+                let hits = crate::search::geo(&view, &scope, q, offset + limit);
+                hits.iter()
+                    .skip(offset)
+                    .map(|h| {
+                        Ok(
+                            json!({"key": h.key, "region": h.region, "distance_m": h.distance_m,
+                                  "fields": row(&h.region, &h.key)?}),
+                        )
+                    })
+                    .collect::<tantivy::Result<_>>()?
+            }
+            Planned::Vector(q) => crate::search::vector(&view, &scope, q)
+                .iter()
+                .skip(offset)
+                .map(|h| {
+                    Ok(json!({"key": h.key, "region": h.region, "score": h.score,
+                              "fields": row(&h.region, &h.key)?}))
+                })
+                .collect::<tantivy::Result<_>>()?,
+            Planned::Text(q) => {
+                let answer = crate::search::text(&view, &scope, q)?;
+                total = Some(answer.total);
+                answer
+                    .hits
+                    .iter()
+                    .map(|h| {
+                        let mut hit = json!({"key": h.key, "region": h.region, "score": h.score,
+                                             "fields": fields_json(&ix, &h.row)});
+                        if q.highlight {
+                            hit["highlights"] = highlights_json(&h.highlights);
+                        }
+                        if let Some(d) = h.distance_m {
+                            hit["distance_m"] = json!(d);
+                        }
+                        hit
+                    })
+                    .collect()
+            }
+            Planned::Hybrid(t, v, f) => {
+                crate::search::hybrid(&view, &scope, t, v, f, offset, limit)?
+                    .iter()
+                    .map(|h| {
+                        let mut hit = json!({"key": h.key, "region": h.region, "score": h.score,
+                            "ranks": {"text": h.text_rank, "vector": h.vector_rank},
+                            "branch_scores": {"text": h.text_score, "vector": h.vector_score},
+                            "fields": row(&h.region, &h.key)?});
+                        if t.highlight {
+                            hit["highlights"] = highlights_json(&h.highlights);
+                        }
+                        Ok(hit)
+                    })
+                    .collect::<tantivy::Result<_>>()?
+            }
+        };
+        let mut body = json!({"applied_lsn": view.applied.to_string(), "hits": hits});
+        if let Some(t) = total {
+            body["total"] = json!(t);
+        }
+        Ok(body)
     })
     .await;
     match result {
-        Ok(v) => Json(v).into_response(),
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "search failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
+        }
         Err(e) => {
             tracing::error!(error = %e, "search task failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
         }
     }
+}
+
+/// The configured stored columns of a row, by name (values in Postgres text form).
+fn fields_json(ix: &ResolvedIndex, row: &[Option<String>]) -> Value {
+    let mut m = serde_json::Map::new();
+    for &c in &ix.stored {
+        m.insert(
+            ix.column_name(c).to_owned(),
+            row.get(c)
+                .cloned()
+                .flatten()
+                .map_or(Value::Null, Value::String),
+        );
+    }
+    Value::Object(m)
+}
+
+fn highlights_json(h: &[(String, String)]) -> Value {
+    Value::Object(
+        h.iter()
+            .map(|(f, html)| (f.clone(), Value::String(html.clone())))
+            .collect(),
+    )
+}
+
+/// What a search request asks the engines for.
+enum Planned {
+    Geo(crate::search::GeoQuery),
+    Vector(crate::search::VectorQuery),
+    Text(crate::search::TextSearch),
+    Hybrid(
+        crate::search::TextSearch,
+        crate::search::VectorQuery,
+        crate::search::Fusion,
+    ),
+}
+
+/// A geo part beside a text or vector query filters it: within a radius or a box.
+fn geo_filter(
+    ix: &ResolvedIndex,
+    geo: Option<GeoRequest>,
+    what: &str,
+) -> Result<Option<crate::search::GeoQuery>, FieldError> {
+    let Some(g) = geo else { return Ok(None) };
+    if ix.geo.is_none() {
+        return Err(FieldError::new(
+            "geo",
+            format!("index {:?} has no geo field", ix.name),
+        ));
+    }
+    match g.validate()? {
+        crate::search::GeoQuery::Nearest { .. } => Err(FieldError::new(
+            "geo.nearest",
+            format!("nearest cannot filter a {what} query: use within or bbox"),
+        )),
+        q => Ok(Some(q)),
+    }
+}
+
+/// Validates a request's parts and decides how to answer it: text alone (geo filters it),
+/// vector alone (likewise), text and vector fused by RRF, or geo alone.
+fn plan(
+    ix: &ResolvedIndex,
+    text: Option<TextRequest>,
+    geo: Option<GeoRequest>,
+    vector: Option<VectorRequest>,
+    hybrid: Option<HybridRequest>,
+    limit: usize,
+    offset: usize,
+) -> Result<Planned, FieldError> {
+    if hybrid.is_some() && (text.is_none() || vector.is_none()) {
+        return Err(FieldError::new(
+            "hybrid",
+            "hybrid fuses a text and a vector query: give both",
+        ));
+    }
+    let text = match text {
+        None => None,
+        Some(t) => {
+            let (_, fields) = partition::Fields::schema(ix);
+            if fields.text.is_empty() {
+                return Err(FieldError::new(
+                    "text",
+                    format!("index {:?} has no text fields", ix.name),
+                ));
+            }
+            let query = crate::engine::text::TextQuery::parse(&t.q, t.operator, &fields.text)
+                .map_err(|e| FieldError::new("text.q", e.0))?;
+            Some((query, t.highlight))
+        }
+    };
+    let vector = match vector {
+        None => None,
+        Some(v) => {
+            let Some(spec) = ix.vector else {
+                return Err(FieldError::new(
+                    "vector",
+                    format!("index {:?} has no vector field", ix.name),
+                ));
+            };
+            if v.values.len() != spec.dimension {
+                return Err(FieldError::new(
+                    "vector.values",
+                    format!(
+                        "the vector has {} dimensions, index {:?} has {}",
+                        v.values.len(),
+                        ix.name,
+                        spec.dimension
+                    ),
+                ));
+            }
+            if v.k == 0 || v.k > MAX_K {
+                return Err(FieldError::new(
+                    "vector.k",
+                    format!("k must be in 1..={MAX_K}"),
+                ));
+            }
+            if v.values.iter().any(|x| !x.is_finite()) {
+                return Err(FieldError::new(
+                    "vector.values",
+                    "values must be finite numbers",
+                ));
+            }
+            if v.ef.is_some_and(|ef| ef == 0 || ef > 10 * MAX_K) {
+                return Err(FieldError::new(
+                    "vector.ef",
+                    format!("ef must be in 1..={}", 10 * MAX_K),
+                ));
+            }
+            Some(v)
+        }
+    };
+    Ok(match (text, vector) {
+        (None, None) => match geo {
+            None => {
+                return Err(FieldError::new(
+                    "text",
+                    "a text, geo or vector query is required",
+                ))
+            }
+            Some(g) => {
+                if ix.geo.is_none() {
+                    return Err(FieldError::new(
+                        "geo",
+                        format!("index {:?} has no geo field", ix.name),
+                    ));
+                }
+                Planned::Geo(g.validate()?)
+            }
+        },
+        (None, Some(v)) => Planned::Vector(crate::search::VectorQuery {
+            k: v.k.min(offset + limit),
+            values: v.values,
+            ef: v.ef,
+            exact: v.exact,
+            filter: geo_filter(ix, geo, "vector")?,
+        }),
+        (Some((query, highlight)), None) => Planned::Text(crate::search::TextSearch {
+            query,
+            limit,
+            offset,
+            filter: geo_filter(ix, geo, "text")?,
+            highlight,
+        }),
+        (Some((query, highlight)), Some(v)) => {
+            let h = hybrid.unwrap_or(HybridRequest {
+                k: default_rrf_k(),
+                weights: Weights::default(),
+                window: None,
+            });
+            if !(h.k.is_finite() && h.k >= 0.0) {
+                return Err(FieldError::new("hybrid.k", "k must be a number >= 0"));
+            }
+            for (field, w) in [
+                ("hybrid.weights.text", h.weights.text),
+                ("hybrid.weights.vector", h.weights.vector),
+            ] {
+                if !(w.is_finite() && w >= 0.0) {
+                    return Err(FieldError::new(field, "weights must be numbers >= 0"));
+                }
+            }
+            let window = h.window.unwrap_or(100);
+            if window == 0 || window > MAX_K {
+                return Err(FieldError::new(
+                    "hybrid.window",
+                    format!("window must be in 1..={MAX_K}"),
+                ));
+            }
+            let filter = geo_filter(ix, geo, "hybrid")?;
+            Planned::Hybrid(
+                crate::search::TextSearch {
+                    query,
+                    limit,
+                    offset,
+                    filter: filter.clone(),
+                    highlight,
+                },
+                crate::search::VectorQuery {
+                    k: v.k,
+                    values: v.values,
+                    ef: v.ef,
+                    exact: v.exact,
+                    filter,
+                },
+                crate::search::Fusion {
+                    k: h.k,
+                    text_weight: h.weights.text,
+                    vector_weight: h.weights.vector,
+                    window,
+                },
+            )
+        }
+    })
 }

@@ -17,12 +17,14 @@ use std::sync::{Arc, Mutex};
 use tantivy::collector::{Count, DocSetCollector};
 use tantivy::query::{AllQuery, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED,
+    STRING,
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 use crate::catalog::ResolvedIndex;
 use crate::document::{content_hash, Document, RawRow};
+use crate::engine::analyzer;
 use crate::engine::geo::GeoIndex;
 use crate::engine::graph::{Graph, GraphJob};
 use crate::engine::vector::VectorStore;
@@ -35,12 +37,30 @@ pub struct Fields {
     pub key: Field,
     /// The configured column values as a JSON array (the document store).
     pub source: Field,
-    /// One per `ResolvedIndex::text` entry, with the row position of its column.
-    pub text: Vec<(Field, usize)>,
+    /// One per `ResolvedIndex::text` entry.
+    pub text: Vec<TextField>,
     pub lat: Option<Field>,
     pub lon: Option<Field>,
     /// The vector as little-endian f32 bytes (fast field: loaded at start without parsing).
     pub vector: Option<Field>,
+}
+
+/// A text field of the schema, as configured.
+#[derive(Debug, Clone)]
+pub struct TextField {
+    pub field: Field,
+    /// The column's name (what queries scope terms with: `name:paris`).
+    pub name: String,
+    /// Row position of the column.
+    pub column: usize,
+    pub boost: f32,
+    pub language: Option<tantivy::tokenizer::Language>,
+}
+
+impl TextField {
+    pub fn analyzer(&self) -> tantivy::tokenizer::TextAnalyzer {
+        analyzer::analyzer(self.language)
+    }
 }
 
 impl Fields {
@@ -52,10 +72,20 @@ impl Fields {
             .text
             .iter()
             .map(|t| {
-                (
-                    b.add_text_field(&format!("text_{}", ix.column_name(t.column)), TEXT),
-                    t.column,
-                )
+                let name = ix.column_name(t.column).to_owned();
+                let indexing = TextFieldIndexing::default()
+                    .set_tokenizer(&analyzer::tokenizer_name(t.language.as_deref()))
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+                TextField {
+                    field: b.add_text_field(
+                        &format!("text_{name}"),
+                        TextOptions::default().set_indexing_options(indexing),
+                    ),
+                    name,
+                    column: t.column,
+                    boost: t.boost,
+                    language: t.language.as_deref().and_then(analyzer::language),
+                }
             })
             .collect();
         let (lat, lon) = match ix.geo {
@@ -87,6 +117,27 @@ pub struct FreshEntry {
     pub lsn: Lsn,
     /// The document, or `None` when the key was deleted.
     pub doc: Option<Arc<Document>>,
+    /// Tokens of each text field, computed by the first text query that scans the entry
+    /// (not on the apply path) and shared by the copies of the layer.
+    pub analyzed: Arc<std::sync::OnceLock<Vec<Vec<String>>>>,
+}
+
+impl FreshEntry {
+    /// The document's tokens per text field (empty for a field not indexed).
+    pub fn tokens(&self, fields: &Fields) -> Option<&[Vec<String>]> {
+        let doc = self.doc.as_ref()?;
+        Some(self.analyzed.get_or_init(|| {
+            fields
+                .text
+                .iter()
+                .zip(&doc.text_ok)
+                .map(|(t, &ok)| match (&doc.raw[t.column], ok) {
+                    (Some(text), true) => analyzer::tokens(&mut t.analyzer(), text),
+                    _ => Vec::new(),
+                })
+                .collect()
+        }))
+    }
 }
 
 /// Documents written and not yet in a durable commit, by key.
@@ -350,6 +401,7 @@ impl Partition {
             }
             None => Lsn::ZERO,
         };
+        analyzer::register(&index);
         let writer = index.writer_with_num_threads(1, writer_memory)?;
         let reader = index
             .reader_builder()
@@ -508,7 +560,14 @@ impl Partition {
             self.ops.push(WriteOp::Add(self.to_tantivy(d)));
         }
         let doc = doc.map(|d| Arc::new(d.clone()));
-        self.pending.insert(key.to_owned(), FreshEntry { lsn, doc });
+        self.pending.insert(
+            key.to_owned(),
+            FreshEntry {
+                lsn,
+                doc,
+                analyzed: Default::default(),
+            },
+        );
     }
 
     /// Removes every document, as of the transaction ending at `lsn`.
@@ -576,9 +635,9 @@ impl Partition {
             self.fields.source,
             &serde_json::to_vec(&d.raw).expect("row serializes"),
         );
-        for (&(field, column), &ok) in self.fields.text.iter().zip(&d.text_ok) {
-            if let (true, Some(text)) = (ok, &d.raw[column]) {
-                doc.add_text(field, text);
+        for (t, &ok) in self.fields.text.iter().zip(&d.text_ok) {
+            if let (true, Some(text)) = (ok, &d.raw[t.column]) {
+                doc.add_text(t.field, text);
             }
         }
         if let (Some((lat, lon)), Some(flat), Some(flon)) =
@@ -632,7 +691,7 @@ pub fn lookup(searcher: &Searcher, fields: &Fields, key: &str) -> Result<Option<
     Ok(Some(decode_source(&doc, fields)?))
 }
 
-fn decode_source(doc: &TantivyDocument, fields: &Fields) -> Result<RawRow> {
+pub fn decode_source(doc: &TantivyDocument, fields: &Fields) -> Result<RawRow> {
     let bytes = doc
         .get_first(fields.source)
         .and_then(|v| v.as_bytes())

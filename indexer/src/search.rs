@@ -4,8 +4,11 @@
 //! top-k concatenated. Synchronous: call it on the blocking pool.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
+use crate::document::RawRow;
 use crate::engine::geo::{haversine_m, BBox};
+use crate::engine::text::{Statistics, TextQuery};
 use crate::engine::vector::{self, Scored, TopK};
 use crate::shard::ShardView;
 
@@ -283,4 +286,359 @@ pub fn vector(view: &ShardView, scope: &Scope, query: &VectorQuery) -> Vec<Vecto
             score: h.score,
         })
         .collect()
+}
+
+/// A full-text query over a scope, optionally among documents within a radius or box.
+pub struct TextSearch {
+    pub query: TextQuery,
+    /// Hits wanted (after `offset`).
+    pub limit: usize,
+    pub offset: usize,
+    /// Only documents passing this geo filter (`Nearest` is not a filter); hits then carry
+    /// their distance from its centre.
+    pub filter: Option<GeoQuery>,
+    /// Highlighted snippets (HTML, matches in `<b>`) per text field.
+    pub highlight: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TextHit {
+    pub key: String,
+    pub region: String,
+    /// BM25 with per-field boosts; comparable across the partitions of one answer.
+    pub score: f32,
+    /// The configured columns' values (the document store).
+    pub row: RawRow,
+    /// (text field name, snippet HTML) for fields with a match, when asked.
+    pub highlights: Vec<(String, String)>,
+    pub distance_m: Option<f64>,
+}
+
+/// The answer to a text search: the page of hits and how many documents matched in all.
+pub struct TextAnswer {
+    pub hits: Vec<TextHit>,
+    pub total: u64,
+}
+
+enum Source {
+    Committed(tantivy::DocAddress),
+    Fresh(std::sync::Arc<crate::document::Document>),
+}
+
+struct Candidate<'a> {
+    score: f32,
+    key: Option<String>,
+    partition: &'a crate::shard::PartitionView,
+    region: &'a str,
+    source: Source,
+}
+
+/// BM25-ranked hits over every partition in scope, with one set of statistics (committed
+/// plus fresh) so scores compare across partitions and do not change when a document's
+/// commit moves it from the fresh layer to the segments. Ties by key.
+pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Result<TextAnswer> {
+    use tantivy::collector::{Count, TopDocs};
+    use tantivy::query::{BooleanQuery, Occur, Query, TermSetQuery};
+
+    let parts: Vec<(&str, &crate::shard::PartitionView)> = view
+        .partitions
+        .iter()
+        .filter(|((index, region), _)| scope.covers(*index, region))
+        .map(|((_, region), p)| (region.as_str(), p))
+        .collect();
+    let allowed: Vec<Option<std::collections::HashSet<String>>> = parts
+        .iter()
+        .map(|(_, p)| search.filter.as_ref().map(|f| geo_allowed(p, f)))
+        .collect();
+
+    // Statistics: committed segments of every partition, plus the fresh documents.
+    // (term, text field position, token) of every BM25 term of the query.
+    let terms: Vec<(tantivy::Term, usize, String)> = match parts.first() {
+        None => Vec::new(),
+        Some((_, p)) => search
+            .query
+            .terms()
+            .into_iter()
+            .filter_map(|term| {
+                let field = p.fields.text.iter().position(|t| t.field == term.field())?;
+                let text = term.value().as_str()?.to_owned();
+                Some((term, field, text))
+            })
+            .collect(),
+    };
+    let mut stats = Statistics {
+        searchers: parts.iter().map(|(_, p)| &p.searcher).collect(),
+        fresh_docs: 0,
+        fresh_tokens: HashMap::new(),
+        fresh_doc_freq: HashMap::new(),
+    };
+    for (_, p) in &parts {
+        for e in p.fresh.docs.values() {
+            let Some(tokens) = e.tokens(&p.fields) else {
+                continue;
+            };
+            stats.fresh_docs += 1;
+            for (t, toks) in p.fields.text.iter().zip(tokens) {
+                *stats.fresh_tokens.entry(t.field).or_default() += toks.len() as u64;
+            }
+            for (term, field, text) in &terms {
+                if tokens[*field].iter().any(|t| t == text) {
+                    *stats.fresh_doc_freq.entry(term.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    let mut query = search.query.clone();
+    query.prepare(&stats)?;
+    let tq = query.to_tantivy();
+    let want = search.offset + search.limit;
+
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut total = 0u64;
+    for ((region, p), allowed) in parts.iter().zip(&allowed) {
+        if !p.fresh.truncated {
+            let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, tq.box_clone())];
+            if !p.fresh.docs.is_empty() {
+                let shadowed = p
+                    .fresh
+                    .docs
+                    .keys()
+                    .map(|k| tantivy::Term::from_field_text(p.fields.key, k));
+                clauses.push((Occur::MustNot, Box::new(TermSetQuery::new(shadowed))));
+            }
+            if let Some(keys) = allowed {
+                let keys = keys
+                    .iter()
+                    .map(|k| tantivy::Term::from_field_text(p.fields.key, k));
+                clauses.push((Occur::Must, Box::new(TermSetQuery::new(keys))));
+            }
+            let q = BooleanQuery::new(clauses);
+            let (top, count) = p.searcher.search_with_statistics_provider(
+                &q,
+                &(TopDocs::with_limit(want.max(1)).order_by_score(), Count),
+                &stats,
+            )?;
+            total += count as u64;
+            candidates.extend(top.into_iter().map(|(score, addr)| Candidate {
+                score,
+                key: None,
+                partition: p,
+                region,
+                source: Source::Committed(addr),
+            }));
+        }
+        for (key, e) in &p.fresh.docs {
+            let (Some(doc), Some(tokens)) = (&e.doc, e.tokens(&p.fields)) else {
+                continue;
+            };
+            if allowed.as_ref().is_some_and(|a| !a.contains(key)) {
+                continue;
+            }
+            if let Some(score) = query.score(tokens) {
+                total += 1;
+                candidates.push(Candidate {
+                    score,
+                    key: Some(key.clone()),
+                    partition: p,
+                    region,
+                    source: Source::Fresh(doc.clone()),
+                });
+            }
+        }
+    }
+    // Keys of committed candidates, for the tie-break and the answer.
+    let mut rows: Vec<Option<RawRow>> = Vec::with_capacity(candidates.len());
+    for c in &mut candidates {
+        match &c.source {
+            Source::Committed(addr) => {
+                let doc: tantivy::TantivyDocument = c.partition.searcher.doc(*addr)?;
+                let key = doc
+                    .get_first(c.partition.fields.key)
+                    .and_then(|v| tantivy::schema::Value::as_str(&v))
+                    .unwrap_or_default()
+                    .to_owned();
+                c.key = Some(key);
+                rows.push(crate::partition::decode_source(&doc, &c.partition.fields).ok());
+            }
+            Source::Fresh(d) => rows.push(Some(d.raw.clone())),
+        }
+    }
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        candidates[b]
+            .score
+            .total_cmp(&candidates[a].score)
+            .then_with(|| candidates[a].key.cmp(&candidates[b].key))
+    });
+    let centre = search.filter.as_ref().map(|f| match f {
+        GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
+        GeoQuery::BBox(b) => b.centre(),
+    });
+    let mut generators: HashMap<(usize, usize), tantivy::snippet::SnippetGenerator> =
+        HashMap::new();
+    let mut hits = Vec::new();
+    for &i in order.iter().skip(search.offset).take(search.limit) {
+        let c = &candidates[i];
+        let row = rows[i].take().unwrap_or_default();
+        let mut highlights = Vec::new();
+        if search.highlight {
+            let pi = parts
+                .iter()
+                .position(|(_, p)| std::ptr::eq(*p, c.partition))
+                .expect("candidate of a partition in scope");
+            for (fi, t) in c.partition.fields.text.iter().enumerate() {
+                let Some(text) = row.get(t.column).and_then(|v| v.as_deref()) else {
+                    continue;
+                };
+                let generator = match generators.entry((pi, fi)) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let mut g = tantivy::snippet::SnippetGenerator::create(
+                            &c.partition.searcher,
+                            &*tq,
+                            t.field,
+                        )?;
+                        g.set_max_num_chars(160);
+                        v.insert(g)
+                    }
+                };
+                let snippet = generator.snippet(text);
+                if !snippet.highlighted().is_empty() {
+                    highlights.push((t.name.clone(), snippet.to_html()));
+                }
+            }
+        }
+        let distance_m = match (centre, c.point()) {
+            (Some((lat, lon)), Some((dlat, dlon))) => Some(haversine_m(lat, lon, dlat, dlon)),
+            _ => None,
+        };
+        hits.push(TextHit {
+            key: c.key.clone().unwrap_or_default(),
+            region: c.region.to_owned(),
+            score: c.score,
+            row,
+            highlights,
+            distance_m,
+        });
+    }
+    Ok(TextAnswer { hits, total })
+}
+
+impl Candidate<'_> {
+    /// The document's point, for distances: from the fresh document, or from the committed
+    /// R-tree (which holds every committed document the fresh layer does not shadow).
+    fn point(&self) -> Option<(f64, f64)> {
+        match &self.source {
+            Source::Fresh(d) => d.geo,
+            Source::Committed(_) => {
+                let key = self.key.as_deref()?;
+                self.partition.geo.as_ref()?.get(key)
+            }
+        }
+    }
+}
+
+/// The row of `key` in a partition as readers see it: the fresh layer, else committed.
+pub fn row_of(p: &crate::shard::PartitionView, key: &str) -> tantivy::Result<Option<RawRow>> {
+    if let Some(e) = p.fresh.docs.get(key) {
+        return Ok(e.doc.as_ref().map(|d| d.raw.clone()));
+    }
+    if p.fresh.truncated {
+        return Ok(None);
+    }
+    crate::partition::lookup(&p.searcher, &p.fields, key)
+        .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))
+}
+
+/// Reciprocal rank fusion of a text and a vector ranking.
+#[derive(Clone, Copy, Debug)]
+pub struct Fusion {
+    /// The RRF constant: a hit at rank r (from 1) of a branch adds `weight / (k + r)`.
+    pub k: f64,
+    pub text_weight: f64,
+    pub vector_weight: f64,
+    /// How deep each branch is read (at least the page asked for).
+    pub window: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct HybridHit {
+    pub key: String,
+    pub region: String,
+    pub score: f64,
+    /// Rank (from 1) in each branch, when the hit is in its window: for debugging.
+    pub text_rank: Option<usize>,
+    pub vector_rank: Option<usize>,
+    pub text_score: Option<f32>,
+    pub vector_score: Option<f64>,
+    /// From the text branch (absent for vector-only hits).
+    pub highlights: Vec<(String, String)>,
+}
+
+/// Text and vector branches over the same scope (both honour the text search's geo filter),
+/// fused by RRF; ties by key.
+pub fn hybrid(
+    view: &ShardView,
+    scope: &Scope,
+    text_search: &TextSearch,
+    vector_query: &VectorQuery,
+    fusion: &Fusion,
+    offset: usize,
+    limit: usize,
+) -> tantivy::Result<Vec<HybridHit>> {
+    let window = fusion.window.max(offset + limit);
+    let text_branch = text(
+        view,
+        scope,
+        &TextSearch {
+            query: text_search.query.clone(),
+            limit: window,
+            offset: 0,
+            filter: text_search.filter.clone(),
+            highlight: text_search.highlight,
+        },
+    )?;
+    let vector_branch = vector(
+        view,
+        scope,
+        &VectorQuery {
+            k: window,
+            ..vector_query.clone()
+        },
+    );
+    let mut fused: HashMap<String, HybridHit> = HashMap::new();
+    for (rank, h) in text_branch.hits.into_iter().enumerate() {
+        let e = fused.entry(h.key.clone()).or_insert_with(|| HybridHit {
+            key: h.key.clone(),
+            region: h.region.clone(),
+            score: 0.0,
+            text_rank: None,
+            vector_rank: None,
+            text_score: None,
+            vector_score: None,
+            highlights: Vec::new(),
+        });
+        e.score += fusion.text_weight / (fusion.k + rank as f64 + 1.0);
+        e.text_rank = Some(rank + 1);
+        e.text_score = Some(h.score);
+        e.highlights = h.highlights;
+    }
+    for (rank, h) in vector_branch.into_iter().enumerate() {
+        let e = fused.entry(h.key.clone()).or_insert_with(|| HybridHit {
+            key: h.key.clone(),
+            region: h.region.clone(),
+            score: 0.0,
+            text_rank: None,
+            vector_rank: None,
+            text_score: None,
+            vector_score: None,
+            highlights: Vec::new(),
+        });
+        e.score += fusion.vector_weight / (fusion.k + rank as f64 + 1.0);
+        e.vector_rank = Some(rank + 1);
+        e.vector_score = Some(h.score);
+    }
+    let mut hits: Vec<HybridHit> = fused.into_values().collect();
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.key.cmp(&b.key)));
+    Ok(hits.into_iter().skip(offset).take(limit).collect())
 }

@@ -925,3 +925,196 @@ fn delete_of(key: &str, columns: usize) -> Change {
     old[0] = Cell::Value(Some(key.into()));
     Change::Delete { index: 0, old }
 }
+
+#[cfg(test)]
+mod text_answers {
+    use super::*;
+    use crate::engine::text::{Operator, TextQuery};
+    use crate::search::{self, Scope, TextSearch};
+
+    fn index() -> ResolvedIndex {
+        let mut ix =
+            crate::catalog::test_index(&["id", "region", "name", "body"], Some(3), None, None);
+        ix.text.insert(
+            0,
+            crate::catalog::TextSpec {
+                column: 2,
+                boost: 2.0,
+                language: None,
+            },
+        );
+        ix
+    }
+
+    fn row(id: u32, region: &str, name: &str, body: &str) -> Change {
+        let cells = [
+            Some(id.to_string()),
+            Some(region.into()),
+            Some(name.into()),
+            Some(body.into()),
+        ];
+        Change::Upsert {
+            index: 0,
+            old_key: None,
+            new: cells.into_iter().map(Cell::Value).collect(),
+        }
+    }
+
+    /// (key@region, score) best first.
+    fn find(view: &ShardView, q: &str, op: Operator) -> Vec<(String, f32)> {
+        let (_, fields) = crate::partition::Fields::schema(&index());
+        let search = TextSearch {
+            query: TextQuery::parse(q, op, &fields.text).unwrap(),
+            limit: 100,
+            offset: 0,
+            filter: None,
+            highlight: true,
+        };
+        let scope = Scope {
+            index: 0,
+            regions: vec![],
+        };
+        search::text(view, &scope, &search)
+            .unwrap()
+            .hits
+            .into_iter()
+            .map(|h| (format!("{}@{}", h.key, h.region), h.score))
+            .collect()
+    }
+
+    fn keys(hits: &[(String, f32)]) -> Vec<&str> {
+        hits.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn fresh_and_committed_documents_rank_alike_and_shadow_correctly() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = Arc::new(ViewCell::default());
+        let limits = MapLimits {
+            max_text_bytes: 10_000,
+            owned_regions: vec![],
+        };
+        let mut shard = Shard::open(
+            dir.path(),
+            vec![index()],
+            limits,
+            16 << 20,
+            Arc::new(Stats::default()),
+            view.clone(),
+            Lsn::ZERO,
+        )
+        .unwrap();
+        let tx = |lsn: u64, changes| Transaction {
+            end_lsn: Lsn(lsn),
+            commit_time_micros: 0,
+            changes,
+        };
+        shard
+            .apply(&tx(
+                10,
+                vec![
+                    row(1, "eu", "Paris", "Capital of France, on the Seine."),
+                    row(
+                        2,
+                        "na",
+                        "Paris",
+                        "A city in Texas named after Paris, France.",
+                    ),
+                    row(
+                        3,
+                        "eu",
+                        "Lyon",
+                        "A city in France on the Rhône; not far from Paris.",
+                    ),
+                    row(4, "as", "東京", "Tokyo, Japan. Also known as 東京都."),
+                    row(5, "eu", "Zürich", "Largest city of Switzerland."),
+                ],
+            ))
+            .unwrap();
+        shard.make_searchable(Lsn(10));
+        let v = view.load().unwrap();
+        let fresh = find(&v, "paris", Operator::And);
+        // The name boost puts the two Parises first (Texas's also says Paris in its body).
+        assert_eq!(keys(&fresh)[..2], ["2@na", "1@eu"]);
+        assert_eq!(keys(&fresh)[2], "3@eu");
+
+        shard.commit().unwrap();
+        let v = view.load().unwrap();
+        let committed = find(&v, "paris", Operator::And);
+        assert_eq!(keys(&committed), keys(&fresh));
+        for ((_, a), (_, b)) in fresh.iter().zip(&committed) {
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs(),
+                "fresh {a} vs committed {b}"
+            );
+        }
+
+        // Query forms.
+        assert_eq!(
+            keys(&find(&v, "\"capital of france\"", Operator::And)),
+            ["1@eu"]
+        );
+        assert_eq!(
+            keys(&find(&v, "\"france capital\"", Operator::And)),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            keys(&find(&v, "paris -texas", Operator::And)),
+            ["1@eu", "3@eu"]
+        );
+        assert_eq!(keys(&find(&v, "name:paris texas", Operator::And)), ["2@na"]);
+        assert_eq!(keys(&find(&v, "zurich", Operator::And)), ["5@eu"], "folded");
+        assert_eq!(keys(&find(&v, "zur*", Operator::And)), ["5@eu"]);
+        assert_eq!(keys(&find(&v, "swizerland~1", Operator::And)), ["5@eu"]);
+        assert!(find(&v, "swizterlnd~1", Operator::And).is_empty());
+        assert_eq!(
+            keys(&find(&v, "京都", Operator::And)),
+            ["4@as"],
+            "CJK bigram"
+        );
+        let mut either = keys(&find(&v, "texas OR tokyo", Operator::And))
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        either.sort();
+        assert_eq!(either, ["2@na", "4@as"]);
+        assert_eq!(find(&v, "texas tokyo", Operator::And).len(), 0);
+        assert_eq!(find(&v, "texas tokyo", Operator::Or).len(), 2);
+
+        // An update that drops the word hides the committed version at once; a delete too.
+        shard
+            .apply(&tx(
+                20,
+                vec![
+                    row(1, "eu", "Paname", "Capital of France."),
+                    delete_of("3", 4),
+                ],
+            ))
+            .unwrap();
+        shard.make_searchable(Lsn(20));
+        let v = view.load().unwrap();
+        assert_eq!(keys(&find(&v, "paris", Operator::And)), ["2@na"]);
+        assert_eq!(keys(&find(&v, "paname", Operator::And)), ["1@eu"]);
+        shard.commit().unwrap();
+        let v = view.load().unwrap();
+        assert_eq!(keys(&find(&v, "paris", Operator::And)), ["2@na"]);
+
+        // Snippets mark the matched words.
+        let (_, fields) = crate::partition::Fields::schema(&index());
+        let search = TextSearch {
+            query: TextQuery::parse("texas", Operator::And, &fields.text).unwrap(),
+            limit: 10,
+            offset: 0,
+            filter: None,
+            highlight: true,
+        };
+        let scope = Scope {
+            index: 0,
+            regions: vec![],
+        };
+        let answer = search::text(&v, &scope, &search).unwrap();
+        assert_eq!(answer.total, 1);
+        assert_eq!(answer.hits[0].highlights.len(), 1);
+        assert!(answer.hits[0].highlights[0].1.contains("<b>Texas</b>"));
+    }
+}

@@ -173,6 +173,11 @@ impl GeoIndex {
         self.by_key.is_empty()
     }
 
+    /// The point of `key`, if it has one.
+    pub fn get(&self, key: &str) -> Option<(f64, f64)> {
+        self.by_key.get(key).copied()
+    }
+
     /// Sets the point of `key`, or removes it.
     pub fn set(&mut self, key: &str, point: Option<(f64, f64)>) {
         if let Some((k, (lat, lon))) = self.by_key.remove_entry(key) {
