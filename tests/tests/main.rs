@@ -5,5 +5,6 @@ mod cdc;
 mod common;
 mod geo;
 mod resilience;
+mod text;
 mod vector;
 mod verify_cmd;
