@@ -23,8 +23,14 @@ pub struct ResolvedIndex {
     pub text: Vec<TextSpec>,
     pub geo: Option<GeoSpec>,
     pub vector: Option<VectorSpec>,
-    pub filters: Vec<usize>,
+    pub filters: Vec<FilterSpec>,
     pub stored: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FilterSpec {
+    pub column: usize,
+    pub kind: crate::engine::filter::FilterKind,
 }
 
 #[derive(Debug, Clone)]
@@ -268,8 +274,17 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
 
     let mut filters = Vec::new();
     for f in &ix.filter_fields {
-        find(f, "filter")?;
-        filters.push(position(f));
+        let c = find(f, "filter")?;
+        let Some(kind) = crate::engine::filter::FilterKind::of_pg_type(&c.type_name) else {
+            return Err(Error::Config(format!(
+                "{at}: filter column {:?} has type {}; filters support integers, real/double/numeric, boolean and text",
+                c.name, c.display_type
+            )));
+        };
+        filters.push(FilterSpec {
+            column: position(f),
+            kind,
+        });
     }
     let mut stored = Vec::new();
     for f in &ix.stored_fields {

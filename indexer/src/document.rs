@@ -19,6 +19,8 @@ pub struct Document {
     pub vector: Option<Vec<f32>>,
     /// Per `ResolvedIndex::text` entry: whether its value is indexed.
     pub text_ok: Vec<bool>,
+    /// Per `ResolvedIndex::filters` entry: its typed value (None when NULL or unparsable).
+    pub filters: Vec<Option<crate::engine::filter::FilterValue>>,
 }
 
 /// A row or field that could not be indexed.
@@ -146,6 +148,21 @@ pub fn map_row(ix: &ResolvedIndex, raw: RawRow, limits: &MapLimits) -> Mapped {
         },
     };
 
+    let filters = ix
+        .filters
+        .iter()
+        .map(|f| match &raw[f.column] {
+            None => None,
+            Some(text) => match f.kind.parse(text) {
+                Ok(v) => Some(v),
+                Err(reason) => {
+                    rejections.push(reject(&key, ix.column_name(f.column), reason));
+                    None
+                }
+            },
+        })
+        .collect();
+
     Mapped::Doc(
         Document {
             key,
@@ -154,6 +171,7 @@ pub fn map_row(ix: &ResolvedIndex, raw: RawRow, limits: &MapLimits) -> Mapped {
             geo,
             vector,
             text_ok,
+            filters,
         },
         rejections,
     )

@@ -271,6 +271,8 @@ struct SearchRequest {
     geo: Option<GeoRequest>,
     vector: Option<VectorRequest>,
     hybrid: Option<HybridRequest>,
+    /// Structured filter on `filter_fields` (see `engine::filter`).
+    filter: Option<Value>,
     #[serde(default = "default_limit")]
     limit: usize,
     #[serde(default)]
@@ -370,22 +372,29 @@ enum GeoRequest {
 
 /// A request field that fails validation: 422 with the field named.
 struct FieldError {
-    field: &'static str,
+    field: std::borrow::Cow<'static, str>,
     message: String,
 }
 
 impl FieldError {
     fn new(field: &'static str, message: impl Into<String>) -> FieldError {
         FieldError {
-            field,
+            field: field.into(),
             message: message.into(),
+        }
+    }
+
+    fn owned(field: String, message: String) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message,
         }
     }
 }
 
 impl IntoResponse for FieldError {
     fn into_response(self) -> Response {
-        error(StatusCode::UNPROCESSABLE_ENTITY, self.field, self.message)
+        error(StatusCode::UNPROCESSABLE_ENTITY, &self.field, self.message)
     }
 }
 
@@ -495,9 +504,14 @@ async fn search(
             format!("offset + limit must be at most {MAX_HITS}"),
         );
     }
-    let query = match plan(
-        ix, req.text, req.geo, req.vector, req.hybrid, req.limit, req.offset,
-    ) {
+    let parts = Parts {
+        text: req.text,
+        geo: req.geo,
+        vector: req.vector,
+        hybrid: req.hybrid,
+        filter: req.filter,
+    };
+    let query = match plan(ix, parts, req.limit, req.offset) {
         Ok(q) => q,
         Err(e) => return e.into_response(),
     };
@@ -521,8 +535,8 @@ async fn search(
         };
         let mut total = None;
         let hits: Vec<Value> = match &query {
-            Planned::Geo(q) => {
-                let hits = crate::search::geo(&view, &scope, q, offset + limit);
+            Planned::Geo(q, f) => {
+                let hits = crate::search::geo_where(&view, &scope, q, offset + limit, f.as_ref())?;
                 hits.iter()
                     .skip(offset)
                     .map(|h| {
@@ -533,7 +547,7 @@ async fn search(
                     })
                     .collect::<tantivy::Result<_>>()?
             }
-            Planned::Vector(q) => crate::search::vector(&view, &scope, q)
+            Planned::Vector(q) => crate::search::vector(&view, &scope, q)?
                 .iter()
                 .skip(offset)
                 .map(|h| {
@@ -621,7 +635,10 @@ fn highlights_json(h: &[(String, String)]) -> Value {
 
 /// What a search request asks the engines for.
 enum Planned {
-    Geo(crate::search::GeoQuery),
+    Geo(
+        crate::search::GeoQuery,
+        Option<crate::engine::filter::Filter>,
+    ),
     Vector(crate::search::VectorQuery),
     Text(crate::search::TextSearch),
     Hybrid(
@@ -655,15 +672,36 @@ fn geo_filter(
 
 /// Validates a request's parts and decides how to answer it: text alone (geo filters it),
 /// vector alone (likewise), text and vector fused by RRF, or geo alone.
-fn plan(
-    ix: &ResolvedIndex,
+/// The query parts of a search request.
+struct Parts {
     text: Option<TextRequest>,
     geo: Option<GeoRequest>,
     vector: Option<VectorRequest>,
     hybrid: Option<HybridRequest>,
+    filter: Option<Value>,
+}
+
+fn plan(
+    ix: &ResolvedIndex,
+    parts: Parts,
     limit: usize,
     offset: usize,
 ) -> Result<Planned, FieldError> {
+    let Parts {
+        text,
+        geo,
+        vector,
+        hybrid,
+        filter,
+    } = parts;
+    let (_, fields) = partition::Fields::schema(ix);
+    let fields_filter = match &filter {
+        None => None,
+        Some(v) => Some(
+            crate::engine::filter::Filter::parse(v, &fields.filters, "filter")
+                .map_err(|e| FieldError::owned(e.path, e.message))?,
+        ),
+    };
     if hybrid.is_some() && (text.is_none() || vector.is_none()) {
         return Err(FieldError::new(
             "hybrid",
@@ -673,7 +711,6 @@ fn plan(
     let text = match text {
         None => None,
         Some(t) => {
-            let (_, fields) = partition::Fields::schema(ix);
             if fields.text.is_empty() {
                 return Err(FieldError::new(
                     "text",
@@ -728,10 +765,19 @@ fn plan(
     };
     Ok(match (text, vector) {
         (None, None) => match geo {
+            // A filter alone browses the matching documents (score 1, by key).
+            None if fields_filter.is_some() => Planned::Text(crate::search::TextSearch {
+                query: crate::engine::text::TextQuery::all(&fields.text),
+                limit,
+                offset,
+                filter: None,
+                fields_filter,
+                highlight: false,
+            }),
             None => {
                 return Err(FieldError::new(
                     "text",
-                    "a text, geo or vector query is required",
+                    "a text, geo, vector or filter query is required",
                 ))
             }
             Some(g) => {
@@ -741,7 +787,7 @@ fn plan(
                         format!("index {:?} has no geo field", ix.name),
                     ));
                 }
-                Planned::Geo(g.validate()?)
+                Planned::Geo(g.validate()?, fields_filter)
             }
         },
         (None, Some(v)) => Planned::Vector(crate::search::VectorQuery {
@@ -750,12 +796,14 @@ fn plan(
             ef: v.ef,
             exact: v.exact,
             filter: geo_filter(ix, geo, "vector")?,
+            fields_filter,
         }),
         (Some((query, highlight)), None) => Planned::Text(crate::search::TextSearch {
             query,
             limit,
             offset,
             filter: geo_filter(ix, geo, "text")?,
+            fields_filter,
             highlight,
         }),
         (Some((query, highlight)), Some(v)) => {
@@ -789,6 +837,7 @@ fn plan(
                     limit,
                     offset,
                     filter: filter.clone(),
+                    fields_filter: fields_filter.clone(),
                     highlight,
                 },
                 crate::search::VectorQuery {
@@ -797,6 +846,7 @@ fn plan(
                     ef: v.ef,
                     exact: v.exact,
                     filter,
+                    fields_filter,
                 },
                 crate::search::Fusion {
                     k: h.k,

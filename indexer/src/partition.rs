@@ -25,6 +25,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDo
 use crate::catalog::ResolvedIndex;
 use crate::document::{content_hash, Document, RawRow};
 use crate::engine::analyzer;
+use crate::engine::filter::{FilterField, FilterKind, FilterValue};
 use crate::engine::geo::GeoIndex;
 use crate::engine::graph::{Graph, GraphJob};
 use crate::engine::vector::VectorStore;
@@ -43,6 +44,8 @@ pub struct Fields {
     pub lon: Option<Field>,
     /// The vector as little-endian f32 bytes (fast field: loaded at start without parsing).
     pub vector: Option<Field>,
+    /// One per `ResolvedIndex::filters` entry: `f_<column>`, typed, indexed and fast.
+    pub filters: Vec<FilterField>,
 }
 
 /// A text field of the schema, as configured.
@@ -96,6 +99,26 @@ impl Fields {
             None => (None, None),
         };
         let vector = ix.vector.map(|_| b.add_bytes_field("_vec", FAST));
+        let filters = ix
+            .filters
+            .iter()
+            .map(|f| {
+                let name = ix.column_name(f.column).to_owned();
+                let fname = format!("f_{name}");
+                let field = match f.kind {
+                    FilterKind::Int => b.add_i64_field(&fname, INDEXED | FAST),
+                    FilterKind::Float => b.add_f64_field(&fname, INDEXED | FAST),
+                    FilterKind::Bool => b.add_bool_field(&fname, INDEXED | FAST),
+                    FilterKind::Text => b.add_text_field(&fname, STRING | FAST),
+                };
+                FilterField {
+                    field,
+                    name,
+                    kind: f.kind,
+                    column: f.column,
+                }
+            })
+            .collect();
         (
             b.build(),
             Fields {
@@ -105,6 +128,7 @@ impl Fields {
                 lat,
                 lon,
                 vector,
+                filters,
             },
         )
     }
@@ -645,6 +669,15 @@ impl Partition {
         {
             doc.add_f64(flat, lat);
             doc.add_f64(flon, lon);
+        }
+        for (f, v) in self.fields.filters.iter().zip(&d.filters) {
+            match v {
+                None => {}
+                Some(FilterValue::Int(i)) => doc.add_i64(f.field, *i),
+                Some(FilterValue::Float(x)) => doc.add_f64(f.field, *x),
+                Some(FilterValue::Bool(b)) => doc.add_bool(f.field, *b),
+                Some(FilterValue::Text(s)) => doc.add_text(f.field, s),
+            }
         }
         if let (Some(v), Some(field)) = (&d.vector, self.fields.vector) {
             let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();

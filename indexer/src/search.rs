@@ -7,6 +7,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use crate::document::RawRow;
+use crate::engine::filter::Filter;
 use crate::engine::geo::{haversine_m, BBox};
 use crate::engine::text::{Statistics, TextQuery};
 use crate::engine::vector::{self, Scored, TopK};
@@ -50,6 +51,17 @@ fn order(a: &GeoHit, b: &GeoHit) -> Ordering {
 
 /// Hits sorted by distance (then key), at most `limit`.
 pub fn geo(view: &ShardView, scope: &Scope, query: &GeoQuery, limit: usize) -> Vec<GeoHit> {
+    geo_where(view, scope, query, limit, None).expect("no filter, no index reads")
+}
+
+/// `geo`, among documents passing a structured filter.
+pub fn geo_where(
+    view: &ShardView,
+    scope: &Scope,
+    query: &GeoQuery,
+    limit: usize,
+    filter: Option<&Filter>,
+) -> tantivy::Result<Vec<GeoHit>> {
     let mut hits = Vec::new();
     let (lat, lon) = match query {
         GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
@@ -63,7 +75,12 @@ pub fn geo(view: &ShardView, scope: &Scope, query: &GeoQuery, limit: usize) -> V
         if !scope.covers(*index, region) {
             continue;
         }
+        let allowed = filter.map(|f| filter_allowed(p, f)).transpose()?;
+        let passes = |key: &str| allowed.as_ref().is_none_or(|a| a.contains(key));
         let mut push = |key: &str, distance_m: f64| {
+            if !passes(key) {
+                return;
+            }
             hits.push(GeoHit {
                 key: key.to_owned(),
                 region: region.clone(),
@@ -86,7 +103,7 @@ pub fn geo(view: &ShardView, scope: &Scope, query: &GeoQuery, limit: usize) -> V
                 GeoQuery::Nearest { .. } => {
                     for (k, d) in g
                         .nearest(lat, lon)
-                        .filter(|(k, _)| !p.fresh.shadows(k))
+                        .filter(|(k, _)| !p.fresh.shadows(k) && passes(k))
                         .take(want)
                     {
                         push(k, d);
@@ -112,7 +129,58 @@ pub fn geo(view: &ShardView, scope: &Scope, query: &GeoQuery, limit: usize) -> V
     }
     hits.sort_by(order);
     hits.truncate(want);
-    hits
+    Ok(hits)
+}
+
+/// Keys of a partition whose documents pass a structured filter: committed (unless
+/// shadowed) and fresh.
+pub fn filter_allowed(
+    p: &crate::shard::PartitionView,
+    filter: &Filter,
+) -> tantivy::Result<std::collections::HashSet<String>> {
+    let mut allowed = std::collections::HashSet::new();
+    if !p.fresh.truncated {
+        let q = filter.to_tantivy(&p.fields.filters);
+        let docs = p
+            .searcher
+            .search(&*q, &tantivy::collector::DocSetCollector)?;
+        let mut key = String::new();
+        for addr in docs {
+            let segment = p.searcher.segment_reader(addr.segment_ord);
+            let Some(keys) = segment.fast_fields().str("_key")? else {
+                continue;
+            };
+            let Some(ord) = keys.term_ords(addr.doc_id).next() else {
+                continue;
+            };
+            key.clear();
+            keys.ord_to_str(ord, &mut key)?;
+            if !p.fresh.docs.contains_key(key.as_str()) {
+                allowed.insert(key.clone());
+            }
+        }
+    }
+    for (key, e) in &p.fresh.docs {
+        if e.doc.as_ref().is_some_and(|d| filter.matches(&d.filters)) {
+            allowed.insert(key.clone());
+        }
+    }
+    Ok(allowed)
+}
+
+/// Keys passing both optional filters (None: no restriction).
+fn allowed_keys(
+    p: &crate::shard::PartitionView,
+    geo: Option<&GeoQuery>,
+    fields: Option<&Filter>,
+) -> tantivy::Result<Option<std::collections::HashSet<String>>> {
+    let g = geo.map(|g| geo_allowed(p, g));
+    let f = fields.map(|f| filter_allowed(p, f)).transpose()?;
+    Ok(match (g, f) {
+        (None, None) => None,
+        (Some(a), None) | (None, Some(a)) => Some(a),
+        (Some(a), Some(b)) => Some(a.intersection(&b).cloned().collect()),
+    })
 }
 
 /// k-nearest neighbours of `values` (of the index's dimension), optionally among documents
@@ -127,6 +195,8 @@ pub struct VectorQuery {
     pub exact: bool,
     /// Only documents within this radius or box (`Nearest` is not a filter).
     pub filter: Option<GeoQuery>,
+    /// Only documents passing this structured filter.
+    pub fields_filter: Option<Filter>,
 }
 
 /// A filter passing at most this many documents of a partition is searched exactly: cheaper
@@ -180,7 +250,11 @@ fn geo_allowed(
 }
 
 /// The `k` closest documents over every partition in scope, best first (ties by key).
-pub fn vector(view: &ShardView, scope: &Scope, query: &VectorQuery) -> Vec<VectorHit> {
+pub fn vector(
+    view: &ShardView,
+    scope: &Scope,
+    query: &VectorQuery,
+) -> tantivy::Result<Vec<VectorHit>> {
     let q_inv = vector::inv_norm(&query.values);
     let mut top = TopK::new(query.k);
     let mut regions: std::collections::HashMap<std::sync::Arc<str>, String> =
@@ -191,7 +265,7 @@ pub fn vector(view: &ShardView, scope: &Scope, query: &VectorQuery) -> Vec<Vecto
         }
         let Some(store) = &p.vectors else { continue };
         let metric = store.metric();
-        let allowed = query.filter.as_ref().map(|f| geo_allowed(p, f));
+        let allowed = allowed_keys(p, query.filter.as_ref(), query.fields_filter.as_ref())?;
         let passes = |key: &str| allowed.as_ref().is_none_or(|a| a.contains(key));
         let mut found: Vec<Scored> = Vec::new();
         let selective = allowed
@@ -278,14 +352,15 @@ pub fn vector(view: &ShardView, scope: &Scope, query: &VectorQuery) -> Vec<Vecto
             }
         }
     }
-    top.into_sorted()
+    Ok(top
+        .into_sorted()
         .into_iter()
         .map(|h| VectorHit {
             region: regions.get(&h.key).cloned().unwrap_or_default(),
             key: h.key.to_string(),
             score: h.score,
         })
-        .collect()
+        .collect())
 }
 
 /// A full-text query over a scope, optionally among documents within a radius or box.
@@ -297,6 +372,8 @@ pub struct TextSearch {
     /// Only documents passing this geo filter (`Nearest` is not a filter); hits then carry
     /// their distance from its centre.
     pub filter: Option<GeoQuery>,
+    /// Only documents passing this structured filter.
+    pub fields_filter: Option<Filter>,
     /// Highlighted snippets (HTML, matches in `<b>`) per text field.
     pub highlight: bool,
 }
@@ -350,6 +427,10 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
         .iter()
         .map(|(_, p)| search.filter.as_ref().map(|f| geo_allowed(p, f)))
         .collect();
+    let fields_filter = match (parts.first(), &search.fields_filter) {
+        (Some((_, p)), Some(f)) => Some(f.to_tantivy(&p.fields.filters)),
+        _ => None,
+    };
 
     // Statistics: committed segments of every partition, plus the fresh documents.
     // (term, text field position, token) of every BM25 term of the query.
@@ -412,6 +493,9 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
                     .map(|k| tantivy::Term::from_field_text(p.fields.key, k));
                 clauses.push((Occur::Must, Box::new(TermSetQuery::new(keys))));
             }
+            if let Some(f) = &fields_filter {
+                clauses.push((Occur::Must, f.box_clone()));
+            }
             let q = BooleanQuery::new(clauses);
             let (top, count) = p.searcher.search_with_statistics_provider(
                 &q,
@@ -431,7 +515,12 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
             let (Some(doc), Some(tokens)) = (&e.doc, e.tokens(&p.fields)) else {
                 continue;
             };
-            if allowed.as_ref().is_some_and(|a| !a.contains(key)) {
+            if allowed.as_ref().is_some_and(|a| !a.contains(key))
+                || search
+                    .fields_filter
+                    .as_ref()
+                    .is_some_and(|f| !f.matches(&doc.filters))
+            {
                 continue;
             }
             if let Some(score) = query.score(tokens) {
@@ -595,6 +684,7 @@ pub fn hybrid(
             limit: window,
             offset: 0,
             filter: text_search.filter.clone(),
+            fields_filter: text_search.fields_filter.clone(),
             highlight: text_search.highlight,
         },
     )?;
@@ -605,7 +695,7 @@ pub fn hybrid(
             k: window,
             ..vector_query.clone()
         },
-    );
+    )?;
     let mut fused: HashMap<String, HybridHit> = HashMap::new();
     for (rank, h) in text_branch.hits.into_iter().enumerate() {
         let e = fused.entry(h.key.clone()).or_insert_with(|| HybridHit {

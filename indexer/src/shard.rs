@@ -818,8 +818,9 @@ mod engine_answers {
             ef: None,
             exact: false,
             filter: None,
+            fields_filter: None,
         };
-        let vec = search::vector(view, &scope, &q);
+        let vec = search::vector(view, &scope, &q).unwrap();
         let mut g: Vec<String> = geo
             .into_iter()
             .map(|h| format!("{}@{}", h.key, h.region))
@@ -968,6 +969,7 @@ mod text_answers {
             limit: 100,
             offset: 0,
             filter: None,
+            fields_filter: None,
             highlight: true,
         };
         let scope = Scope {
@@ -1106,6 +1108,7 @@ mod text_answers {
             limit: 10,
             offset: 0,
             filter: None,
+            fields_filter: None,
             highlight: true,
         };
         let scope = Scope {

@@ -77,7 +77,7 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
              [apply]\nwriter_memory_mb = 32\ncommit_interval_ms = 60000\n\
              [[index]]\nname = \"places\"\ntable = \"places\"\nregion = \"region\"\n\
              text_fields = [{{ column = \"name\", boost = 2.0 }}, \"body\"]\ngeo = {{ lat = \"lat\", lon = \"lon\" }}\n\
-             stored_fields = [\"name\"]\n",
+             filter_fields = [\"population\", \"country_code\"]\nstored_fields = [\"name\"]\n",
             pg.url(&db),
             uniq_name("text"),
             dir.path().join("data").display()
@@ -186,6 +186,8 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
              UPDATE places SET body = 'nothing to see' WHERE id % 37 = 0 AND id % 3 = 0;
              UPDATE places SET region = CASE region WHEN 'asia' THEN 'europe' ELSE 'asia' END WHERE id % 31 = 0;
              UPDATE places SET name = name || ' Marker2' WHERE id % 29 = 0;
+             UPDATE places SET population = population + 1000000 WHERE id % 23 = 0;
+             UPDATE places SET country_code = 'FR' WHERE id % 19 = 0;
              DELETE FROM places WHERE id % 41 = 0;",
         )
         .await?;
@@ -205,6 +207,83 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
             assert_eq!(got.total as usize, want.len(), "{round} {word}: total");
             answers.push(got.ids);
         }
+        // Structured filters, alone, with text and with geo, equal SQL.
+        let sql_ids = |sql: String| {
+            let client = &client;
+            async move {
+                Ok::<BTreeSet<i64>, anyhow::Error>(
+                    client
+                        .query(&sql, &[])
+                        .await?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect(),
+                )
+            }
+        };
+        let filter = json!({"and": [{"in": {"country_code": ["FR", "DE"]}},
+                                    {"range": {"population": {"gte": 200000}}},
+                                    {"not": {"term": {"country_code": "DE"}}}]});
+        let want = sql_ids(
+            "SELECT id FROM places WHERE country_code = 'FR' AND population >= 200000".into(),
+        )
+        .await?;
+        let got = search(
+            &ix,
+            json!({"index": "places", "filter": filter, "limit": 5000}),
+        )
+        .await?;
+        assert_eq!(
+            got.ids.iter().copied().collect::<BTreeSet<_>>(),
+            want,
+            "{round}: filter"
+        );
+        assert_eq!(got.total as usize, want.len(), "{round}: filter total");
+        let city_de: BTreeSet<i64> = oracle(&client, "city")
+            .await?
+            .intersection(
+                &sql_ids("SELECT id FROM places WHERE country_code IN ('DE', 'AT')".into()).await?,
+            )
+            .copied()
+            .collect();
+        let got = search(
+            &ix,
+            json!({"index": "places", "text": {"q": "city"}, "filter": {"in": {"country_code": ["DE", "AT"]}}, "limit": 5000}),
+        )
+        .await?;
+        assert_eq!(
+            got.ids.iter().copied().collect::<BTreeSet<_>>(),
+            city_de,
+            "{round}: text + filter"
+        );
+        let big = sql_ids("SELECT id FROM places WHERE population > 1000000".into()).await?;
+        let geo = json!({"within": {"lat": 48.8566, "lon": 2.3522, "radius_m": 1500000.0}});
+        let all_near = search(&ix, json!({"index": "places", "geo": geo, "limit": 5000})).await?;
+        let big_near = search(
+            &ix,
+            json!({"index": "places", "geo": geo, "filter": {"range": {"population": {"gt": 1000000}}}, "limit": 5000}),
+        )
+        .await?;
+        let want: Vec<i64> = all_near
+            .ids
+            .iter()
+            .filter(|id| big.contains(id))
+            .copied()
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(big_near.ids, want, "{round}: geo + filter");
+        let bad: Value = reqwest::Client::new()
+            .post(format!("{}/internal/search", ix.url))
+            .json(&json!({"index": "places", "filter": {"and": [{"range": {"population": {"gte": "many"}}}]}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(
+            bad["error"]["field"], "filter.and[0].range.population.gte",
+            "{bad}"
+        );
+
         // One answer, phrased two ways: OR equals the union.
         let either = text(&ix, "marker0 OR marker1", 5000).await?;
         let union: BTreeSet<i64> = oracle(&client, "marker0")

@@ -147,13 +147,11 @@ impl Tokenizer for WordTokenizer {
             while i < chars.len() && is_word(chars[i].1) && is_cjk(chars[i].1) == cjk {
                 i += 1;
             }
-            if !cjk {
-                push(&mut self.tokens, chars[start].0, end_of(i));
-            } else if i - start == 1 {
+            if !cjk || i - start == 1 {
                 push(&mut self.tokens, chars[start].0, end_of(i));
             } else {
-                for j in start..i - 1 {
-                    push(&mut self.tokens, chars[j].0, end_of(j + 2));
+                for (j, &(offset, _)) in chars.iter().enumerate().take(i - 1).skip(start) {
+                    push(&mut self.tokens, offset, end_of(j + 2));
                 }
             }
         }

@@ -244,6 +244,14 @@ impl TextQuery {
         })
     }
 
+    /// Matches every document, with score 1 (for filter-only searches).
+    pub fn all(text: &[TextField]) -> TextQuery {
+        TextQuery {
+            root: Node::All,
+            fields: text.iter().map(|t| t.field).collect(),
+        }
+    }
+
     /// Every (field, token) the query scores with BM25, for statistics.
     pub fn terms(&self) -> Vec<Term> {
         let mut out = Vec::new();

@@ -309,13 +309,12 @@ fn main() -> Result<()> {
                     ef: None,
                     exact: true,
                     filter: None,
+                    fields_filter: None,
                 },
             )
-            .into_iter()
-            .map(|h| h.key)
-            .collect()
+            .map(|hits| hits.into_iter().map(|h| h.key).collect())
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let mut ms = Vec::new();
     for q in &queries {
         let t = Instant::now();
@@ -328,8 +327,9 @@ fn main() -> Result<()> {
                 ef: None,
                 exact: true,
                 filter: None,
+                fields_filter: None,
             },
-        );
+        )?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     report(
@@ -350,8 +350,9 @@ fn main() -> Result<()> {
                     ef: Some(ef),
                     exact: false,
                     filter: None,
+                    fields_filter: None,
                 },
-            );
+            )?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
             recall += got.iter().filter(|h| want.contains(&h.key)).count() as f64 / 10.0;
         }
