@@ -63,7 +63,10 @@ fn index() -> ResolvedIndex {
             dimension: 384,
             metric: Metric::Cosine,
         }),
-        filters: vec![],
+        filters: vec![indexer::catalog::FilterSpec {
+            column: 4,
+            kind: indexer::engine::filter::FilterKind::Int,
+        }],
         stored: vec![],
     }
 }
@@ -284,6 +287,78 @@ fn main() -> Result<()> {
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     report(&mut out, format!("geo nearest k=10: {}", percentiles(ms)));
+
+    // Text: the dev query file by kind (top 10, with snippets), and one filtered query.
+    let (_, fields) = indexer::partition::Fields::schema(&index());
+    let text_queries = e2e::dev_data::queries("queries_text.jsonl")?;
+    let mut by_kind: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for q in &text_queries {
+        let query = indexer::engine::text::TextQuery::parse(
+            q["query"].as_str().unwrap_or_default(),
+            indexer::engine::text::Operator::And,
+            &fields.text,
+        )?;
+        let t = Instant::now();
+        search::text(
+            &v,
+            &scope,
+            &search::TextSearch {
+                query,
+                limit: 10,
+                offset: 0,
+                filter: None,
+                fields_filter: None,
+                highlight: true,
+            },
+        )?;
+        by_kind
+            .entry(q["kind"].as_str().unwrap_or("?").to_owned())
+            .or_default()
+            .push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    for (kind, ms) in by_kind {
+        report(
+            &mut out,
+            format!("text {kind} (top 10 + snippets): {}", percentiles(ms)),
+        );
+    }
+    let big = indexer::engine::filter::Filter::parse(
+        &serde_json::json!({"range": {"population": {"gte": 100000}}}),
+        &fields.filters,
+        "filter",
+    )
+    .map_err(|e| anyhow::anyhow!(e.message))?;
+    let mut ms = Vec::new();
+    for word in ["city", "river", "capital", "island", "north"] {
+        let query = indexer::engine::text::TextQuery::parse(
+            word,
+            indexer::engine::text::Operator::And,
+            &fields.text,
+        )?;
+        for _ in 0..20 {
+            let t = Instant::now();
+            search::text(
+                &v,
+                &scope,
+                &search::TextSearch {
+                    query: query.clone(),
+                    limit: 10,
+                    offset: 0,
+                    filter: None,
+                    fields_filter: Some(big.clone()),
+                    highlight: true,
+                },
+            )?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    report(
+        &mut out,
+        format!(
+            "text common word + filter population >= 100k (top 10): {}",
+            percentiles(ms)
+        ),
+    );
 
     // Vector: the 200 held-out query sentences; recall@10 against exact mode, by ef.
     let queries: Vec<Vec<f32>> = e2e::dev_data::queries("queries_vector.jsonl")?
