@@ -273,11 +273,43 @@ struct SearchRequest {
     hybrid: Option<HybridRequest>,
     /// Structured filter on `filter_fields` (see `engine::filter`).
     filter: Option<Value>,
+    /// Order text or filter results by a filter field instead of by score.
+    sort: Option<SortRequest>,
+    /// Value counts of filter fields over the matching set (text or filter searches).
+    #[serde(default)]
+    facets: Vec<FacetRequest>,
     #[serde(default = "default_limit")]
     limit: usize,
     #[serde(default)]
     offset: usize,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SortRequest {
+    field: String,
+    #[serde(default)]
+    order: SortOrder,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum SortOrder {
+    #[default]
+    Asc,
+    Desc,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FacetRequest {
+    field: String,
+    #[serde(default = "default_limit")]
+    size: usize,
+}
+
+/// Most values one facet returns.
+pub const MAX_FACET_SIZE: usize = 1_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -510,6 +542,8 @@ async fn search(
         vector: req.vector,
         hybrid: req.hybrid,
         filter: req.filter,
+        sort: req.sort,
+        facets: req.facets,
     };
     let query = match plan(ix, parts, req.limit, req.offset) {
         Ok(q) => q,
@@ -534,6 +568,7 @@ async fn search(
                 .unwrap_or(Value::Null))
         };
         let mut total = None;
+        let mut facets = None;
         let hits: Vec<Value> = match &query {
             Planned::Geo(q, f) => {
                 let hits = crate::search::geo_where(&view, &scope, q, offset + limit, f.as_ref())?;
@@ -558,6 +593,22 @@ async fn search(
             Planned::Text(q) => {
                 let answer = crate::search::text(&view, &scope, q)?;
                 total = Some(answer.total);
+                if !q.facets.is_empty() {
+                    let (_, fields) = partition::Fields::schema(&ix);
+                    facets = Some(Value::Object(
+                        q.facets
+                            .iter()
+                            .zip(&answer.facets)
+                            .map(|(&(f, _), values)| {
+                                let buckets: Vec<Value> = values
+                                    .iter()
+                                    .map(|(v, n)| json!({"value": v.to_json(), "count": n}))
+                                    .collect();
+                                (fields.filters[f].name.clone(), Value::Array(buckets))
+                            })
+                            .collect(),
+                    ));
+                }
                 answer
                     .hits
                     .iter()
@@ -569,6 +620,10 @@ async fn search(
                         }
                         if let Some(d) = h.distance_m {
                             hit["distance_m"] = json!(d);
+                        }
+                        if q.sort.is_some() {
+                            hit["sort_value"] =
+                                h.sort_value.as_ref().map_or(Value::Null, |k| k.to_json());
                         }
                         hit
                     })
@@ -593,6 +648,9 @@ async fn search(
         let mut body = json!({"applied_lsn": view.applied.to_string(), "hits": hits});
         if let Some(t) = total {
             body["total"] = json!(t);
+        }
+        if let Some(f) = facets {
+            body["facets"] = f;
         }
         Ok(body)
     })
@@ -679,6 +737,30 @@ struct Parts {
     vector: Option<VectorRequest>,
     hybrid: Option<HybridRequest>,
     filter: Option<Value>,
+    sort: Option<SortRequest>,
+    facets: Vec<FacetRequest>,
+}
+
+/// The position of a filter field named in `sort` or `facets`.
+fn filter_field(
+    fields: &partition::Fields,
+    name: &str,
+    at: &'static str,
+) -> Result<usize, FieldError> {
+    fields
+        .filters
+        .iter()
+        .position(|f| f.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = fields.filters.iter().map(|f| f.name.as_str()).collect();
+            FieldError::new(
+                at,
+                format!(
+                    "{name:?} is not a filter field (filter fields: {})",
+                    known.join(", ")
+                ),
+            )
+        })
 }
 
 fn plan(
@@ -693,8 +775,45 @@ fn plan(
         vector,
         hybrid,
         filter,
+        sort,
+        facets,
     } = parts;
     let (_, fields) = partition::Fields::schema(ix);
+    let sort = match sort {
+        None => None,
+        Some(s) => Some(crate::search::SortBy {
+            field: filter_field(&fields, &s.field, "sort.field")?,
+            descending: s.order == SortOrder::Desc,
+        }),
+    };
+    if facets.len() > 16 {
+        return Err(FieldError::new("facets", "at most 16 facets"));
+    }
+    let mut facet_list = Vec::new();
+    for f in &facets {
+        if f.size == 0 || f.size > MAX_FACET_SIZE {
+            return Err(FieldError::new(
+                "facets.size",
+                format!("size must be in 1..={MAX_FACET_SIZE}"),
+            ));
+        }
+        facet_list.push((filter_field(&fields, &f.field, "facets.field")?, f.size));
+    }
+    let ranked_elsewhere = |what: &str| -> Result<(), FieldError> {
+        if sort.is_some() {
+            return Err(FieldError::owned(
+                "sort".into(),
+                format!("sort applies to text or filter searches, not {what}"),
+            ));
+        }
+        if !facet_list.is_empty() {
+            return Err(FieldError::owned(
+                "facets".into(),
+                format!("facets apply to text or filter searches, not {what}"),
+            ));
+        }
+        Ok(())
+    };
     let fields_filter = match &filter {
         None => None,
         Some(v) => Some(
@@ -773,6 +892,8 @@ fn plan(
                 filter: None,
                 fields_filter,
                 highlight: false,
+                sort,
+                facets: facet_list,
             }),
             None => {
                 return Err(FieldError::new(
@@ -787,17 +908,21 @@ fn plan(
                         format!("index {:?} has no geo field", ix.name),
                     ));
                 }
+                ranked_elsewhere("geo searches (sorted by distance)")?;
                 Planned::Geo(g.validate()?, fields_filter)
             }
         },
-        (None, Some(v)) => Planned::Vector(crate::search::VectorQuery {
-            k: v.k.min(offset + limit),
-            values: v.values,
-            ef: v.ef,
-            exact: v.exact,
-            filter: geo_filter(ix, geo, "vector")?,
-            fields_filter,
-        }),
+        (None, Some(v)) => {
+            ranked_elsewhere("vector searches")?;
+            Planned::Vector(crate::search::VectorQuery {
+                k: v.k.min(offset + limit),
+                values: v.values,
+                ef: v.ef,
+                exact: v.exact,
+                filter: geo_filter(ix, geo, "vector")?,
+                fields_filter,
+            })
+        }
         (Some((query, highlight)), None) => Planned::Text(crate::search::TextSearch {
             query,
             limit,
@@ -805,8 +930,11 @@ fn plan(
             filter: geo_filter(ix, geo, "text")?,
             fields_filter,
             highlight,
+            sort,
+            facets: facet_list,
         }),
         (Some((query, highlight)), Some(v)) => {
+            ranked_elsewhere("hybrid searches")?;
             let h = hybrid.unwrap_or(HybridRequest {
                 k: default_rrf_k(),
                 weights: Weights::default(),
@@ -839,6 +967,8 @@ fn plan(
                     filter: filter.clone(),
                     fields_filter: fields_filter.clone(),
                     highlight,
+                    sort: None,
+                    facets: Vec::new(),
                 },
                 crate::search::VectorQuery {
                     k: v.k,

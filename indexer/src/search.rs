@@ -7,6 +7,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use crate::document::RawRow;
+use crate::engine::fields::{self, add_counts, FacetCollector, FacetCounts, Key, SortCollector};
 use crate::engine::filter::Filter;
 use crate::engine::geo::{haversine_m, BBox};
 use crate::engine::text::{Statistics, TextQuery};
@@ -376,14 +377,28 @@ pub struct TextSearch {
     pub fields_filter: Option<Filter>,
     /// Highlighted snippets (HTML, matches in `<b>`) per text field.
     pub highlight: bool,
+    /// Order by a filter field instead of by score.
+    pub sort: Option<SortBy>,
+    /// Value counts over the whole matching set: (filter field position, how many values).
+    pub facets: Vec<(usize, usize)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SortBy {
+    /// Position in `Fields::filters`.
+    pub field: usize,
+    pub descending: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct TextHit {
     pub key: String,
     pub region: String,
-    /// BM25 with per-field boosts; comparable across the partitions of one answer.
-    pub score: f32,
+    /// BM25 with per-field boosts; comparable across the partitions of one answer. None
+    /// when sorted by a field (segments are then not scored).
+    pub score: Option<f32>,
+    /// The sort field's value, when sorted by one.
+    pub sort_value: Option<Key>,
     /// The configured columns' values (the document store).
     pub row: RawRow,
     /// (text field name, snippet HTML) for fields with a match, when asked.
@@ -395,6 +410,8 @@ pub struct TextHit {
 pub struct TextAnswer {
     pub hits: Vec<TextHit>,
     pub total: u64,
+    /// Per requested facet: (value, count), most frequent first.
+    pub facets: Vec<Vec<(Key, u64)>>,
 }
 
 enum Source {
@@ -403,7 +420,8 @@ enum Source {
 }
 
 struct Candidate<'a> {
-    score: f32,
+    score: Option<f32>,
+    sort_key: Option<Key>,
     key: Option<String>,
     partition: &'a crate::shard::PartitionView,
     region: &'a str,
@@ -476,6 +494,15 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
 
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut total = 0u64;
+    let mut facet_counts: FacetCounts = vec![HashMap::new(); search.facets.len()];
+    let facet_fields =
+        |p: &crate::shard::PartitionView| -> Vec<crate::engine::filter::FilterField> {
+            search
+                .facets
+                .iter()
+                .map(|&(f, _)| p.fields.filters[f].clone())
+                .collect()
+        };
     for ((region, p), allowed) in parts.iter().zip(&allowed) {
         if !p.fresh.truncated {
             let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, tq.box_clone())];
@@ -497,19 +524,52 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
                 clauses.push((Occur::Must, f.box_clone()));
             }
             let q = BooleanQuery::new(clauses);
-            let (top, count) = p.searcher.search_with_statistics_provider(
-                &q,
-                &(TopDocs::with_limit(want.max(1)).order_by_score(), Count),
-                &stats,
-            )?;
+            let facets = FacetCollector {
+                fields: facet_fields(p),
+            };
+            let (found, count, counts) = match search.sort {
+                None => {
+                    let (top, count, counts) = p.searcher.search_with_statistics_provider(
+                        &q,
+                        &(
+                            TopDocs::with_limit(want.max(1)).order_by_score(),
+                            Count,
+                            facets,
+                        ),
+                        &stats,
+                    )?;
+                    let found: Vec<(Option<f32>, Option<Key>, tantivy::DocAddress)> = top
+                        .into_iter()
+                        .map(|(score, addr)| (Some(score), None, addr))
+                        .collect();
+                    (found, count, counts)
+                }
+                Some(sort) => {
+                    let sorter = SortCollector {
+                        field: p.fields.filters[sort.field].clone(),
+                        descending: sort.descending,
+                        limit: want,
+                    };
+                    let (top, count, counts) = p.searcher.search(&q, &(sorter, Count, facets))?;
+                    let found = top
+                        .into_iter()
+                        .map(|(key, addr)| (None, key, addr))
+                        .collect();
+                    (found, count, counts)
+                }
+            };
             total += count as u64;
-            candidates.extend(top.into_iter().map(|(score, addr)| Candidate {
-                score,
-                key: None,
-                partition: p,
-                region,
-                source: Source::Committed(addr),
-            }));
+            add_counts(&mut facet_counts, counts);
+            for (score, sort_key, addr) in found {
+                candidates.push(Candidate {
+                    score,
+                    sort_key,
+                    key: Some(committed_key(&p.searcher, addr)?),
+                    partition: p,
+                    region,
+                    source: Source::Committed(addr),
+                });
+            }
         }
         for (key, e) in &p.fresh.docs {
             let (Some(doc), Some(tokens)) = (&e.doc, e.tokens(&p.fields)) else {
@@ -525,8 +585,16 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
             }
             if let Some(score) = query.score(tokens) {
                 total += 1;
+                for (counts, &(f, _)) in facet_counts.iter_mut().zip(&search.facets) {
+                    if let Some(v) = &doc.filters[f] {
+                        *counts.entry(Key::of(v)).or_default() += 1;
+                    }
+                }
                 candidates.push(Candidate {
-                    score,
+                    score: Some(score),
+                    sort_key: search
+                        .sort
+                        .and_then(|s| doc.filters[s.field].as_ref().map(Key::of)),
                     key: Some(key.clone()),
                     partition: p,
                     region,
@@ -535,29 +603,14 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
             }
         }
     }
-    // Keys of committed candidates, for the tie-break and the answer.
-    let mut rows: Vec<Option<RawRow>> = Vec::with_capacity(candidates.len());
-    for c in &mut candidates {
-        match &c.source {
-            Source::Committed(addr) => {
-                let doc: tantivy::TantivyDocument = c.partition.searcher.doc(*addr)?;
-                let key = doc
-                    .get_first(c.partition.fields.key)
-                    .and_then(|v| tantivy::schema::Value::as_str(&v))
-                    .unwrap_or_default()
-                    .to_owned();
-                c.key = Some(key);
-                rows.push(crate::partition::decode_source(&doc, &c.partition.fields).ok());
-            }
-            Source::Fresh(d) => rows.push(Some(d.raw.clone())),
-        }
-    }
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by(|&a, &b| {
-        candidates[b]
-            .score
-            .total_cmp(&candidates[a].score)
-            .then_with(|| candidates[a].key.cmp(&candidates[b].key))
+        let (a, b) = (&candidates[a], &candidates[b]);
+        let first = match search.sort {
+            Some(s) => fields::compare(&a.sort_key, &b.sort_key, s.descending),
+            None => b.score.unwrap_or(0.0).total_cmp(&a.score.unwrap_or(0.0)),
+        };
+        first.then_with(|| a.key.cmp(&b.key))
     });
     let centre = search.filter.as_ref().map(|f| match f {
         GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
@@ -568,7 +621,13 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
     let mut hits = Vec::new();
     for &i in order.iter().skip(search.offset).take(search.limit) {
         let c = &candidates[i];
-        let row = rows[i].take().unwrap_or_default();
+        let row = match &c.source {
+            Source::Committed(addr) => {
+                let doc: tantivy::TantivyDocument = c.partition.searcher.doc(*addr)?;
+                crate::partition::decode_source(&doc, &c.partition.fields).unwrap_or_default()
+            }
+            Source::Fresh(d) => d.raw.clone(),
+        };
         let mut highlights = Vec::new();
         if search.highlight {
             let pi = parts
@@ -605,12 +664,37 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
             key: c.key.clone().unwrap_or_default(),
             region: c.region.to_owned(),
             score: c.score,
+            sort_value: c.sort_key.clone(),
             row,
             highlights,
             distance_m,
         });
     }
-    Ok(TextAnswer { hits, total })
+    let facets = facet_counts
+        .iter()
+        .zip(&search.facets)
+        .map(|(counts, &(_, size))| fields::top_values(counts, size))
+        .collect();
+    Ok(TextAnswer {
+        hits,
+        total,
+        facets,
+    })
+}
+
+/// The key of a committed document, from the `_key` fast field.
+fn committed_key(
+    searcher: &tantivy::Searcher,
+    addr: tantivy::DocAddress,
+) -> tantivy::Result<String> {
+    let segment = searcher.segment_reader(addr.segment_ord);
+    let mut key = String::new();
+    if let Some(keys) = segment.fast_fields().str("_key")? {
+        if let Some(ord) = keys.term_ords(addr.doc_id).next() {
+            keys.ord_to_str(ord, &mut key)?;
+        }
+    }
+    Ok(key)
 }
 
 impl Candidate<'_> {
@@ -686,6 +770,8 @@ pub fn hybrid(
             filter: text_search.filter.clone(),
             fields_filter: text_search.fields_filter.clone(),
             highlight: text_search.highlight,
+            sort: None,
+            facets: Vec::new(),
         },
     )?;
     let vector_branch = vector(
@@ -710,7 +796,7 @@ pub fn hybrid(
         });
         e.score += fusion.text_weight / (fusion.k + rank as f64 + 1.0);
         e.text_rank = Some(rank + 1);
-        e.text_score = Some(h.score);
+        e.text_score = h.score;
         e.highlights = h.highlights;
     }
     for (rank, h) in vector_branch.into_iter().enumerate() {

@@ -971,6 +971,8 @@ mod text_answers {
             filter: None,
             fields_filter: None,
             highlight: true,
+            sort: None,
+            facets: vec![],
         };
         let scope = Scope {
             index: 0,
@@ -980,7 +982,7 @@ mod text_answers {
             .unwrap()
             .hits
             .into_iter()
-            .map(|h| (format!("{}@{}", h.key, h.region), h.score))
+            .map(|h| (format!("{}@{}", h.key, h.region), h.score.unwrap()))
             .collect()
     }
 
@@ -1110,6 +1112,8 @@ mod text_answers {
             filter: None,
             fields_filter: None,
             highlight: true,
+            sort: None,
+            facets: vec![],
         };
         let scope = Scope {
             index: 0,

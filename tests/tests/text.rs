@@ -45,9 +45,10 @@ async fn text(ix: &Indexer, q: &str, limit: usize) -> Result<Answer> {
     .await
 }
 
-/// Ids of rows whose body or name has `word` as a whole word (ASCII words only).
+/// Ids of rows whose body or name has `word` as a whole word (ASCII words only; words end
+/// at anything not a letter or digit, underscores included, as in the analyzer).
 async fn oracle(client: &tokio_postgres::Client, word: &str) -> Result<BTreeSet<i64>> {
-    let pattern = format!("\\m{word}\\M");
+    let pattern = format!("(^|[^[:alnum:]]){word}([^[:alnum:]]|$)");
     Ok(client
         .query(
             "SELECT id FROM places WHERE body ~* $1 OR name ~* $1",
@@ -283,6 +284,64 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
             bad["error"]["field"], "filter.and[0].range.population.gte",
             "{bad}"
         );
+
+        // Facets over the whole matching set, and sorting by a field, equal SQL.
+        let city = oracle(&client, "city").await?;
+        let cc: std::collections::HashMap<i64, Option<String>> = client
+            .query("SELECT id, country_code FROM places", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut counts = std::collections::HashMap::<String, u64>::new();
+        for id in &city {
+            if let Some(Some(c)) = cc.get(id) {
+                *counts.entry(c.clone()).or_default() += 1;
+            }
+        }
+        let mut want: Vec<(String, u64)> = counts.into_iter().collect();
+        want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        want.truncate(5);
+        let resp: Value = reqwest::Client::new()
+            .post(format!("{}/internal/search", ix.url))
+            .json(&json!({"index": "places", "text": {"q": "city"}, "facets": [{"field": "country_code", "size": 5}], "limit": 1}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let got: Vec<(String, u64)> = resp["facets"]["country_code"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no facets: {resp}"))
+            .iter()
+            .map(|b| {
+                (
+                    b["value"].as_str().unwrap().to_owned(),
+                    b["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "{round}: facets");
+        for (order, offset) in [("desc", 0), ("asc", 5)] {
+            let want: Vec<i64> = client
+                .query(
+                    &format!(
+                        "SELECT id FROM places WHERE country_code = 'FR' \
+                         ORDER BY population {order} NULLS LAST, id::text COLLATE \"C\" LIMIT 20 OFFSET {offset}"
+                    ),
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let got = search(
+                &ix,
+                json!({"index": "places", "filter": {"term": {"country_code": "FR"}},
+                       "sort": {"field": "population", "order": order}, "limit": 20, "offset": offset}),
+            )
+            .await?;
+            assert_eq!(got.ids, want, "{round}: sort {order} offset {offset}");
+        }
 
         // One answer, phrased two ways: OR equals the union.
         let either = text(&ix, "marker0 OR marker1", 5000).await?;

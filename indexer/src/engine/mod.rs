@@ -2,6 +2,7 @@
 //! I/O, HTTP and async (the shard calls them on the blocking pool).
 
 pub mod analyzer;
+pub mod fields;
 pub mod filter;
 pub mod geo;
 pub mod graph;

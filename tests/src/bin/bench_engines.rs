@@ -309,6 +309,8 @@ fn main() -> Result<()> {
                 filter: None,
                 fields_filter: None,
                 highlight: true,
+                sort: None,
+                facets: vec![],
             },
         )?;
         by_kind
@@ -347,6 +349,8 @@ fn main() -> Result<()> {
                     filter: None,
                     fields_filter: Some(big.clone()),
                     highlight: true,
+                    sort: None,
+                    facets: vec![],
                 },
             )?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
