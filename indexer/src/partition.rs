@@ -106,7 +106,7 @@ impl Fields {
                 let name = ix.column_name(f.column).to_owned();
                 let fname = format!("f_{name}");
                 let field = match f.kind {
-                    FilterKind::Int => b.add_i64_field(&fname, INDEXED | FAST),
+                    FilterKind::Int | FilterKind::Time => b.add_i64_field(&fname, INDEXED | FAST),
                     FilterKind::Float => b.add_f64_field(&fname, INDEXED | FAST),
                     FilterKind::Bool => b.add_bool_field(&fname, INDEXED | FAST),
                     FilterKind::Text => b.add_text_field(&fname, STRING | FAST),
@@ -673,7 +673,7 @@ impl Partition {
         for (f, v) in self.fields.filters.iter().zip(&d.filters) {
             match v {
                 None => {}
-                Some(FilterValue::Int(i)) => doc.add_i64(f.field, *i),
+                Some(FilterValue::Int(i) | FilterValue::Time(i)) => doc.add_i64(f.field, *i),
                 Some(FilterValue::Float(x)) => doc.add_f64(f.field, *x),
                 Some(FilterValue::Bool(b)) => doc.add_bool(f.field, *b),
                 Some(FilterValue::Text(s)) => doc.add_text(f.field, s),

@@ -69,6 +69,14 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
     let db = pg.fresh_db().await?;
     let client = pg.connect(&db).await?;
     dev_data::load(&client, false).await?;
+    // A timestamptz column for date filters (in a non-UTC session zone, to exercise offsets).
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE places ADD COLUMN founded timestamptz;
+             ALTER DATABASE \"{db}\" SET timezone = 'Asia/Kolkata';
+             UPDATE places SET founded = timestamptz '2000-01-01 00:00:00+00' + (id % 1000) * interval '1 day 1 hour' WHERE id % 7 <> 0;"
+        ))
+        .await?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("text.toml");
     std::fs::write(
@@ -78,7 +86,7 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
              [apply]\nwriter_memory_mb = 32\ncommit_interval_ms = 60000\n\
              [[index]]\nname = \"places\"\ntable = \"places\"\nregion = \"region\"\n\
              text_fields = [{{ column = \"name\", boost = 2.0 }}, \"body\"]\ngeo = {{ lat = \"lat\", lon = \"lon\" }}\n\
-             filter_fields = [\"population\", \"country_code\"]\nstored_fields = [\"name\"]\n",
+             filter_fields = [\"population\", \"country_code\", \"founded\"]\nstored_fields = [\"name\"]\n",
             pg.url(&db),
             uniq_name("text"),
             dir.path().join("data").display()
@@ -284,6 +292,40 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
             bad["error"]["field"], "filter.and[0].range.population.gte",
             "{bad}"
         );
+
+        // Date ranges (RFC 3339 or a bare date, UTC) and sorting by a timestamp equal SQL.
+        let want = sql_ids(
+            "SELECT id FROM places WHERE founded >= '2001-01-01 00:00:00+00' AND founded < '2001-06-01 12:00:00+00'"
+                .into(),
+        )
+        .await?;
+        let got = search(
+            &ix,
+            json!({"index": "places", "filter": {"range": {"founded": {"gte": "2001-01-01", "lt": "2001-06-01T12:00:00Z"}}}, "limit": 10000}),
+        )
+        .await?;
+        assert!(!want.is_empty());
+        assert_eq!(
+            got.ids.iter().copied().collect::<BTreeSet<_>>(),
+            want,
+            "{round}: date range"
+        );
+        let want: Vec<i64> = client
+            .query(
+                "SELECT id FROM places WHERE country_code = 'DE' ORDER BY founded DESC NULLS LAST, id::text COLLATE \"C\" LIMIT 30",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let got = search(
+            &ix,
+            json!({"index": "places", "filter": {"term": {"country_code": "DE"}}, "sort": {"field": "founded", "order": "desc"}, "limit": 30}),
+        )
+        .await?;
+        assert_eq!(got.ids, want, "{round}: sort by timestamp");
+        assert!(got.hits[0]["sort_value"].as_str().unwrap().ends_with('Z'));
 
         // Facets over the whole matching set, and sorting by a field, equal SQL.
         let city = oracle(&client, "city").await?;

@@ -19,6 +19,8 @@ pub enum Key {
     Float(i64),
     Bool(bool),
     Text(String),
+    /// Microseconds since the epoch, UTC.
+    Time(i64),
 }
 
 impl Key {
@@ -33,6 +35,7 @@ impl Key {
             FilterValue::Float(x) => Key::float(*x),
             FilterValue::Bool(b) => Key::Bool(*b),
             FilterValue::Text(s) => Key::Text(s.clone()),
+            FilterValue::Time(t) => Key::Time(*t),
         }
     }
 
@@ -45,6 +48,7 @@ impl Key {
             }
             Key::Bool(b) => (*b).into(),
             Key::Text(s) => s.clone().into(),
+            Key::Time(t) => crate::engine::filter::format_time(*t).into(),
         }
     }
 }
@@ -52,6 +56,7 @@ impl Key {
 /// One segment's fast-field column of a filter field.
 enum SegmentColumn {
     Int(Column<i64>),
+    Time(Column<i64>),
     Float(Column<f64>),
     Bool(Column<bool>),
     Text(Option<StrColumn>),
@@ -66,12 +71,14 @@ impl SegmentColumn {
             FilterKind::Float => SegmentColumn::Float(ff.f64(&name)?),
             FilterKind::Bool => SegmentColumn::Bool(ff.bool(&name)?),
             FilterKind::Text => SegmentColumn::Text(ff.str(&name)?),
+            FilterKind::Time => SegmentColumn::Time(ff.i64(&name)?),
         })
     }
 
     fn key(&self, doc: DocId) -> Option<Key> {
         match self {
             SegmentColumn::Int(c) => c.first(doc).map(Key::Int),
+            SegmentColumn::Time(c) => c.first(doc).map(Key::Time),
             SegmentColumn::Float(c) => c.first(doc).map(Key::float),
             SegmentColumn::Bool(c) => c.first(doc).map(Key::Bool),
             SegmentColumn::Text(c) => {

@@ -23,6 +23,9 @@ pub enum FilterKind {
     Float,
     Bool,
     Text,
+    /// `date`, `timestamp`, `timestamptz`: microseconds since the Unix epoch, UTC (dates and
+    /// timestamps without zone are taken as UTC).
+    Time,
 }
 
 /// A filter column's value in one document.
@@ -32,6 +35,37 @@ pub enum FilterValue {
     Float(f64),
     Bool(bool),
     Text(String),
+    /// Microseconds since the Unix epoch, UTC.
+    Time(i64),
+}
+
+/// Microseconds since the epoch of a Postgres or RFC 3339 date/time text: with an offset
+/// (`2024-01-31 12:34:56.789+01`), without one (UTC), or a date alone (midnight UTC).
+pub fn parse_time(text: &str) -> Option<i64> {
+    match text {
+        "infinity" => return Some(i64::MAX),
+        "-infinity" => return Some(i64::MIN),
+        _ => {}
+    }
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Some(t.as_microsecond());
+    }
+    let civil = text.parse::<jiff::civil::DateTime>().ok()?;
+    jiff::tz::TimeZone::UTC
+        .to_timestamp(civil)
+        .ok()
+        .map(|t| t.as_microsecond())
+}
+
+/// RFC 3339 form of microseconds since the epoch (UTC).
+pub fn format_time(micros: i64) -> String {
+    match micros {
+        i64::MAX => "infinity".into(),
+        i64::MIN => "-infinity".into(),
+        m => jiff::Timestamp::from_microsecond(m)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| m.to_string()),
+    }
 }
 
 impl FilterKind {
@@ -42,6 +76,7 @@ impl FilterKind {
             "float4" | "float8" | "numeric" => FilterKind::Float,
             "bool" => FilterKind::Bool,
             "text" | "varchar" | "bpchar" | "name" | "citext" => FilterKind::Text,
+            "date" | "timestamp" | "timestamptz" => FilterKind::Time,
             _ => return None,
         })
     }
@@ -63,6 +98,9 @@ impl FilterKind {
                 _ => Err(format!("{text:?} is not a boolean")),
             },
             FilterKind::Text => Ok(FilterValue::Text(text.to_owned())),
+            FilterKind::Time => parse_time(text)
+                .map(FilterValue::Time)
+                .ok_or_else(|| format!("{text:?} is not a date or time this index can read")),
         }
     }
 }
@@ -81,7 +119,7 @@ pub struct FilterField {
 impl FilterField {
     fn term(&self, v: &FilterValue) -> Term {
         match v {
-            FilterValue::Int(i) => Term::from_field_i64(self.field, *i),
+            FilterValue::Int(i) | FilterValue::Time(i) => Term::from_field_i64(self.field, *i),
             FilterValue::Float(f) => Term::from_field_f64(self.field, *f),
             FilterValue::Bool(b) => Term::from_field_bool(self.field, *b),
             FilterValue::Text(s) => Term::from_field_text(self.field, s),
@@ -208,7 +246,8 @@ impl Filter {
 
 fn compare(a: &FilterValue, b: &FilterValue) -> Option<std::cmp::Ordering> {
     match (a, b) {
-        (FilterValue::Int(x), FilterValue::Int(y)) => Some(x.cmp(y)),
+        (FilterValue::Int(x), FilterValue::Int(y))
+        | (FilterValue::Time(x), FilterValue::Time(y)) => Some(x.cmp(y)),
         (FilterValue::Float(x), FilterValue::Float(y)) => x.partial_cmp(y),
         (FilterValue::Bool(x), FilterValue::Bool(y)) => Some(x.cmp(y)),
         // Tantivy orders text terms by bytes; so do we.
@@ -266,6 +305,10 @@ fn value(v: &Value, f: &FilterField, path: &str) -> Result<FilterValue, FilterEr
             Some(s) => Ok(FilterValue::Text(s.to_owned())),
             None => wrong(),
         },
+        FilterKind::Time => match v.as_str().and_then(parse_time) {
+            Some(t) => Ok(FilterValue::Time(t)),
+            None => wrong(),
+        },
     }
 }
 
@@ -275,6 +318,9 @@ fn kind_name(k: FilterKind) -> &'static str {
         FilterKind::Float => "number",
         FilterKind::Bool => "boolean",
         FilterKind::Text => "string",
+        FilterKind::Time => {
+            "date or time (RFC 3339, e.g. \"2024-01-31\" or \"2024-01-31T12:00:00Z\")"
+        }
     }
 }
 
@@ -446,6 +492,28 @@ mod tests {
         .unwrap();
         assert!(either.matches(&doc(None, "IT")));
         assert!(!either.matches(&doc(None, "FR")));
+    }
+
+    #[test]
+    fn times_parse_from_postgres_and_rfc3339_forms() {
+        let t = |s: &str| parse_time(s).unwrap();
+        assert_eq!(t("1970-01-01"), 0);
+        assert_eq!(t("1970-01-01 00:00:01.5"), 1_500_000);
+        assert_eq!(t("1970-01-01 01:00:00+01"), 0);
+        assert_eq!(t("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(
+            t("2024-01-31 12:34:56.789+05:30"),
+            t("2024-01-31T07:04:56.789Z")
+        );
+        assert_eq!(
+            format_time(t("2024-01-31 07:04:56.789+00")),
+            "2024-01-31T07:04:56.789Z"
+        );
+        assert!(parse_time("yesterday").is_none());
+        assert_eq!(
+            FilterKind::of_pg_type("timestamptz"),
+            Some(FilterKind::Time)
+        );
     }
 
     #[test]
