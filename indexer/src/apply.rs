@@ -93,7 +93,10 @@ impl Applier {
         // Graph inserts are slow: a builder thread takes committed vectors in order, while the
         // exact scanner covers what it has not inserted yet.
         let (graph_tx, graph_rx) = std::sync::mpsc::channel::<crate::engine::graph::GraphJob>();
-        std::thread::Builder::new()
+        // Set at a clean stop: skip queued inserts, dump what the graphs have, exit.
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let builder_stopping = stopping.clone();
+        let builder = std::thread::Builder::new()
             .name("graph-builder".into())
             .spawn(move || {
                 // Background work: on a small machine it must not take CPU from the apply path
@@ -113,8 +116,49 @@ impl Applier {
                         tracing::warn!(error = ?e, "could not lower the graph builder's priority");
                     }
                 }
-                for job in graph_rx {
-                    job.run();
+                // Dumps make restarts cheap; they are written between inserts, when enough
+                // changed, and once more when the applier stops.
+                let mut latest = std::collections::HashMap::new();
+                let dump = |dir: &std::path::Path, g: &crate::engine::graph::Graph, metric| {
+                    let started = Instant::now();
+                    match g.dump(dir, metric) {
+                        Ok(()) => tracing::debug!(
+                            dir = %dir.display(),
+                            points = g.points(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "vector graph dumped"
+                        ),
+                        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "vector graph dump failed"),
+                    }
+                };
+                loop {
+                    match graph_rx.recv_timeout(Duration::from_secs(10)) {
+                        Ok(_) if builder_stopping.load(Ordering::Acquire) => {}
+                        Ok(job) => {
+                            let (dir, metric, graph) =
+                                (job.dir.clone(), job.metric, job.graph.clone());
+                            job.run();
+                            if graph.wants_dump() {
+                                dump(&dir, &graph, metric);
+                            }
+                            latest.insert(dir, (graph, metric));
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            for (dir, (g, metric)) in &latest {
+                                if g.wants_dump() {
+                                    dump(dir, g, *metric);
+                                }
+                            }
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            for (dir, (g, metric)) in &latest {
+                                if g.has_undumped() {
+                                    dump(dir, g, *metric);
+                                }
+                            }
+                            break;
+                        }
+                    }
                 }
             })
             .expect("spawn graph builder");
@@ -232,6 +276,13 @@ impl Applier {
             if lsn > files.lsn {
                 self.write_checkpoint(lsn)?;
             }
+        }
+        // Let the graph builder dump what it has (a restart then reloads instead of
+        // rebuilding).
+        stopping.store(true, Ordering::Release);
+        drop(graph_tx);
+        if builder.join().is_err() {
+            tracing::warn!("graph builder panicked");
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use crate::document::{content_hash, Document, RawRow};
 use crate::engine::analyzer;
 use crate::engine::filter::{FilterField, FilterKind, FilterValue};
 use crate::engine::geo::GeoIndex;
-use crate::engine::graph::{Graph, GraphJob};
+use crate::engine::graph::{Graph, GraphItem, GraphJob};
 use crate::engine::vector::VectorStore;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -216,7 +216,7 @@ pub struct Derived {
     vectors: Option<Arc<VectorStore>>,
     rebuilt: bool,
     /// Vector versions new in the store, for the graph builder.
-    new_vectors: Vec<(u64, Vec<f32>)>,
+    new_vectors: Vec<GraphItem>,
 }
 
 impl CommitItem {
@@ -275,7 +275,11 @@ impl CommitItem {
                     for (key, e) in &covered {
                         let v = e.doc.as_ref().and_then(|d| d.vector.as_deref());
                         if let (Some(id), Some(v)) = (vectors.set(key, v), v) {
-                            new_vectors.push((id, v.to_vec()));
+                            new_vectors.push(GraphItem {
+                                id,
+                                key: Arc::from(key.as_str()),
+                                vector: v.to_vec(),
+                            });
                         }
                     }
                 }
@@ -384,7 +388,7 @@ pub struct Partition {
     recent: imbl::OrdMap<u64, u64>,
     next_seq: u64,
     /// Committed vectors not yet handed to the graph builder.
-    graph_queue: Vec<(u64, Vec<f32>)>,
+    graph_queue: Vec<GraphItem>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -454,7 +458,8 @@ impl Partition {
         .with_derived_structures()
     }
 
-    /// Builds the in-memory structures of the committed documents (at open).
+    /// Builds the in-memory structures of the committed documents (at open), reloading the
+    /// persisted graph when there is one: only vectors it lacks are queued to the builder.
     fn with_derived_structures(mut self) -> Result<Partition> {
         let searcher = self.searcher();
         let geo = build_geo(&searcher, &self.fields)?;
@@ -466,7 +471,33 @@ impl Partition {
             rebuilt: true,
             new_vectors,
         });
+        if let (Some(spec), Some(store)) = (self.vector_spec, &self.vectors) {
+            let started = std::time::Instant::now();
+            if let Some((graph, have)) = Graph::load(&self.graph_dir(), spec.metric, store) {
+                let have: std::collections::HashSet<u64> = have.into_iter().collect();
+                self.graph = Some(Arc::new(graph));
+                self.recent = imbl::OrdMap::new();
+                let queue = std::mem::take(&mut self.graph_queue);
+                for item in queue.into_iter().filter(|i| !have.contains(&i.id)) {
+                    self.recent.insert(self.next_seq, item.id);
+                    self.next_seq += 1;
+                    self.graph_queue.push(item);
+                }
+                tracing::info!(
+                    partition = %self.dir.display(),
+                    reloaded = have.len(),
+                    to_insert = self.graph_queue.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "vector graph reloaded"
+                );
+            }
+        }
         Ok(self)
+    }
+
+    /// Where this partition's vector graph is dumped.
+    pub fn graph_dir(&self) -> PathBuf {
+        self.dir.join("graph")
     }
 
     /// Takes the committed structures a commit (or the open) built.
@@ -482,10 +513,30 @@ impl Partition {
             self.recent = imbl::OrdMap::new();
             self.graph_queue.clear();
         }
-        for (id, v) in d.new_vectors {
-            self.recent.insert(self.next_seq, id);
+        for item in d.new_vectors {
+            self.recent.insert(self.next_seq, item.id);
             self.next_seq += 1;
-            self.graph_queue.push((id, v));
+            self.graph_queue.push(item);
+        }
+        // Mostly tombstones (replaced or deleted versions): start a new graph over the live
+        // vectors; until the builder has them, the exact scanner answers.
+        if let (Some(g), Some(store), Some(spec)) = (&self.graph, &self.vectors, self.vector_spec) {
+            if g.points() > 2 * store.len() + 10_000 {
+                tracing::info!(
+                    partition = %self.dir.display(),
+                    points = g.points(),
+                    live = store.len(),
+                    "vector graph mostly tombstones: rebuilding"
+                );
+                self.graph = Some(Arc::new(Graph::new(spec.metric, store.len() * 2)));
+                self.recent = imbl::OrdMap::new();
+                self.graph_queue.clear();
+                for item in store.live() {
+                    self.recent.insert(self.next_seq, item.id);
+                    self.next_seq += 1;
+                    self.graph_queue.push(item);
+                }
+            }
         }
     }
 
@@ -498,6 +549,8 @@ impl Partition {
             graph: self.graph.clone()?,
             items: std::mem::take(&mut self.graph_queue),
             seq_end: self.next_seq,
+            dir: self.graph_dir(),
+            metric: self.vector_spec?.metric,
         })
     }
 

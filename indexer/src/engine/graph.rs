@@ -8,13 +8,27 @@
 //! The graph only orders candidates (callers rescore them exactly in f64), so its distances
 //! are f32 and vectorisable; cosine vectors are normalised on the way in, making cosine a dot
 //! product.
+//!
+//! Persistence: a graph is expensive to build, so the builder dumps it (hnsw_rs' own format)
+//! with a log of (graph id, key, vector hash) per point. Store ids are not stable across
+//! restarts (the store is rebuilt from the committed documents), so a reloaded graph maps
+//! each point whose key still holds the same vector (same hash) to the key's current id, and
+//! drops the rest (tombstones); vectors it lacks are queued to the builder as usual. Graph
+//! ids carry the session's epoch in their top byte, so ids given after a reload never
+//! collide with reloaded ones. A dump is a cache: losing it or finding it stale costs a
+//! rebuild, never a wrong answer.
 
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use hnsw_rs::prelude::{Distance, Hnsw};
+use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 
 use crate::config::Metric;
+use crate::engine::vector::VectorStore;
 
 /// Links per node and construction breadth: recall@10 ≥ 0.95 at modest build cost.
 const MAX_CONNECTIONS: usize = 16;
@@ -94,6 +108,47 @@ pub struct Graph {
     /// Every vector write with a sequence number below this is in the graph.
     graphed: AtomicU64,
     points: AtomicUsize,
+    /// Top byte of the graph ids this session gives (store ids fit in 56 bits).
+    epoch: u64,
+    /// Reloaded points: graph id → the current store id of the same key and vector.
+    translate: HashMap<u64, u64>,
+    /// (graph id, key, vector hash) of every mapped or inserted point, for the next dump.
+    log: Mutex<Vec<(u64, Arc<str>, u64)>>,
+    /// Points at the last dump, and when it was (or when the graph was created).
+    dumped: Mutex<(usize, Instant)>,
+}
+
+/// A committed vector version for the graph builder.
+#[derive(Clone, Debug)]
+pub struct GraphItem {
+    /// Store id: `(slot << 32) | generation`.
+    pub id: u64,
+    pub key: Arc<str>,
+    pub vector: Vec<f32>,
+}
+
+const ID_BITS: u32 = 56;
+const ID_MASK: u64 = (1 << ID_BITS) - 1;
+
+/// Identifies a vector's exact contents (f32 bits) in a dump's log.
+pub fn vector_hash(v: &[f32]) -> u64 {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DumpMeta {
+    metric: String,
+    epoch: u64,
+    points: usize,
+}
+
+fn metric_name(m: Metric) -> &'static str {
+    match m {
+        Metric::Cosine => "cosine",
+        Metric::L2 => "l2",
+        Metric::Dot => "dot",
+    }
 }
 
 impl Graph {
@@ -109,33 +164,168 @@ impl Graph {
             kind,
             graphed: AtomicU64::new(0),
             points: AtomicUsize::new(0),
+            epoch: 0,
+            translate: HashMap::new(),
+            log: Mutex::new(Vec::new()),
+            dumped: Mutex::new((0, Instant::now())),
         }
+    }
+
+    /// Writes the graph and its id log to `dir` (replaced atomically: a crash leaves the
+    /// old dump or the new one). Call from the thread that inserts.
+    pub fn dump(&self, dir: &Path, metric: Metric) -> std::io::Result<()> {
+        let io = |e: anyhow::Error| std::io::Error::other(e.to_string());
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let tmp = parent.join("graph.tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        // Not create_dir_all: a partition removed meanwhile (re-snapshot) stays removed.
+        std::fs::create_dir(&tmp)?;
+        let points = self.points();
+        match &self.kind {
+            Kind::Cosine(h) => h.file_dump(&tmp, "hnsw").map_err(io)?,
+            Kind::L2(h) => h.file_dump(&tmp, "hnsw").map_err(io)?,
+            Kind::Dot(h) => h.file_dump(&tmp, "hnsw").map_err(io)?,
+        };
+        {
+            let log = self.log.lock().unwrap();
+            let mut w = std::io::BufWriter::new(std::fs::File::create(tmp.join("ids.bin"))?);
+            for (gid, key, hash) in log.iter() {
+                w.write_all(&gid.to_le_bytes())?;
+                w.write_all(&hash.to_le_bytes())?;
+                w.write_all(&(key.len() as u32).to_le_bytes())?;
+                w.write_all(key.as_bytes())?;
+            }
+            w.flush()?;
+        }
+        let meta = DumpMeta {
+            metric: metric_name(metric).into(),
+            epoch: self.epoch,
+            points,
+        };
+        std::fs::write(tmp.join("meta.json"), serde_json::to_vec(&meta)?)?;
+        for entry in std::fs::read_dir(&tmp)? {
+            std::fs::File::open(entry?.path())?.sync_all()?;
+        }
+        let old = parent.join("graph.old");
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        if dir.exists() {
+            std::fs::rename(dir, &old)?;
+        }
+        std::fs::rename(&tmp, dir)?;
+        std::fs::File::open(parent)?.sync_all()?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        *self.dumped.lock().unwrap() = (points, Instant::now());
+        Ok(())
+    }
+
+    /// Whether enough changed since the last dump to write a new one: new points, and
+    /// either 30 s passed or the graph grew by half.
+    pub fn wants_dump(&self) -> bool {
+        let (at, when) = *self.dumped.lock().unwrap();
+        let now = self.points();
+        now > at && (when.elapsed().as_secs() >= 30 || now >= at + at / 2 + 1_000)
+    }
+
+    /// Whether points were inserted since the last dump.
+    pub fn has_undumped(&self) -> bool {
+        self.points() > self.dumped.lock().unwrap().0
+    }
+
+    /// Reloads a dump for `store` (the committed vectors as rebuilt at start-up). Returns
+    /// the graph and the store ids it already holds; `None` when there is no usable dump.
+    pub fn load(dir: &Path, metric: Metric, store: &VectorStore) -> Option<(Graph, Vec<u64>)> {
+        let meta: DumpMeta = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+        if meta.metric != metric_name(metric) {
+            return None;
+        }
+        // hnsw_rs ties a reloaded graph's lifetime to its loader: leak the (small) loader,
+        // once per partition and process start.
+        let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, "hnsw")));
+        let kind = match metric {
+            Metric::Cosine => Kind::Cosine(loader.load_hnsw::<f32, UnitCosine>().ok()?),
+            Metric::L2 => Kind::L2(loader.load_hnsw::<f32, SquaredL2>().ok()?),
+            Metric::Dot => Kind::Dot(loader.load_hnsw::<f32, NegDot>().ok()?),
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(dir.join("ids.bin"))
+            .ok()?
+            .read_to_end(&mut bytes)
+            .ok()?;
+        let mut translate = HashMap::new();
+        let mut log = Vec::new();
+        let mut have = Vec::new();
+        let mut at = 0;
+        while at + 20 <= bytes.len() {
+            let gid = u64::from_le_bytes(bytes[at..at + 8].try_into().ok()?);
+            let hash = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().ok()?);
+            let len = u32::from_le_bytes(bytes[at + 16..at + 20].try_into().ok()?) as usize;
+            let key = std::str::from_utf8(bytes.get(at + 20..at + 20 + len)?).ok()?;
+            at += 20 + len;
+            if let Some((id, v)) = store.id_of(key) {
+                if vector_hash(v) == hash && translate.insert(gid, id).is_none() {
+                    have.push(id);
+                    log.push((gid, Arc::from(key), hash));
+                }
+            }
+        }
+        let graph = Graph {
+            kind,
+            graphed: AtomicU64::new(0),
+            points: AtomicUsize::new(meta.points),
+            epoch: (meta.epoch + 1) & 0xff,
+            translate,
+            log: Mutex::new(log),
+            dumped: Mutex::new((meta.points, Instant::now())),
+        };
+        Some((graph, have))
     }
 
     /// Inserts points on the calling thread only, then marks writes below `seq_end` as
     /// graphed. One core: hnsw_rs' parallel insert takes every core, and on a small machine
     /// that starves the apply path (measured: commit-to-searchable p99 14 -> 456 ms), while
     /// the exact scanner covers whatever the graph has not taken yet.
-    pub fn insert(&self, items: &[(u64, Vec<f32>)], seq_end: u64) {
-        for (id, v) in items {
+    pub fn insert(&self, items: &[GraphItem], seq_end: u64) {
+        for item in items {
+            debug_assert!(item.id <= ID_MASK, "store ids fit in 56 bits");
+            let gid = (self.epoch << ID_BITS) | item.id;
+            let v = &item.vector;
             match &self.kind {
-                Kind::Cosine(h) => h.insert_slice((&unit(v), *id as usize)),
-                Kind::L2(h) => h.insert_slice((v, *id as usize)),
-                Kind::Dot(h) => h.insert_slice((v, *id as usize)),
+                Kind::Cosine(h) => h.insert_slice((&unit(v), gid as usize)),
+                Kind::L2(h) => h.insert_slice((v, gid as usize)),
+                Kind::Dot(h) => h.insert_slice((v, gid as usize)),
             }
+            self.log
+                .lock()
+                .unwrap()
+                .push((gid, item.key.clone(), vector_hash(v)));
             self.points.fetch_add(1, Ordering::Relaxed);
         }
         self.graphed.fetch_max(seq_end, Ordering::AcqRel);
     }
 
-    /// Candidate ids, closest first (callers validate and rescore them).
+    /// Candidate store ids, closest first (callers validate and rescore them).
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<u64> {
         let hits = match &self.kind {
             Kind::Cosine(h) => h.search(&unit(query), k, ef.max(k)),
             Kind::L2(h) => h.search(query, k, ef.max(k)),
             Kind::Dot(h) => h.search(query, k, ef.max(k)),
         };
-        hits.into_iter().map(|n| n.d_id as u64).collect()
+        hits.into_iter()
+            .filter_map(|n| {
+                let gid = n.d_id as u64;
+                if gid >> ID_BITS == self.epoch {
+                    Some(gid & ID_MASK)
+                } else {
+                    self.translate.get(&gid).copied()
+                }
+            })
+            .collect()
     }
 
     pub fn graphed(&self) -> u64 {
@@ -151,9 +341,12 @@ impl Graph {
 /// Committed vectors for a partition's graph, in write order.
 pub struct GraphJob {
     pub graph: Arc<Graph>,
-    pub items: Vec<(u64, Vec<f32>)>,
+    pub items: Vec<GraphItem>,
     /// One past the last write sequence number in `items`.
     pub seq_end: u64,
+    /// Where the partition's graph is dumped, and its metric.
+    pub dir: std::path::PathBuf,
+    pub metric: Metric,
 }
 
 impl GraphJob {
@@ -166,10 +359,71 @@ impl GraphJob {
 mod tests {
     use super::*;
 
+    fn item(id: u64, vector: Vec<f32>) -> GraphItem {
+        GraphItem {
+            id,
+            key: Arc::from(id.to_string()),
+            vector,
+        }
+    }
+
+    #[test]
+    fn a_dump_reloads_for_unchanged_keys_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let gdir = dir.path().join("graph");
+        let mut store = VectorStore::new(2, Metric::L2);
+        let mut items = Vec::new();
+        for i in 0..300u32 {
+            let key = i.to_string();
+            let v = vec![i as f32, (i % 7) as f32];
+            let id = store.set(&key, Some(&v)).unwrap();
+            items.push(GraphItem {
+                id,
+                key: Arc::from(key.as_str()),
+                vector: v,
+            });
+        }
+        let g = Graph::new(Metric::L2, 300);
+        g.insert(&items, 300);
+        g.dump(&gdir, Metric::L2).unwrap();
+        // A restart rebuilds the store in another order; one key changed, one was deleted.
+        let mut store2 = VectorStore::new(2, Metric::L2);
+        for i in (0..300u32).rev() {
+            let v = match i {
+                5 => vec![1000.0, 0.0],
+                _ => vec![i as f32, (i % 7) as f32],
+            };
+            if i != 9 {
+                store2.set(&i.to_string(), Some(&v));
+            }
+        }
+        let (g2, have) = Graph::load(&gdir, Metric::L2, &store2).unwrap();
+        assert_eq!(have.len(), 298, "all but the changed and the deleted key");
+        assert!(Graph::load(&gdir, Metric::Cosine, &store2).is_none());
+        // Hits are current store ids; the stale versions are gone.
+        for id in g2.search(&[5.0, 5.0], 10, 64) {
+            let (key, _, _) = store2.by_id(id).expect("a current id");
+            assert!(&**key != "5" && &**key != "9");
+        }
+        let (near, _, _) = store2.by_id(g2.search(&[100.0, 2.0], 1, 64)[0]).unwrap();
+        assert_eq!(&**near, "100");
+        // New inserts after the reload get ids of the new epoch, found as store ids.
+        let (id5, v5) = store2.id_of("5").unwrap();
+        g2.insert(
+            &[GraphItem {
+                id: id5,
+                key: Arc::from("5"),
+                vector: v5.to_vec(),
+            }],
+            1,
+        );
+        assert_eq!(g2.search(&[1000.0, 0.0], 1, 64), [id5]);
+    }
+
     #[test]
     fn finds_near_points_and_tracks_the_watermark() {
         let g = Graph::new(Metric::L2, 100);
-        let items: Vec<(u64, Vec<f32>)> = (0..200u64).map(|i| (i, vec![i as f32, 0.0])).collect();
+        let items: Vec<GraphItem> = (0..200u64).map(|i| item(i, vec![i as f32, 0.0])).collect();
         g.insert(&items, 200);
         assert_eq!(g.graphed(), 200);
         assert_eq!(g.points(), 200);
@@ -181,11 +435,11 @@ mod tests {
     #[test]
     fn cosine_graph_ranks_by_angle_and_survives_rounding() {
         let g = Graph::new(Metric::Cosine, 100);
-        let items: Vec<(u64, Vec<f32>)> = (0..90u64)
+        let items: Vec<GraphItem> = (0..90u64)
             .map(|d| {
                 let a = (d as f32).to_radians();
                 let r = 1.0 + d as f32;
-                (d, vec![a.cos() * r, a.sin() * r])
+                item(d, vec![a.cos() * r, a.sin() * r])
             })
             .collect();
         g.insert(&items, 90);

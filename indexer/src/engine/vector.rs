@@ -219,21 +219,33 @@ impl VectorStore {
         ))
     }
 
-    /// Every live vector with its id (to build a graph).
-    pub fn live(&self) -> Vec<(u64, Vec<f32>)> {
+    /// Every live vector with its id and key (to build a graph).
+    pub fn live(&self) -> Vec<crate::engine::graph::GraphItem> {
         let mut out = Vec::with_capacity(self.len());
         for (ci, c) in self.chunks.iter().enumerate() {
             for (i, key) in c.keys.iter().enumerate() {
-                if key.is_some() {
+                if let Some(key) = key {
                     let slot = (ci * CHUNK + i) as u64;
-                    out.push((
-                        (slot << 32) | u64::from(c.gens[i]),
-                        c.data[i * self.dim..(i + 1) * self.dim].to_vec(),
-                    ));
+                    out.push(crate::engine::graph::GraphItem {
+                        id: (slot << 32) | u64::from(c.gens[i]),
+                        key: key.clone(),
+                        vector: c.data[i * self.dim..(i + 1) * self.dim].to_vec(),
+                    });
                 }
             }
         }
         out
+    }
+
+    /// The current id and vector of `key`.
+    pub fn id_of(&self, key: &str) -> Option<(u64, &[f32])> {
+        let slot = *self.slots.get(key)?;
+        let c = &self.chunks[slot as usize / CHUNK];
+        let i = slot as usize % CHUNK;
+        Some((
+            (u64::from(slot) << 32) | u64::from(c.gens[i]),
+            &c.data[i * self.dim..(i + 1) * self.dim],
+        ))
     }
 
     fn write(&mut self, slot: u32, key: &str, v: Option<&[f32]>) -> Option<u64> {
