@@ -118,10 +118,11 @@ impl Applier {
                 }
                 // Dumps make restarts cheap; they are written between inserts, when enough
                 // changed, and once more when the applier stops.
-                let mut latest = std::collections::HashMap::new();
-                let dump = |dir: &std::path::Path, g: &crate::engine::graph::Graph, metric| {
+                let mut latest: std::collections::HashMap<PathBuf, Arc<crate::engine::graph::Graph>> =
+                    std::collections::HashMap::new();
+                let dump = |dir: &std::path::Path, g: &crate::engine::graph::Graph| {
                     let started = Instant::now();
-                    match g.dump(dir, metric) {
+                    match g.dump(dir) {
                         Ok(()) => tracing::debug!(
                             dir = %dir.display(),
                             points = g.points(),
@@ -135,25 +136,24 @@ impl Applier {
                     match graph_rx.recv_timeout(Duration::from_secs(10)) {
                         Ok(_) if builder_stopping.load(Ordering::Acquire) => {}
                         Ok(job) => {
-                            let (dir, metric, graph) =
-                                (job.dir.clone(), job.metric, job.graph.clone());
+                            let (dir, graph) = (job.dir.clone(), job.graph.clone());
                             job.run();
                             if graph.wants_dump() {
-                                dump(&dir, &graph, metric);
+                                dump(&dir, &graph);
                             }
-                            latest.insert(dir, (graph, metric));
+                            latest.insert(dir, graph);
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            for (dir, (g, metric)) in &latest {
+                            for (dir, g) in &latest {
                                 if g.wants_dump() {
-                                    dump(dir, g, *metric);
+                                    dump(dir, g);
                                 }
                             }
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                            for (dir, (g, metric)) in &latest {
+                            for (dir, g) in &latest {
                                 if g.has_undumped() {
-                                    dump(dir, g, *metric);
+                                    dump(dir, g);
                                 }
                             }
                             break;

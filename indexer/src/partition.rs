@@ -509,7 +509,7 @@ impl Partition {
             let n = self.vectors.as_ref().map_or(0, |v| v.len());
             self.graph = self
                 .vector_spec
-                .map(|spec| Arc::new(Graph::new(spec.metric, n * 2)));
+                .map(|spec| Arc::new(Graph::new(spec.metric, spec.dimension, n * 2)));
             self.recent = imbl::OrdMap::new();
             self.graph_queue.clear();
         }
@@ -528,7 +528,11 @@ impl Partition {
                     live = store.len(),
                     "vector graph mostly tombstones: rebuilding"
                 );
-                self.graph = Some(Arc::new(Graph::new(spec.metric, store.len() * 2)));
+                self.graph = Some(Arc::new(Graph::new(
+                    spec.metric,
+                    spec.dimension,
+                    store.len() * 2,
+                )));
                 self.recent = imbl::OrdMap::new();
                 self.graph_queue.clear();
                 for item in store.live() {
@@ -550,7 +554,6 @@ impl Partition {
             items: std::mem::take(&mut self.graph_queue),
             seq_end: self.next_seq,
             dir: self.graph_dir(),
-            metric: self.vector_spec?.metric,
         })
     }
 

@@ -333,7 +333,10 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
             .iter()
             .map(|p| p["graph_points"].as_u64().unwrap_or(0))
             .sum();
-        assert!(points >= 25_000, "graph points after restart: {points}: {status}");
+        assert!(
+            points >= 25_000,
+            "graph points after restart: {points}: {status}"
+        );
     }
     Ok(())
 }

@@ -58,6 +58,19 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     sum8(a, b, |x, y| x * y)
 }
 
+/// Scale of the 8-bit components of unit vectors in a cosine graph.
+const Q: f32 = 127.0;
+
+/// A unit vector as 8-bit components (`round(x · 127)`): a quarter of the memory of f32,
+/// and integer dot products. Only for ordering candidates: hits are rescored from the f32
+/// store.
+fn quantize(v: &[f32]) -> Vec<i8> {
+    unit(v)
+        .iter()
+        .map(|x| (x * Q).round().clamp(-Q, Q) as i8)
+        .collect()
+}
+
 /// Cosine distance between unit vectors: `1 - a·b`, clamped at 0 against rounding.
 #[derive(Clone, Copy, Default)]
 pub struct UnitCosine;
@@ -65,6 +78,35 @@ pub struct UnitCosine;
 impl Distance<f32> for UnitCosine {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
         (1.0 - dot8(a, b)).max(0.0)
+    }
+}
+
+/// Cosine graphs of at least this dimension keep 8-bit components: in high dimensions the
+/// rounding barely moves distances (and the beam is rescored exactly), in a handful of
+/// dimensions it would merge distinct directions.
+pub const QUANTIZE_FROM_DIM: usize = 64;
+
+/// Cosine distance between quantised unit vectors: `1 - a·b`, clamped at 0.
+#[derive(Clone, Copy, Default)]
+pub struct UnitCosineI8;
+
+impl Distance<i8> for UnitCosineI8 {
+    fn eval(&self, a: &[i8], b: &[i8]) -> f32 {
+        let mut acc = [0i32; 16];
+        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+        let tail: i32 = ca
+            .remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(x, y)| i32::from(*x) * i32::from(*y))
+            .sum();
+        for (x, y) in ca.zip(cb) {
+            for i in 0..16 {
+                acc[i] += i32::from(x[i]) * i32::from(y[i]);
+            }
+        }
+        let dot = (acc.iter().sum::<i32>() + tail) as f32 / (Q * Q);
+        (1.0 - dot).max(0.0)
     }
 }
 
@@ -99,12 +141,14 @@ fn unit(v: &[f32]) -> Vec<f32> {
 
 enum Kind {
     Cosine(Hnsw<'static, f32, UnitCosine>),
+    CosineI8(Hnsw<'static, i8, UnitCosineI8>),
     L2(Hnsw<'static, f32, SquaredL2>),
     Dot(Hnsw<'static, f32, NegDot>),
 }
 
 pub struct Graph {
     kind: Kind,
+    dim: usize,
     /// Every vector write with a sequence number below this is in the graph.
     graphed: AtomicU64,
     points: AtomicUsize,
@@ -143,8 +187,10 @@ struct DumpMeta {
     points: usize,
 }
 
-fn metric_name(m: Metric) -> &'static str {
+/// The graph kind for a metric and dimension, as named in dumps.
+fn kind_name(m: Metric, dim: usize) -> &'static str {
     match m {
+        Metric::Cosine if dim >= QUANTIZE_FROM_DIM => "cosine_i8",
         Metric::Cosine => "cosine",
         Metric::L2 => "l2",
         Metric::Dot => "dot",
@@ -152,16 +198,20 @@ fn metric_name(m: Metric) -> &'static str {
 }
 
 impl Graph {
-    pub fn new(metric: Metric, capacity: usize) -> Graph {
+    pub fn new(metric: Metric, dim: usize, capacity: usize) -> Graph {
         let cap = capacity.max(1024);
         let (m, l, ef) = (MAX_CONNECTIONS, MAX_LAYERS, EF_CONSTRUCTION);
         let kind = match metric {
+            Metric::Cosine if dim >= QUANTIZE_FROM_DIM => {
+                Kind::CosineI8(Hnsw::new(m, cap, l, ef, UnitCosineI8))
+            }
             Metric::Cosine => Kind::Cosine(Hnsw::new(m, cap, l, ef, UnitCosine)),
             Metric::L2 => Kind::L2(Hnsw::new(m, cap, l, ef, SquaredL2)),
             Metric::Dot => Kind::Dot(Hnsw::new(m, cap, l, ef, NegDot)),
         };
         Graph {
             kind,
+            dim,
             graphed: AtomicU64::new(0),
             points: AtomicUsize::new(0),
             epoch: 0,
@@ -173,7 +223,7 @@ impl Graph {
 
     /// Writes the graph and its id log to `dir` (replaced atomically: a crash leaves the
     /// old dump or the new one). Call from the thread that inserts.
-    pub fn dump(&self, dir: &Path, metric: Metric) -> std::io::Result<()> {
+    pub fn dump(&self, dir: &Path) -> std::io::Result<()> {
         let io = |e: anyhow::Error| std::io::Error::other(e.to_string());
         let parent = dir.parent().unwrap_or(Path::new("."));
         let tmp = parent.join("graph.tmp");
@@ -185,6 +235,7 @@ impl Graph {
         let points = self.points();
         match &self.kind {
             Kind::Cosine(h) => h.file_dump(&tmp, "hnsw").map_err(io)?,
+            Kind::CosineI8(h) => h.file_dump(&tmp, "hnsw").map_err(io)?,
             Kind::L2(h) => h.file_dump(&tmp, "hnsw").map_err(io)?,
             Kind::Dot(h) => h.file_dump(&tmp, "hnsw").map_err(io)?,
         };
@@ -199,8 +250,13 @@ impl Graph {
             }
             w.flush()?;
         }
+        let metric = match self.kind {
+            Kind::Cosine(_) | Kind::CosineI8(_) => Metric::Cosine,
+            Kind::L2(_) => Metric::L2,
+            Kind::Dot(_) => Metric::Dot,
+        };
         let meta = DumpMeta {
-            metric: metric_name(metric).into(),
+            metric: kind_name(metric, self.dim).into(),
             epoch: self.epoch,
             points,
         };
@@ -240,14 +296,19 @@ impl Graph {
     /// Reloads a dump for `store` (the committed vectors as rebuilt at start-up). Returns
     /// the graph and the store ids it already holds; `None` when there is no usable dump.
     pub fn load(dir: &Path, metric: Metric, store: &VectorStore) -> Option<(Graph, Vec<u64>)> {
-        let meta: DumpMeta = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
-        if meta.metric != metric_name(metric) {
+        let meta: DumpMeta =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+        let dim = store.dim();
+        if meta.metric != kind_name(metric, dim) {
             return None;
         }
         // hnsw_rs ties a reloaded graph's lifetime to its loader: leak the (small) loader,
         // once per partition and process start.
         let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, "hnsw")));
         let kind = match metric {
+            Metric::Cosine if dim >= QUANTIZE_FROM_DIM => {
+                Kind::CosineI8(loader.load_hnsw::<i8, UnitCosineI8>().ok()?)
+            }
             Metric::Cosine => Kind::Cosine(loader.load_hnsw::<f32, UnitCosine>().ok()?),
             Metric::L2 => Kind::L2(loader.load_hnsw::<f32, SquaredL2>().ok()?),
             Metric::Dot => Kind::Dot(loader.load_hnsw::<f32, NegDot>().ok()?),
@@ -276,6 +337,7 @@ impl Graph {
         }
         let graph = Graph {
             kind,
+            dim,
             graphed: AtomicU64::new(0),
             points: AtomicUsize::new(meta.points),
             epoch: (meta.epoch + 1) & 0xff,
@@ -297,6 +359,7 @@ impl Graph {
             let v = &item.vector;
             match &self.kind {
                 Kind::Cosine(h) => h.insert_slice((&unit(v), gid as usize)),
+                Kind::CosineI8(h) => h.insert_slice((&quantize(v), gid as usize)),
                 Kind::L2(h) => h.insert_slice((v, gid as usize)),
                 Kind::Dot(h) => h.insert_slice((v, gid as usize)),
             }
@@ -313,6 +376,7 @@ impl Graph {
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<u64> {
         let hits = match &self.kind {
             Kind::Cosine(h) => h.search(&unit(query), k, ef.max(k)),
+            Kind::CosineI8(h) => h.search(&quantize(query), k, ef.max(k)),
             Kind::L2(h) => h.search(query, k, ef.max(k)),
             Kind::Dot(h) => h.search(query, k, ef.max(k)),
         };
@@ -344,9 +408,8 @@ pub struct GraphJob {
     pub items: Vec<GraphItem>,
     /// One past the last write sequence number in `items`.
     pub seq_end: u64,
-    /// Where the partition's graph is dumped, and its metric.
+    /// Where the partition's graph is dumped.
     pub dir: std::path::PathBuf,
-    pub metric: Metric,
 }
 
 impl GraphJob {
@@ -383,9 +446,9 @@ mod tests {
                 vector: v,
             });
         }
-        let g = Graph::new(Metric::L2, 300);
+        let g = Graph::new(Metric::L2, 2, 300);
         g.insert(&items, 300);
-        g.dump(&gdir, Metric::L2).unwrap();
+        g.dump(&gdir).unwrap();
         // A restart rebuilds the store in another order; one key changed, one was deleted.
         let mut store2 = VectorStore::new(2, Metric::L2);
         for i in (0..300u32).rev() {
@@ -422,7 +485,7 @@ mod tests {
 
     #[test]
     fn finds_near_points_and_tracks_the_watermark() {
-        let g = Graph::new(Metric::L2, 100);
+        let g = Graph::new(Metric::L2, 2, 100);
         let items: Vec<GraphItem> = (0..200u64).map(|i| item(i, vec![i as f32, 0.0])).collect();
         g.insert(&items, 200);
         assert_eq!(g.graphed(), 200);
@@ -434,7 +497,7 @@ mod tests {
 
     #[test]
     fn cosine_graph_ranks_by_angle_and_survives_rounding() {
-        let g = Graph::new(Metric::Cosine, 100);
+        let g = Graph::new(Metric::Cosine, 2, 100);
         let items: Vec<GraphItem> = (0..90u64)
             .map(|d| {
                 let a = (d as f32).to_radians();
@@ -446,6 +509,31 @@ mod tests {
         // Identical directions round to a distance of ~0: clamped, never negative.
         assert_eq!(g.search(&[2.0, 0.0], 1, 16), [0]);
         assert_eq!(g.search(&[0.0, 1.0], 1, 32), [89]);
+    }
+
+    #[test]
+    fn quantised_cosine_orders_like_cosine_in_high_dimensions() {
+        // 400 pseudo-random 128-d directions: the nearest by 8-bit distance is the nearest.
+        let mut s = 7u64;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let items: Vec<GraphItem> = (0..400u64)
+            .map(|i| item(i, (0..128).map(|_| rnd()).collect()))
+            .collect();
+        let g = Graph::new(Metric::Cosine, 128, 400);
+        assert!(matches!(g.kind, Kind::CosineI8(_)));
+        g.insert(&items, 400);
+        for probe in items.iter().step_by(37) {
+            assert_eq!(g.search(&probe.vector, 1, 64), [probe.id]);
+        }
+        let (a, b) = (&items[0].vector, &items[1].vector);
+        let exact = 1.0 - dot8(&unit(a), &unit(b));
+        let approx = UnitCosineI8.eval(&quantize(a), &quantize(b));
+        assert!((exact - approx).abs() < 0.01, "{exact} vs {approx}");
     }
 
     #[test]

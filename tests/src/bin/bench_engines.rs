@@ -73,7 +73,7 @@ fn index() -> ResolvedIndex {
 
 /// COPY text lines → rows aligned with `index().columns` (the dev data has no escapes to undo
 /// beyond what the COPY parser handles).
-fn rows(target: usize) -> Result<Vec<RawRow>> {
+fn base_rows() -> Result<Vec<RawRow>> {
     let mut parser = indexer::copy::CopyTextParser::new(9);
     let mut base = Vec::new();
     for line in e2e::dev_data::copy_lines(true)? {
@@ -81,47 +81,75 @@ fn rows(target: usize) -> Result<Vec<RawRow>> {
             .feed(line.as_bytes(), &mut base)
             .map_err(anyhow::Error::msg)?;
     }
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng >> 11) as f64 / (1u64 << 53) as f64 // [0, 1)
-    };
-    let mut out = base.clone();
-    let mut copy = 1u64;
-    while out.len() < target {
-        for r in &base {
-            if out.len() >= target {
-                break;
-            }
-            let mut r = r.clone();
-            let id: u64 = r[0].as_deref().unwrap().parse()?;
-            r[0] = Some((id + copy * 1_000_000_000).to_string());
-            let lat: f64 = r[6].as_deref().unwrap().parse()?;
-            let lon: f64 = r[7].as_deref().unwrap().parse()?;
-            r[6] = Some((lat + next() - 0.5).clamp(-90.0, 90.0).to_string());
-            r[7] = Some((lon + next() - 0.5).clamp(-180.0, 180.0).to_string());
-            let v = indexer::document::parse_vector(r[8].as_deref().unwrap(), 384)
-                .map_err(anyhow::Error::msg)?;
-            let mut v: Vec<f32> = v
-                .iter()
-                .map(|x| x + ((next() - 0.5) * 0.1) as f32)
-                .collect();
-            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.iter_mut().for_each(|x| *x /= n);
-            r[8] = Some(format!(
-                "{{{}}}",
-                v.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ));
-            out.push(r);
-        }
-        copy += 1;
+    Ok(base)
+}
+
+/// The dev rows, then scaled copies until `target` rows, made a chunk at a time (a 1M-row
+/// run never holds all rows in memory). Copy c of row r: id + c·10⁹; latitude and longitude
+/// each moved by a uniform ±0.5°; the embedding perturbed by uniform ±0.05 per dimension and
+/// renormalised; name and body unchanged. Seeded xorshift: every run makes the same rows.
+struct Rows {
+    base: Vec<RawRow>,
+    target: usize,
+    made: usize,
+    rng: u64,
+}
+
+impl Rows {
+    fn new(target: usize) -> Result<Rows> {
+        let base = base_rows()?;
+        Ok(Rows {
+            target: target.max(base.len()),
+            base,
+            made: 0,
+            rng: 0x2545_F491_4F6C_DD1D,
+        })
     }
-    Ok(out)
+
+    fn len(&self) -> usize {
+        self.target
+    }
+
+    fn next(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64 // [0, 1)
+    }
+
+    fn chunk(&mut self, n: usize) -> Result<Vec<RawRow>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n && self.made < self.target {
+            let (copy, i) = (self.made / self.base.len(), self.made % self.base.len());
+            let mut r = self.base[i].clone();
+            if copy > 0 {
+                let id: u64 = r[0].as_deref().unwrap().parse()?;
+                r[0] = Some((id + copy as u64 * 1_000_000_000).to_string());
+                let lat: f64 = r[6].as_deref().unwrap().parse()?;
+                let lon: f64 = r[7].as_deref().unwrap().parse()?;
+                r[6] = Some((lat + self.next() - 0.5).clamp(-90.0, 90.0).to_string());
+                r[7] = Some((lon + self.next() - 0.5).clamp(-180.0, 180.0).to_string());
+                let v = indexer::document::parse_vector(r[8].as_deref().unwrap(), 384)
+                    .map_err(anyhow::Error::msg)?;
+                let mut v: Vec<f32> = v
+                    .iter()
+                    .map(|x| x + ((self.next() - 0.5) * 0.1) as f32)
+                    .collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|x| *x /= n);
+                r[8] = Some(format!(
+                    "{{{}}}",
+                    v.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
+            }
+            out.push(r);
+            self.made += 1;
+        }
+        Ok(out)
+    }
 }
 
 /// Prints a figure as soon as it is measured (a long run that dies still leaves its figures).
@@ -131,10 +159,15 @@ fn report(out: &mut Vec<String>, line: String) {
 }
 
 fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+/// A `/proc/self/status` memory line in MB (`VmRSS:`, `RssAnon:`, `RssFile:`).
+fn status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
@@ -175,12 +208,12 @@ fn build_graphs(shard: &mut Shard) -> Result<(usize, f64, f64)> {
     let mut n = 0;
     for job in shard.take_graph_jobs() {
         n += job.items.len();
-        let (graph, dir, metric) = (job.graph.clone(), job.dir.clone(), job.metric);
+        let (graph, dir) = (job.graph.clone(), job.dir.clone());
         let t = Instant::now();
         job.run();
         insert += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        graph.dump(&dir, metric)?;
+        graph.dump(&dir)?;
         dump += t.elapsed().as_secs_f64();
     }
     Ok((n, insert, dump))
@@ -204,7 +237,8 @@ fn reopen(dir: &std::path::Path) -> Result<()> {
         .sum();
     println!(
         "{}",
-        serde_json::json!({"serving_s": serving, "graph_s": graph, "graphed": n, "docs": docs, "rss_mb": rss_mb() - rss0})
+        serde_json::json!({"serving_s": serving, "graph_s": graph, "graphed": n, "docs": docs, "rss_mb": rss_mb() - rss0,
+                           "anon_mb": status_mb("RssAnon:"), "file_mb": status_mb("RssFile:")})
     );
     Ok(())
 }
@@ -215,12 +249,13 @@ fn main() -> Result<()> {
         return reopen(std::path::Path::new(&args[2]));
     }
     let target = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
-    let rows = rows(target)?;
+    let mut rows = Rows::new(target)?;
     let n = rows.len();
     let dir = tempfile::tempdir()?;
     let view = Arc::new(ViewCell::default());
     let mut shard = open(dir.path(), view.clone(), Lsn::ZERO)?;
     let points: Vec<(f64, f64)> = rows
+        .base
         .iter()
         .map(|r| {
             (
@@ -230,8 +265,12 @@ fn main() -> Result<()> {
         })
         .collect();
     let t = Instant::now();
-    for chunk in rows.chunks(2000) {
-        shard.add_snapshot_rows(0, chunk.to_vec())?;
+    loop {
+        let chunk = rows.chunk(2000)?;
+        if chunk.is_empty() {
+            break;
+        }
+        shard.add_snapshot_rows(0, chunk)?;
     }
     shard.commit_snapshot(Lsn(1))?;
     let build = t.elapsed().as_secs_f64();
@@ -475,9 +514,11 @@ fn main() -> Result<()> {
     ));
     let rss = r["rss_mb"].as_f64().unwrap_or(0.0);
     report(&mut out, format!(
-        "resident memory of the reopened shard with its graph: {rss:.0} MB for {} docs ({:.0} MB per 1M docs, linear estimate)",
+        "resident memory of the reopened shard with its graph: {rss:.0} MB for {} docs ({:.0} MB per 1M docs, linear estimate); of the process: {:.0} MB anonymous, {:.0} MB mapped index files",
         r["docs"],
-        rss * 1e6 / r["docs"].as_f64().unwrap_or(1.0)
+        rss * 1e6 / r["docs"].as_f64().unwrap_or(1.0),
+        r["anon_mb"].as_f64().unwrap_or(0.0),
+        r["file_mb"].as_f64().unwrap_or(0.0),
     ));
 
     println!(
