@@ -37,6 +37,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/internal/wait", get(wait))
         .route("/internal/dump/{index}", get(dump))
         .route("/internal/search", axum::routing::post(search))
+        .route("/internal/documents/{index}/{key}", get(document))
         .with_state(state)
 }
 
@@ -558,6 +559,7 @@ async fn search(
     };
     let (limit, offset) = (req.limit, req.offset);
     let ix = ix.clone();
+    let (lag_ms, lag_bytes) = (s.stats.lag_ms(), s.stats.lag_bytes());
     let result = tokio::task::spawn_blocking(move || -> tantivy::Result<Value> {
         let row = |region: &str, key: &str| -> tantivy::Result<Value> {
             let Some(p) = view.partitions.get(&(ix.ordinal, region.to_owned())) else {
@@ -645,7 +647,8 @@ async fn search(
                     .collect::<tantivy::Result<_>>()?
             }
         };
-        let mut body = json!({"applied_lsn": view.applied.to_string(), "hits": hits});
+        let mut body = json!({"applied_lsn": view.applied.to_string(), "lag_ms": lag_ms,
+                              "lag_bytes": lag_bytes, "hits": hits});
         if let Some(t) = total {
             body["total"] = json!(t);
         }
@@ -663,6 +666,49 @@ async fn search(
         }
         Err(e) => {
             tracing::error!(error = %e, "search task failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
+        }
+    }
+}
+
+/// One document by key, from whichever region holds it: its stored fields and region.
+async fn document(
+    State(s): State<HttpState>,
+    Path((index, key)): Path<(String, String)>,
+) -> Response {
+    let Some(ix) = s.indexes.iter().find(|i| i.name == index).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "index",
+            format!("unknown index {index:?}"),
+        );
+    };
+    let Some(view) = s.view.load() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
+    };
+    let result = tokio::task::spawn_blocking(move || -> tantivy::Result<Option<Value>> {
+        for ((i, region), p) in &view.partitions {
+            if *i != ix.ordinal {
+                continue;
+            }
+            if let Some(row) = crate::search::row_of(p, &key)? {
+                return Ok(Some(json!({"key": key, "region": region,
+                                      "fields": fields_json(&ix, &row),
+                                      "applied_lsn": view.applied.to_string()})));
+            }
+        }
+        Ok(None)
+    })
+    .await;
+    match result {
+        Ok(Ok(Some(v))) => Json(v).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "key", "no such document"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "document lookup failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "document task failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
         }
     }

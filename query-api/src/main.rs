@@ -1,1 +1,85 @@
-fn main() {}
+//! `query-api --config query-api.toml`: the public REST tier in front of the indexer shards.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use query_api::config::Config;
+
+#[derive(Parser)]
+#[command(version, about = "Public REST API over the indexer shards")]
+struct Cli {
+    /// TOML config: shards and their regions, API keys, limits, CORS.
+    #[arg(long, env = "QUERY_API_CONFIG")]
+    config: PathBuf,
+    /// Listen address (overrides the file and QUERY_API_LISTEN).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Write the bound address here once listening (useful with port 0).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = std::fs::read_to_string(&cli.config)
+        .map_err(|e| format!("{}: {e}", cli.config.display()))
+        .and_then(|text| Config::parse(&text).map_err(|e| format!("{}: {e}", cli.config.display())))
+        .and_then(|mut c| {
+            c.apply_env()?;
+            if let Some(l) = cli.listen {
+                c.listen = l;
+            }
+            Ok(c)
+        });
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("query-api: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(serve(config, cli.addr_file)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("query-api: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(config: Config, addr_file: Option<PathBuf>) -> Result<(), String> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, shards = config.shards.len(), "query-api listening");
+    if let Some(f) = addr_file {
+        let tmp = f.with_extension("tmp");
+        std::fs::write(&tmp, addr.to_string())
+            .and_then(|()| std::fs::rename(&tmp, &f))
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    let app = query_api::router(query_api::AppState::new(config, prometheus));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .map_err(|e| e.to_string())
+}

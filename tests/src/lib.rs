@@ -337,22 +337,99 @@ where
 
 /// The `indexer` binary built by this workspace (`$INDEXER_BIN` overrides).
 pub fn indexer_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("INDEXER_BIN") {
+    workspace_bin("indexer", "INDEXER_BIN")
+}
+
+/// The `query-api` binary built by this workspace (`$QUERY_API_BIN` overrides).
+pub fn query_api_bin() -> PathBuf {
+    workspace_bin("query-api", "QUERY_API_BIN")
+}
+
+fn workspace_bin(name: &str, env: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/e2e-<hash> (tests) or target/<profile>/demo → target/<profile>/indexer
+    // target/<profile>/deps/e2e-<hash> (tests) or target/<profile>/demo → target/<profile>/<name>
     let exe = std::env::current_exe().expect("current exe");
     let mut profile_dir = exe.parent().expect("exe dir");
     if profile_dir.ends_with("deps") {
         profile_dir = profile_dir.parent().expect("target dir");
     }
-    let bin = profile_dir.join("indexer");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
-        "{} not found: build it first (cargo build -p indexer), or run ./scripts/test",
+        "{} not found: build it first (cargo build -p indexer -p query-api), or run ./scripts/test",
         bin.display()
     );
     bin
+}
+
+/// The real query-api as a child process.
+pub struct QueryApi {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub url: String,
+}
+
+impl QueryApi {
+    /// Starts `query-api` on a free port and waits until it answers `/healthz`.
+    pub async fn start(config: &Path, dir: &Path) -> Result<QueryApi> {
+        let addr_file = dir.join("query-api.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = dir.join(format!(
+            "query-api.log{}",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(query_api_bin())
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--addr-file",
+                addr_file.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()?;
+        let mut api = QueryApi {
+            child: Some(child),
+            log,
+            url: String::new(),
+        };
+        let addr = eventually("query-api address file", Duration::from_secs(30), || {
+            let exited = api.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let (log, addr_file) = (api.log.clone(), addr_file.clone());
+            async move {
+                if let Some(status) = exited {
+                    bail!(
+                        "query-api exited with {status}: {}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                }
+                Ok(std::fs::read_to_string(&addr_file).ok())
+            }
+        })
+        .await?;
+        api.url = format!("http://{addr}");
+        Ok(api)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for QueryApi {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// The real indexer as a child process.
@@ -368,7 +445,12 @@ pub struct Indexer {
 impl Indexer {
     /// Starts `indexer run` and waits until its endpoint answers.
     pub async fn start(config: &Path, data_dir: &Path) -> Result<Indexer> {
-        let mut ix = Self::spawn(config, data_dir)?;
+        Self::start_on(config, data_dir, "127.0.0.1:0").await
+    }
+
+    /// `start`, listening on a given address (to restart on the same port).
+    pub async fn start_on(config: &Path, data_dir: &Path, listen: &str) -> Result<Indexer> {
+        let mut ix = Self::spawn_on(config, data_dir, listen)?;
         let addr_file = data_dir.join(indexer::ADDR_FILE);
         let addr = eventually("indexer address file", Duration::from_secs(60), || {
             let exited = ix.exited();
@@ -391,6 +473,10 @@ impl Indexer {
 
     /// Starts `indexer run` without waiting for anything.
     pub fn spawn(config: &Path, data_dir: &Path) -> Result<Indexer> {
+        Self::spawn_on(config, data_dir, "127.0.0.1:0")
+    }
+
+    fn spawn_on(config: &Path, data_dir: &Path, listen: &str) -> Result<Indexer> {
         let addr_file = data_dir.join(indexer::ADDR_FILE);
         let _ = std::fs::remove_file(&addr_file);
         std::fs::create_dir_all(data_dir)?;
@@ -403,7 +489,7 @@ impl Indexer {
                 "--config",
                 config.to_str().unwrap(),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
             ])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

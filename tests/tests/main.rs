@@ -1,6 +1,7 @@
 //! End-to-end tests: real Postgres (started by the harness), the real indexer binary, the
 //! real replication stream. One test binary with modules, to save link time.
 
+mod api;
 mod cdc;
 mod common;
 mod geo;

@@ -1,0 +1,220 @@
+//! query-api configuration: one TOML file, a few environment overrides. Unknown keys are
+//! errors that name the key.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Which indexer shard serves which regions.
+    #[serde(rename = "shard")]
+    pub shards: Vec<ShardConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub cors: CorsConfig,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// Base URL of the indexer's shard endpoint, e.g. `http://127.0.0.1:7070`.
+    pub url: String,
+    /// Regions this shard owns; empty: every region no other shard lists.
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub keys: Vec<ApiKey>,
+    /// Serve without keys (demo, local use). Without keys and without this, start-up fails.
+    #[serde(default)]
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Search, documents, indexes, the change stream.
+    Read,
+    /// Also `/v1/status`.
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "d_body")]
+    pub max_body_bytes: usize,
+    /// Whole-request deadline (waits for `min_lsn` included).
+    #[serde(default = "d_request_timeout")]
+    pub request_timeout_ms: u64,
+    /// How long a shard may take to answer one search before the answer is partial.
+    #[serde(default = "d_shard_timeout")]
+    pub shard_timeout_ms: u64,
+    /// Requests served at once; more get 503.
+    #[serde(default = "d_concurrency")]
+    pub max_concurrent_requests: usize,
+    /// Per API key (or per client address when open): sustained requests per second, burst.
+    #[serde(default = "d_rate")]
+    pub rate_per_sec: f64,
+    #[serde(default = "d_burst")]
+    pub burst: f64,
+    /// Default and largest `consistency.wait_timeout_ms`.
+    #[serde(default = "d_wait")]
+    pub default_wait_timeout_ms: u64,
+    #[serde(default = "d_max_wait")]
+    pub max_wait_timeout_ms: u64,
+}
+
+fn d_body() -> usize {
+    1 << 20
+}
+fn d_request_timeout() -> u64 {
+    30_000
+}
+fn d_shard_timeout() -> u64 {
+    5_000
+}
+fn d_concurrency() -> usize {
+    256
+}
+fn d_rate() -> f64 {
+    200.0
+}
+fn d_burst() -> f64 {
+    400.0
+}
+fn d_wait() -> u64 {
+    5_000
+}
+fn d_max_wait() -> u64 {
+    25_000
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: d_body(),
+            request_timeout_ms: d_request_timeout(),
+            shard_timeout_ms: d_shard_timeout(),
+            max_concurrent_requests: d_concurrency(),
+            rate_per_sec: d_rate(),
+            burst: d_burst(),
+            default_wait_timeout_ms: d_wait(),
+            max_wait_timeout_ms: d_max_wait(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed to call the API from a browser (`"*"` for any); none by default.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.check()?;
+        Ok(c)
+    }
+
+    /// `QUERY_API_LISTEN` and `QUERY_API_KEYS` (`key:scope,key:scope`) override the file.
+    pub fn apply_env(&mut self) -> Result<(), String> {
+        if let Ok(l) = std::env::var("QUERY_API_LISTEN") {
+            self.listen = l;
+        }
+        if let Ok(keys) = std::env::var("QUERY_API_KEYS") {
+            self.auth.keys = keys
+                .split(',')
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| {
+                    let (key, scope) = k.trim().rsplit_once(':').ok_or_else(|| {
+                        "QUERY_API_KEYS: each entry is key:scope (read or admin)".to_owned()
+                    })?;
+                    let scope = match scope {
+                        "read" => Scope::Read,
+                        "admin" => Scope::Admin,
+                        other => {
+                            return Err(format!(
+                                "QUERY_API_KEYS: unknown scope {other:?} (read or admin)"
+                            ))
+                        }
+                    };
+                    Ok(ApiKey {
+                        key: key.to_owned(),
+                        scope,
+                    })
+                })
+                .collect::<Result<_, String>>()?;
+        }
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.shards.is_empty() {
+            return Err("at least one [[shard]] is required".into());
+        }
+        for s in &self.shards {
+            if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
+                return Err(format!("shard url {:?} must start with http://", s.url));
+            }
+        }
+        if self.auth.keys.is_empty() && !self.auth.open {
+            return Err(
+                "no API keys: set [auth] keys (or QUERY_API_KEYS), or auth.open = true to serve without keys"
+                    .into(),
+            );
+        }
+        if self.auth.keys.iter().any(|k| k.key.len() < 16) {
+            return Err("API keys must be at least 16 characters".into());
+        }
+        if !(self.limits.rate_per_sec > 0.0 && self.limits.burst >= 1.0) {
+            return Err("limits.rate_per_sec must be > 0 and limits.burst >= 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_checks() {
+        let c = Config::parse(
+            "listen = \"0.0.0.0:9000\"\n[[shard]]\nurl = \"http://a:7070\"\nregions = [\"europe\"]\n\
+             [[shard]]\nurl = \"http://b:7070\"\n[auth]\nkeys = [{ key = \"0123456789abcdef\", scope = \"read\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.shards.len(), 2);
+        assert_eq!(c.auth.keys[0].scope, Scope::Read);
+        assert!(Config::parse("[[shard]]\nurl = \"http://a\"\n")
+            .unwrap_err()
+            .contains("no API keys"));
+        assert!(Config::parse("bogus = 1\n[[shard]]\nurl = \"http://a\"\n")
+            .unwrap_err()
+            .contains("bogus"));
+    }
+}

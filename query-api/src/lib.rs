@@ -1,0 +1,1006 @@
+//! query-api: the stateless public REST tier. It authenticates and limits callers, routes each
+//! search to the indexer shards owning its regions (in parallel, with a deadline), merges their
+//! answers into one global order, and tells the caller how fresh the answer is — waiting, when
+//! asked, until its own write (`consistency.min_lsn`) is searchable. Any replica can answer any
+//! request: the only state is per-process rate-limit buckets.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, Scope};
+
+/// Largest `limit` and `offset + limit` of a search.
+pub const MAX_HITS: u64 = 10_000;
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    http: reqwest::Client,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    inflight: tokio::sync::Semaphore,
+    prometheus: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn new(config: Config, prometheus: Option<PrometheusHandle>) -> AppState {
+        let inflight = tokio::sync::Semaphore::new(config.limits.max_concurrent_requests);
+        AppState {
+            inner: Arc::new(Inner {
+                config,
+                http: reqwest::Client::builder()
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("http client"),
+                buckets: Mutex::new(HashMap::new()),
+                inflight,
+                prometheus,
+            }),
+        }
+    }
+}
+
+/// An error answer: status, a stable code, the request field at fault (if any), a message,
+/// and optional extra members (e.g. freshness). Internal details are logged, never sent.
+#[derive(Debug)]
+pub struct ApiError(Box<ErrorBody>);
+
+#[derive(Debug)]
+struct ErrorBody {
+    status: StatusCode,
+    code: &'static str,
+    field: String,
+    message: String,
+    extra: Option<(String, Value)>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError(Box::new(ErrorBody {
+            status,
+            code,
+            field: field.to_owned(),
+            message: message.into(),
+            extra: None,
+            retry_after: None,
+        }))
+    }
+
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", field, message)
+    }
+
+    fn with(mut self, name: &str, v: Value) -> Self {
+        self.0.extra = Some((name.to_owned(), v));
+        self
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.0.retry_after = Some(seconds);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = *self.0;
+        let mut body = json!({"error": {"code": e.code, "field": e.field, "message": e.message}});
+        if let Some((k, v)) = e.extra {
+            body[k] = v;
+        }
+        let mut resp = (e.status, Json(body)).into_response();
+        if let Some(s) = e.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let limits = state.inner.config.limits.clone();
+    let cors = {
+        let origins = &state.inner.config.cors.allow_origins;
+        let layer = tower_http::cors::CorsLayer::new()
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([
+                axum::http::header::CONTENT_TYPE,
+                axum::http::header::AUTHORIZATION,
+                axum::http::HeaderName::from_static("x-api-key"),
+            ]);
+        if origins.iter().any(|o| o == "*") {
+            layer.allow_origin(tower_http::cors::Any)
+        } else {
+            layer.allow_origin(
+                origins
+                    .iter()
+                    .filter_map(|o| o.parse::<HeaderValue>().ok())
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/status", get(status))
+        .route("/v1/indexes", get(indexes))
+        .route(
+            "/v1/indexes/{index}/search",
+            post(search_post).get(search_get),
+        )
+        .route("/v1/indexes/{index}/documents/{id}", get(document))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "", "no such route")
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            Duration::from_millis(limits.request_timeout_ms),
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(cors)
+        .with_state(state)
+}
+
+/// Every request: bounded concurrency (503 when saturated) and metrics by route and status.
+async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let resp = match s.inner.inflight.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "",
+            "too many requests in flight; retry shortly",
+        )
+        .retry_after(1)
+        .into_response(),
+    };
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("query_api_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("query_api_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Checks the caller's key (constant-time against every configured key) and scope, then its
+/// rate bucket. Without configured keys (`auth.open`), buckets are per client address.
+fn authorize(
+    s: &AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    need: Scope,
+) -> Result<(), ApiError> {
+    let cfg = &s.inner.config;
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let bucket = if cfg.auth.keys.is_empty() {
+        peer.map(|p| p.ip().to_string()).unwrap_or_default()
+    } else {
+        let Some(presented) = presented else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "authorization",
+                "an API key is required (Authorization: Bearer <key>, or X-API-Key)",
+            ));
+        };
+        let mut found: Option<Scope> = None;
+        for k in &cfg.auth.keys {
+            if bool::from(k.key.as_bytes().ct_eq(presented.as_bytes())) {
+                found = Some(k.scope);
+            }
+        }
+        match found {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "authorization",
+                    "unknown API key",
+                ))
+            }
+            Some(Scope::Read) if need == Scope::Admin => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "authorization",
+                    "this key has read scope; the route needs admin",
+                ))
+            }
+            Some(_) => presented.to_owned(),
+        }
+    };
+    let (rate, burst) = (cfg.limits.rate_per_sec, cfg.limits.burst);
+    let mut buckets = s.inner.buckets.lock().unwrap();
+    let now = Instant::now();
+    let (tokens, last) = buckets.entry(bucket).or_insert((burst, now));
+    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+    *last = now;
+    if *tokens < 1.0 {
+        let wait = ((1.0 - *tokens) / rate).ceil().max(1.0) as u64;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "",
+            format!("rate limit of {rate} requests/s exceeded"),
+        )
+        .retry_after(wait));
+    }
+    *tokens -= 1.0;
+    Ok(())
+}
+
+/// An LSN `X/Y` as a number, for comparisons.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+        return None;
+    }
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+fn format_lsn(v: u64) -> String {
+    format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+}
+
+/// The shards a request touches, each with the regions asked of it (empty: all it owns).
+fn route(cfg: &Config, regions: &[String]) -> Result<Vec<(usize, Vec<String>)>, ApiError> {
+    if regions.is_empty() {
+        return Ok((0..cfg.shards.len()).map(|i| (i, Vec::new())).collect());
+    }
+    let catch_all = cfg.shards.iter().position(|s| s.regions.is_empty());
+    let mut by_shard: Vec<(usize, Vec<String>)> = Vec::new();
+    for r in regions {
+        let owner = cfg
+            .shards
+            .iter()
+            .position(|s| s.regions.iter().any(|x| x == r))
+            .or(catch_all)
+            .ok_or_else(|| ApiError::invalid("regions", format!("no shard serves region {r:?}")))?;
+        match by_shard.iter_mut().find(|(i, _)| *i == owner) {
+            Some((_, rs)) => rs.push(r.clone()),
+            None => by_shard.push((owner, vec![r.clone()])),
+        }
+    }
+    Ok(by_shard)
+}
+
+#[derive(Default)]
+struct Consistency {
+    min_lsn: Option<(u64, String)>,
+    max_staleness_ms: Option<u64>,
+    wait_timeout_ms: u64,
+}
+
+fn take_consistency(body: &mut Map<String, Value>, cfg: &Config) -> Result<Consistency, ApiError> {
+    let mut c = Consistency {
+        wait_timeout_ms: cfg.limits.default_wait_timeout_ms,
+        ..Default::default()
+    };
+    let Some(v) = body.remove("consistency") else {
+        return Ok(c);
+    };
+    let Some(obj) = v.as_object() else {
+        return Err(ApiError::invalid("consistency", "must be an object"));
+    };
+    for (k, v) in obj {
+        let field = format!("consistency.{k}");
+        match k.as_str() {
+            "min_lsn" => {
+                let s = v.as_str().ok_or_else(|| {
+                    ApiError::invalid(&field, "must be an LSN string such as \"0/16B3748\"")
+                })?;
+                let n = parse_lsn(s).ok_or_else(|| {
+                    ApiError::invalid(&field, format!("{s:?} is not an LSN (X/Y, hexadecimal)"))
+                })?;
+                c.min_lsn = Some((n, format_lsn(n)));
+            }
+            "max_staleness_ms" => {
+                c.max_staleness_ms = Some(v.as_u64().ok_or_else(|| {
+                    ApiError::invalid(&field, "must be a non-negative integer (milliseconds)")
+                })?)
+            }
+            "wait_timeout_ms" => {
+                let ms = v.as_u64().ok_or_else(|| {
+                    ApiError::invalid(&field, "must be a non-negative integer (milliseconds)")
+                })?;
+                if ms > cfg.limits.max_wait_timeout_ms {
+                    return Err(ApiError::invalid(
+                        &field,
+                        format!("at most {}", cfg.limits.max_wait_timeout_ms),
+                    ));
+                }
+                c.wait_timeout_ms = ms;
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    &field,
+                    "unknown field (min_lsn, max_staleness_ms, wait_timeout_ms)",
+                ))
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// How merged hits are ordered.
+enum Order {
+    ScoreDesc,
+    DistanceAsc,
+    Sort { descending: bool },
+}
+
+fn order_of(body: &Map<String, Value>) -> Order {
+    if let Some(sort) = body.get("sort") {
+        return Order::Sort {
+            descending: sort["order"] == "desc",
+        };
+    }
+    if body.get("text").is_none() && body.get("vector").is_none() && body.get("geo").is_some() {
+        return Order::DistanceAsc;
+    }
+    Order::ScoreDesc
+}
+
+fn compare_hits(order: &Order, a: &Value, b: &Value) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let num = |v: &Value, k: &str| v[k].as_f64();
+    let first = match order {
+        Order::ScoreDesc => num(b, "score")
+            .unwrap_or(f64::MIN)
+            .total_cmp(&num(a, "score").unwrap_or(f64::MIN)),
+        Order::DistanceAsc => num(a, "distance_m")
+            .unwrap_or(f64::MAX)
+            .total_cmp(&num(b, "distance_m").unwrap_or(f64::MAX)),
+        Order::Sort { descending } => {
+            let (x, y) = (&a["sort_value"], &b["sort_value"]);
+            match (x.is_null(), y.is_null()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Greater,
+                (false, true) => Ordering::Less,
+                _ => {
+                    let o = match (x.as_f64(), y.as_f64()) {
+                        (Some(p), Some(q)) => p.total_cmp(&q),
+                        _ => x
+                            .as_str()
+                            .unwrap_or_default()
+                            .as_bytes()
+                            .cmp(y.as_str().unwrap_or_default().as_bytes()),
+                    };
+                    if *descending {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                }
+            }
+        }
+    };
+    first.then_with(|| {
+        a["key"]
+            .as_str()
+            .unwrap_or_default()
+            .cmp(b["key"].as_str().unwrap_or_default())
+    })
+}
+
+fn get_u64(body: &Map<String, Value>, field: &str, default: u64) -> Result<u64, ApiError> {
+    match body.get(field) {
+        None => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| ApiError::invalid(field, "must be a non-negative integer")),
+    }
+}
+
+async fn search_post(
+    State(s): State<AppState>,
+    Path(index): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            "bad_body",
+            "body",
+            e.body_text(),
+        )
+    })?;
+    let Value::Object(body) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "body",
+            "the body must be a JSON object",
+        ));
+    };
+    search(&s, &index, body).await.map(Json)
+}
+
+/// `GET /v1/indexes/{index}/search?q=…&lat=…&lon=…&radius=…&region=…&limit=…`: the simple
+/// cases as query parameters (radius in metres; lat/lon without radius: nearest).
+async fn search_get(
+    State(s): State<AppState>,
+    Path(index): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let mut body = Map::new();
+    let num = |k: &str| -> Result<Option<f64>, ApiError> {
+        params
+            .get(k)
+            .map(|v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| ApiError::invalid(k, format!("{v:?} is not a number")))
+            })
+            .transpose()
+    };
+    for k in params.keys() {
+        if !["q", "lat", "lon", "radius", "region", "limit", "min_lsn"].contains(&k.as_str()) {
+            return Err(ApiError::invalid(
+                k,
+                "unknown parameter (q, lat, lon, radius, region, limit, min_lsn)",
+            ));
+        }
+    }
+    if let Some(q) = params.get("q") {
+        body.insert("text".into(), json!({"q": q}));
+    }
+    match (num("lat")?, num("lon")?, num("radius")?) {
+        (Some(lat), Some(lon), Some(radius_m)) => {
+            body.insert(
+                "geo".into(),
+                json!({"within": {"lat": lat, "lon": lon, "radius_m": radius_m}}),
+            );
+        }
+        (Some(lat), Some(lon), None) => {
+            let k = num("limit")?.unwrap_or(10.0);
+            body.insert(
+                "geo".into(),
+                json!({"nearest": {"lat": lat, "lon": lon, "k": k as u64}}),
+            );
+        }
+        (None, None, None) => {}
+        _ => {
+            return Err(ApiError::invalid(
+                "lat",
+                "lat and lon go together (radius optional)",
+            ))
+        }
+    }
+    if let Some(r) = params.get("region") {
+        body.insert(
+            "regions".into(),
+            Value::Array(r.split(',').map(|x| Value::String(x.to_owned())).collect()),
+        );
+    }
+    if let Some(l) = num("limit")? {
+        body.insert("limit".into(), json!(l as u64));
+    }
+    if let Some(m) = params.get("min_lsn") {
+        body.insert("consistency".into(), json!({"min_lsn": m}));
+    }
+    search(&s, &index, body).await.map(Json)
+}
+
+/// Waits for `min_lsn`, fans out to the shards, merges, checks staleness.
+async fn search(
+    s: &AppState,
+    index: &str,
+    mut body: Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let cfg = &s.inner.config;
+    let consistency = take_consistency(&mut body, cfg)?;
+    let regions: Vec<String> = match body.get("regions") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|r| {
+                r.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ApiError::invalid("regions", "must be an array of strings"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::invalid("regions", "must be an array of strings")),
+    };
+    let limit = get_u64(&body, "limit", 10)?;
+    let offset = get_u64(&body, "offset", 0)?;
+    if limit == 0 || limit > MAX_HITS {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit must be in 1..={MAX_HITS}"),
+        ));
+    }
+    if offset > MAX_HITS - limit {
+        return Err(ApiError::invalid(
+            "offset",
+            format!("offset + limit must be at most {MAX_HITS}"),
+        ));
+    }
+    let targets = route(cfg, &regions)?;
+    body.insert("index".into(), Value::String(index.to_owned()));
+
+    // Read-your-writes: every touched shard must have applied the client's commit.
+    if let Some((_, lsn_text)) = &consistency.min_lsn {
+        let waits = targets.iter().map(|(i, _)| {
+            let url = format!(
+                "{}/internal/wait?lsn={lsn_text}&timeout_ms={}",
+                cfg.shards[*i].url, consistency.wait_timeout_ms
+            );
+            let http = s.inner.http.clone();
+            let shard = cfg.shards[*i].url.clone();
+            let deadline = Duration::from_millis(consistency.wait_timeout_ms + 2_000);
+            async move {
+                let r = tokio::time::timeout(deadline, http.get(url).send()).await;
+                let (reached, applied) = match r {
+                    Ok(Ok(resp)) => {
+                        let ok = resp.status().is_success();
+                        let v: Value = resp.json().await.unwrap_or(Value::Null);
+                        (ok, v["applied_lsn"].clone())
+                    }
+                    _ => (false, Value::Null),
+                };
+                (shard, reached, applied)
+            }
+        });
+        let results = futures_util::future::join_all(waits).await;
+        if results.iter().any(|(_, reached, _)| !reached) {
+            let shards: Vec<Value> = results
+                .iter()
+                .map(|(shard, reached, applied)| json!({"shard": shard, "applied_lsn": applied, "reached": reached}))
+                .collect();
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "min_lsn_not_reached",
+                "consistency.min_lsn",
+                format!(
+                    "not every shard applied {lsn_text} within {} ms; retry, or raise wait_timeout_ms",
+                    consistency.wait_timeout_ms
+                ),
+            )
+            .with("freshness", json!({"requested_lsn": lsn_text, "shards": shards})));
+        }
+    }
+
+    // Fan out; a single shard gets the page as asked, several give their top offset+limit.
+    let several = targets.len() > 1;
+    let calls = targets.iter().map(|(i, rs)| {
+        let mut b = body.clone();
+        b.insert(
+            "regions".into(),
+            Value::Array(rs.iter().cloned().map(Value::String).collect()),
+        );
+        if several {
+            b.insert("limit".into(), json!(offset + limit));
+            b.insert("offset".into(), json!(0));
+        }
+        let url = format!("{}/internal/search", cfg.shards[*i].url);
+        let http = s.inner.http.clone();
+        let shard = cfg.shards[*i].url.clone();
+        let regions = rs.clone();
+        let deadline = Duration::from_millis(cfg.limits.shard_timeout_ms);
+        async move {
+            let r = tokio::time::timeout(deadline, http.post(url).json(&b).send()).await;
+            let out = match r {
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    match resp.json::<Value>().await {
+                        Ok(v) => Ok((status, v)),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            };
+            (shard, regions, out)
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let mut answers = Vec::new();
+    let mut missing = Vec::new();
+    for (shard, regions, out) in results {
+        match out {
+            Ok((status, v)) if status.is_success() => answers.push((shard, regions, v)),
+            Ok((status, v)) if status.is_client_error() => {
+                // The shard validated the request: its answer names the field.
+                let err = &v["error"];
+                return Err(ApiError::new(
+                    StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_REQUEST),
+                    if status == StatusCode::NOT_FOUND {
+                        "not_found"
+                    } else {
+                        "invalid"
+                    },
+                    err["field"].as_str().unwrap_or(""),
+                    err["message"].as_str().unwrap_or("invalid request"),
+                ));
+            }
+            Ok((status, _)) => {
+                tracing::warn!(%shard, %status, "shard search failed");
+                missing.push(json!({"shard": shard, "regions": regions}));
+            }
+            Err(e) => {
+                tracing::warn!(%shard, error = %e, "shard unreachable");
+                missing.push(json!({"shard": shard, "regions": regions}));
+            }
+        }
+    }
+    if answers.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shards_unavailable",
+            "",
+            "no shard serving these regions answered",
+        )
+        .with("missing", Value::Array(missing)));
+    }
+
+    // Freshness, per shard and overall.
+    let mut shards_fresh = Vec::new();
+    let (mut min_applied, mut max_lag_ms) = (u64::MAX, 0u64);
+    for (shard, regions, v) in &answers {
+        let applied = v["applied_lsn"].as_str().and_then(parse_lsn).unwrap_or(0);
+        let lag_ms = v["lag_ms"].as_u64().unwrap_or(0);
+        min_applied = min_applied.min(applied);
+        max_lag_ms = max_lag_ms.max(lag_ms);
+        shards_fresh.push(
+            json!({"shard": shard, "regions": regions, "applied_lsn": v["applied_lsn"],
+                                 "lag_ms": lag_ms, "lag_bytes": v["lag_bytes"]}),
+        );
+    }
+    let freshness = json!({"min_applied_lsn": format_lsn(min_applied), "max_lag_ms": max_lag_ms, "shards": shards_fresh});
+    if let Some(max) = consistency.max_staleness_ms {
+        if max_lag_ms > max {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "too_stale",
+                "consistency.max_staleness_ms",
+                format!("the freshest answer available lags {max_lag_ms} ms, over {max} ms"),
+            )
+            .with("freshness", freshness));
+        }
+    }
+
+    // Merge: one global order, then the page.
+    let order = order_of(&body);
+    let mut hits: Vec<Value> = Vec::new();
+    let mut total: Option<u64> = None;
+    let mut facets: Map<String, Value> = Map::new();
+    let mut facet_counts: HashMap<String, Vec<(Value, u64)>> = HashMap::new();
+    for (_, _, v) in &answers {
+        if let Some(h) = v["hits"].as_array() {
+            hits.extend(h.iter().cloned());
+        }
+        if let Some(t) = v["total"].as_u64() {
+            *total.get_or_insert(0) += t;
+        }
+        if let Some(f) = v["facets"].as_object() {
+            for (field, buckets) in f {
+                let e = facet_counts.entry(field.clone()).or_default();
+                for b in buckets.as_array().into_iter().flatten() {
+                    let n = b["count"].as_u64().unwrap_or(0);
+                    match e.iter_mut().find(|(val, _)| *val == b["value"]) {
+                        Some((_, c)) => *c += n,
+                        None => e.push((b["value"].clone(), n)),
+                    }
+                }
+            }
+        }
+    }
+    if several {
+        hits.sort_by(|a, b| compare_hits(&order, a, b));
+        hits = hits
+            .into_iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .collect();
+    }
+    let sizes: HashMap<String, usize> = body
+        .get("facets")
+        .and_then(|f| f.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|f| {
+            Some((
+                f["field"].as_str()?.to_owned(),
+                f["size"].as_u64().unwrap_or(10) as usize,
+            ))
+        })
+        .collect();
+    for (field, mut counts) in facet_counts {
+        counts.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
+        });
+        counts.truncate(sizes.get(&field).copied().unwrap_or(10));
+        facets.insert(
+            field,
+            Value::Array(
+                counts
+                    .into_iter()
+                    .map(|(value, count)| json!({"value": value, "count": count}))
+                    .collect(),
+            ),
+        );
+    }
+    let mut out = json!({
+        "hits": hits,
+        "freshness": freshness,
+        "partial": !missing.is_empty(),
+    });
+    if !missing.is_empty() {
+        out["missing"] = Value::Array(missing);
+    }
+    if let Some(t) = total {
+        out["total"] = json!(t);
+    }
+    if !facets.is_empty() {
+        out["facets"] = Value::Object(facets);
+    }
+    Ok(out)
+}
+
+/// Each shard's `/status`, or why it is unreachable.
+async fn shard_statuses(s: &AppState) -> Vec<(String, Result<Value, String>)> {
+    let cfg = &s.inner.config;
+    let calls = cfg.shards.iter().map(|sh| {
+        let http = s.inner.http.clone();
+        let url = sh.url.clone();
+        async move {
+            let r = tokio::time::timeout(
+                Duration::from_secs(2),
+                http.get(format!("{url}/status")).send(),
+            )
+            .await;
+            let v = match r {
+                Ok(Ok(resp)) if resp.status().is_success() => {
+                    resp.json::<Value>().await.map_err(|e| e.to_string())
+                }
+                Ok(Ok(resp)) => Err(format!("status {}", resp.status())),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".into()),
+            };
+            (url, v)
+        }
+    });
+    futures_util::future::join_all(calls).await
+}
+
+fn shard_ready(v: &Value) -> bool {
+    let snap = v["snapshot"]["state"].as_str().unwrap_or("");
+    (snap == "done" || snap == "resumed") && v["stream"] == "streaming"
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let statuses = shard_statuses(&s).await;
+    let shards: Vec<Value> = statuses
+        .iter()
+        .map(|(url, v)| match v {
+            Ok(v) => json!({"shard": url, "reachable": true, "ready": shard_ready(v)}),
+            Err(_) => json!({"shard": url, "reachable": false, "ready": false}),
+        })
+        .collect();
+    let ready = statuses
+        .iter()
+        .all(|(_, v)| v.as_ref().is_ok_and(shard_ready));
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"ready": ready, "shards": shards}))).into_response()
+}
+
+async fn status(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, Some(peer), Scope::Admin)?;
+    let statuses = shard_statuses(&s).await;
+    let shards: Vec<Value> = statuses
+        .into_iter()
+        .map(|(url, v)| match v {
+            Ok(v) => json!({
+                "shard": url, "reachable": true, "ready": shard_ready(&v),
+                "slot": v["slot"], "slot_wal_status": v["slot_status"]["wal_status"],
+                "applied_lsn": v["applied_lsn"], "lag_bytes": v["lag_bytes"], "lag_ms": v["lag_ms"],
+                "rejected_rows": v["rejected_rows"],
+                "partitions": v["partitions"].as_array().map(|ps| ps.iter().map(|p| json!({
+                    "index": p["index"], "region": p["region"], "documents": p["documents"],
+                    "applied_lsn": p["applied_lsn"], "lag_bytes": p["lag_bytes"], "lag_ms": p["lag_ms"],
+                    "rejected_rows": p["rejected_rows"],
+                })).collect::<Vec<_>>()),
+            }),
+            Err(e) => {
+                tracing::warn!(shard = %url, error = %e, "shard status failed");
+                json!({"shard": url, "reachable": false})
+            }
+        })
+        .collect();
+    Ok(Json(json!({"shards": shards})))
+}
+
+async fn indexes(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let mut by_index: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for (url, v) in shard_statuses(&s).await {
+        let Ok(v) = v else { continue };
+        for p in v["partitions"].as_array().into_iter().flatten() {
+            by_index
+                .entry(p["index"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push(
+                    json!({"shard": url, "region": p["region"], "documents": p["documents"],
+                             "applied_lsn": p["applied_lsn"], "lag_ms": p["lag_ms"]}),
+                );
+        }
+    }
+    let list: Vec<Value> = by_index
+        .into_iter()
+        .map(|(name, partitions)| json!({"name": name, "partitions": partitions}))
+        .collect();
+    Ok(Json(json!({"indexes": list})))
+}
+
+async fn document(
+    State(s): State<AppState>,
+    Path((index, id)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let cfg = &s.inner.config;
+    let calls = cfg.shards.iter().map(|sh| {
+        let http = s.inner.http.clone();
+        let url = format!("{}/internal/documents/{index}/{id}", sh.url);
+        async move {
+            match tokio::time::timeout(Duration::from_secs(5), http.get(url).send()).await {
+                Ok(Ok(resp)) => Some((resp.status(), resp.json::<Value>().await.ok()?)),
+                _ => None,
+            }
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let mut unreachable = false;
+    for r in results {
+        match r {
+            Some((status, v)) if status.is_success() => return Ok(Json(v)),
+            Some((status, v))
+                if status == StatusCode::NOT_FOUND && v["error"]["field"] == "index" =>
+            {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "index",
+                    format!("unknown index {index:?}"),
+                ))
+            }
+            Some(_) => {}
+            None => unreachable = true,
+        }
+    }
+    if unreachable {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shards_unavailable",
+            "",
+            "a shard did not answer: the document may be there",
+        ));
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "id",
+        format!("no document {id:?} in index {index:?}"),
+    ))
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    match &s.inner.prometheus {
+        Some(h) => h.render().into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are off").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_parse_and_print() {
+        assert_eq!(parse_lsn("0/16B3748"), Some(0x16B3748));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(format_lsn(0x1_0000_00FF), "1/FF");
+        assert_eq!(parse_lsn("16B3748"), None);
+        assert_eq!(parse_lsn("0/XYZ"), None);
+        assert_eq!(parse_lsn("/1"), None);
+    }
+
+    #[test]
+    fn routing_groups_regions_by_shard() {
+        let cfg = Config::parse(
+            "[[shard]]\nurl = \"http://a\"\nregions = [\"europe\", \"asia\"]\n[[shard]]\nurl = \"http://b\"\nregions = [\"africa\"]\n[auth]\nopen = true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            route(&cfg, &["asia".into(), "africa".into(), "europe".into()]).unwrap(),
+            vec![
+                (0, vec!["asia".to_owned(), "europe".to_owned()]),
+                (1, vec!["africa".to_owned()])
+            ]
+        );
+        assert_eq!(route(&cfg, &[]).unwrap().len(), 2);
+        let e = route(&cfg, &["oceania".into()]).unwrap_err();
+        assert_eq!(e.0.field, "regions");
+    }
+
+    #[test]
+    fn merged_hits_follow_the_request_order() {
+        let hits = [
+            json!({"key": "b", "score": 2.0, "distance_m": 5.0, "sort_value": null}),
+            json!({"key": "a", "score": 2.0, "distance_m": 9.0, "sort_value": 3}),
+            json!({"key": "c", "score": 7.0, "distance_m": 1.0, "sort_value": 1}),
+        ];
+        let sorted = |o: Order| {
+            let mut v = hits.to_vec();
+            v.sort_by(|x, y| compare_hits(&o, x, y));
+            v.iter()
+                .map(|h| h["key"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sorted(Order::ScoreDesc), ["c", "a", "b"]);
+        assert_eq!(sorted(Order::DistanceAsc), ["c", "b", "a"]);
+        assert_eq!(sorted(Order::Sort { descending: true }), ["a", "c", "b"]);
+        assert_eq!(sorted(Order::Sort { descending: false }), ["c", "a", "b"]);
+    }
+}

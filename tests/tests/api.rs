@@ -1,0 +1,353 @@
+//! The public API end to end: real Postgres, the indexer and query-api as processes. A write
+//! made with SQL is in the first answer that asks for its LSN; updates and deletes likewise;
+//! auth, limits and bad input get JSON errors naming the field; a dead shard gives 503 and
+//! `/readyz` says so, and a restarted one restores answers.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use e2e::{Indexer, QueryApi};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::Fixture;
+
+const READ: &str = "read-key-0123456789";
+const ADMIN: &str = "admin-key-0123456789";
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn api_config(f: &Fixture, shard: &str, extra: &str) -> Result<std::path::PathBuf> {
+    let path = f
+        .dir
+        .path()
+        .join(format!("query-api-{}.toml", free_port()?));
+    std::fs::write(
+        &path,
+        format!(
+            "[[shard]]\nurl = \"{shard}\"\n\
+             [auth]\nkeys = [{{ key = \"{READ}\", scope = \"read\" }}, {{ key = \"{ADMIN}\", scope = \"admin\" }}]\n\
+             {extra}\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn post(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: &Value,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn get(&self, path: &str, key: Option<&str>) -> Result<(StatusCode, Value)> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    async fn search(&self, body: Value) -> Result<(StatusCode, Value)> {
+        self.post("/v1/indexes/places/search", Some(READ), &body)
+            .await
+    }
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    v["hits"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|x| x["key"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
+    let f = Fixture::new().await?;
+    f.insert_range(1, 300).await?;
+    let config = f.config("", "commit_interval_ms = 60000")?;
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let mut ix = Indexer::start_on(&config, &f.data_dir(), &listen).await?;
+    ix.wait_ready().await?;
+    let shard = format!("http://{listen}");
+    let api = QueryApi::start(
+        &api_config(&f, &shard, "[limits]\nmax_body_bytes = 65536")?,
+        f.dir.path(),
+    )
+    .await?;
+    let c = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?,
+        base: api.url.clone(),
+    };
+    let (st, ready) = c.get("/readyz", None).await?;
+    assert_eq!(st, StatusCode::OK, "{ready}");
+
+    // 1. Read your writes: the insert is in the first answer that names its LSN.
+    f.client
+        .batch_execute("INSERT INTO places VALUES (9001, 'europe', 'Quuxville', 'a zorblatt town', 5, 10, 10, NULL)")
+        .await?;
+    let lsn = f.lsn().await?;
+    let (st, v) = c
+        .search(json!({"text": {"q": "zorblatt"}, "consistency": {"min_lsn": lsn, "wait_timeout_ms": 10000}}))
+        .await?;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(keys(&v), ["9001"], "{v}");
+    let applied = v["freshness"]["min_applied_lsn"].as_str().unwrap();
+    assert!(
+        query_api::parse_lsn(applied) >= query_api::parse_lsn(&lsn),
+        "{applied} < {lsn}"
+    );
+    assert_eq!(v["partial"], false);
+    assert!(v["freshness"]["shards"][0]["lag_ms"].is_u64(), "{v}");
+    // Update and delete, read the same way.
+    f.client
+        .batch_execute("UPDATE places SET body = 'a glorp town' WHERE id = 9001")
+        .await?;
+    let lsn = f.lsn().await?;
+    let (_, v) = c
+        .search(json!({"text": {"q": "glorp"}, "consistency": {"min_lsn": lsn}}))
+        .await?;
+    assert_eq!(keys(&v), ["9001"], "{v}");
+    let (_, v) = c
+        .search(json!({"text": {"q": "zorblatt"}, "consistency": {"min_lsn": lsn}}))
+        .await?;
+    assert!(keys(&v).is_empty(), "{v}");
+    let (st, doc) = c
+        .get("/v1/indexes/places/documents/9001", Some(READ))
+        .await?;
+    assert_eq!(st, StatusCode::OK, "{doc}");
+    assert_eq!(doc["region"], "europe");
+    f.client
+        .batch_execute("DELETE FROM places WHERE id = 9001")
+        .await?;
+    let lsn = f.lsn().await?;
+    let (_, v) = c
+        .search(json!({"text": {"q": "glorp"}, "consistency": {"min_lsn": lsn}}))
+        .await?;
+    assert!(keys(&v).is_empty(), "{v}");
+    let (st, v) = c
+        .get("/v1/indexes/places/documents/9001", Some(READ))
+        .await?;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+
+    // A future LSN: a distinct status and how far each shard got.
+    let (st, v) = c
+        .search(json!({"text": {"q": "place"}, "consistency": {"min_lsn": "FF/0", "wait_timeout_ms": 200}}))
+        .await?;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "min_lsn_not_reached");
+    assert!(
+        v["freshness"]["shards"][0]["applied_lsn"].is_string(),
+        "{v}"
+    );
+
+    // Global order and pages across regions, geo through the GET form, facets.
+    let (st, v) = c
+        .search(json!({"geo": {"within": {"lat": 15.0, "lon": -80.0, "radius_m": 3000000.0}}, "limit": 5}))
+        .await?;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let d: Vec<f64> = v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["distance_m"].as_f64().unwrap())
+        .collect();
+    assert!(!d.is_empty() && d.windows(2).all(|w| w[0] <= w[1]), "{d:?}");
+    let (st, v) = c
+        .get(
+            "/v1/indexes/places/search?q=place&region=asia&limit=3",
+            Some(READ),
+        )
+        .await?;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["hits"].as_array().unwrap().len(), 3);
+    assert!(v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["region"] == "asia"));
+    let (st, v) = c
+        .search(json!({"filter": {"range": {"population": {"lt": 100}}}, "sort": {"field": "population", "order": "desc"}, "limit": 3}))
+        .await?;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(keys(&v), ["9", "8", "7"], "{v}");
+
+    // 2. Auth.
+    let (st, v) = c
+        .post(
+            "/v1/indexes/places/search",
+            None,
+            &json!({"text": {"q": "x"}}),
+        )
+        .await?;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let (st, _) = c
+        .post(
+            "/v1/indexes/places/search",
+            Some("wrong-key-0123456789"),
+            &json!({"text": {"q": "x"}}),
+        )
+        .await?;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = c.get("/v1/status", Some(READ)).await?;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = c.get("/v1/status", Some(ADMIN)).await?;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["shards"][0]["reachable"], true);
+    assert!(v["shards"][0]["partitions"].as_array().unwrap().len() >= 3);
+    let (st, v) = c.get("/v1/indexes", Some(READ)).await?;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["indexes"][0]["name"], "places");
+
+    // 3. Bad input: a 4xx with a JSON body naming the field.
+    for (body, status, field) in [
+        (
+            json!({"geo": {"within": {"lat": 95.0, "lon": 0.0, "radius_m": 10.0}}}),
+            422,
+            "geo.within.lat",
+        ),
+        (
+            json!({"geo": {"within": {"lat": 1.0, "lon": 0.0, "radius_m": -1.0}}}),
+            422,
+            "geo.within.radius_m",
+        ),
+        (
+            json!({"vector": {"values": [1.0, 2.0], "k": 3}}),
+            422,
+            "vector.values",
+        ),
+        (json!({"text": {"q": "x"}, "limit": 100000}), 422, "limit"),
+        (
+            json!({"text": {"q": "x"}, "consistency": {"min_lsn": "nope"}}),
+            422,
+            "consistency.min_lsn",
+        ),
+        (
+            json!({"text": {"q": "x"}, "consistency": {"bogus": 1}}),
+            422,
+            "consistency.bogus",
+        ),
+        (json!({"text": {"q": "nope:x"}}), 422, "text.q"),
+        (
+            json!({"filter": {"term": {"population": "many"}}}),
+            422,
+            "filter.term.population",
+        ),
+    ] {
+        let (st, v) = c.search(body.clone()).await?;
+        assert_eq!(st.as_u16(), status, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let (st, v) = c
+        .post(
+            "/v1/indexes/nope/search",
+            Some(READ),
+            &json!({"text": {"q": "x"}}),
+        )
+        .await?;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["error"]["field"], "index");
+    let (st, v) = c
+        .post(
+            "/v1/indexes/places/search",
+            Some(READ),
+            &json!({"text": {"q": "x"}, "bogus": 1}),
+        )
+        .await?;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("bogus"),
+        "{v}"
+    );
+    let big = json!({"text": {"q": "x".repeat(70_000)}});
+    let (st, _) = c
+        .post("/v1/indexes/places/search", Some(READ), &big)
+        .await?;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    let (st, metrics) = c.get("/metrics", None).await?;
+    assert_eq!(st, StatusCode::OK);
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("query_api_requests_total"));
+
+    // 4. Rate limit: a second replica with a burst of 2.
+    let tight = QueryApi::start(
+        &api_config(&f, &shard, "[limits]\nrate_per_sec = 0.2\nburst = 2")?,
+        f.dir.path(),
+    )
+    .await?;
+    let t = Client {
+        http: c.http.clone(),
+        base: tight.url.clone(),
+    };
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..3 {
+        let resp = t
+            .http
+            .post(format!("{}/v1/indexes/places/search", t.base))
+            .bearer_auth(READ)
+            .json(&json!({"text": {"q": "place"}}))
+            .send()
+            .await?;
+        statuses.push(resp.status().as_u16());
+        if let Some(r) = resp.headers().get("retry-after") {
+            retry_after = Some(r.to_str()?.to_owned());
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    assert!(retry_after.is_some_and(|r| r.parse::<u64>().unwrap() >= 1));
+
+    // 5. A dead shard: not ready, a clear 503; restarted on its port, answers come back.
+    ix.kill9();
+    let (st, v) = c.get("/readyz", None).await?;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["shards"][0]["reachable"], false);
+    let (st, v) = c.search(json!({"text": {"q": "place"}})).await?;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"]["code"], "shards_unavailable");
+    let mut ix = Indexer::start_on(&config, &f.data_dir(), &listen).await?;
+    ix.wait_ready().await?;
+    let (st, _) = c.get("/readyz", None).await?;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = c
+        .search(json!({"text": {"q": "place"}, "limit": 3}))
+        .await?;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(keys(&v).len(), 3);
+    drop(api);
+    ix.stop()?;
+    Ok(())
+}
