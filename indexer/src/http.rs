@@ -38,6 +38,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/internal/dump/{index}", get(dump))
         .route("/internal/search", axum::routing::post(search))
         .route("/internal/documents/{index}/{key}", get(document))
+        .route("/internal/changes/{index}", get(changes))
         .with_state(state)
 }
 
@@ -669,6 +670,114 @@ async fn search(
             error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesParams {
+    since: Option<String>,
+}
+
+/// The change feed of one index as server-sent events: `id` is the change's position
+/// (`LSN:n`), `event: change`, `data` its key, op, region and LSN. Starts after `since` (or
+/// the `Last-Event-ID` header; default: from now). 410 when those changes are no longer
+/// kept: re-sync by searching, then follow from the position the 410 names.
+async fn changes(
+    State(s): State<HttpState>,
+    Path(index): Path<String>,
+    headers: axum::http::HeaderMap,
+    params: Result<Query<ChangesParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use crate::changes::{ChangeEvent, Position};
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let Some(ix) = s.indexes.iter().find(|i| i.name == index) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "index",
+            format!("unknown index {index:?}"),
+        );
+    };
+    let Ok(Query(params)) = params else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "since",
+            "unknown query parameter (since)",
+        );
+    };
+    let since = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(params.since);
+    let after: Position = match since {
+        None => s.stats.changes.head(),
+        Some(text) => match text.parse() {
+            Ok(p) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "since", e),
+        },
+    };
+    let ordinal = ix.ordinal;
+    if let Err(gone) = s.stats.changes.read_after(after, ordinal, 0) {
+        return (
+            StatusCode::GONE,
+            Json(json!({
+                "error": {"field": "since", "message": format!(
+                    "changes after {after} are no longer kept; search to re-sync, then follow from {}",
+                    gone.complete_after)},
+                "complete_after": gone.complete_after.to_string(),
+            })),
+        )
+            .into_response();
+    }
+    let name = ix.name.clone();
+    let stats = s.stats.clone();
+    let rx = stats.changes.subscribe();
+    let to_event = move |e: &ChangeEvent| -> Result<Event, std::convert::Infallible> {
+        Ok(Event::default()
+            .id(e.position().to_string())
+            .event("change")
+            .data(
+                json!({"index": name, "key": e.key, "op": e.op, "region": e.region,
+                       "lsn": e.lsn.to_string()})
+                .to_string(),
+            ))
+    };
+    let stream =
+        futures_util::stream::unfold((after, rx, stats), move |(mut pos, mut rx, stats)| {
+            let to_event = to_event.clone();
+            async move {
+                loop {
+                    match stats.changes.read_after(pos, ordinal, 512) {
+                        Ok(events) if !events.is_empty() => {
+                            pos = events.last().expect("non-empty").position();
+                            let items: Vec<_> = events.iter().map(&to_event).collect();
+                            return Some((futures_util::stream::iter(items), (pos, rx, stats)));
+                        }
+                        Ok(_) => {
+                            if rx.changed().await.is_err() {
+                                return None;
+                            }
+                        }
+                        // Fell behind the ring: end; the client's resume gets the 410.
+                        Err(_) => return None,
+                    }
+                }
+            }
+        })
+        .flatten();
+    // First, where the stream starts: a resume point even before any change.
+    let start = futures_util::stream::once(async move {
+        Ok::<_, std::convert::Infallible>(
+            Event::default()
+                .id(after.to_string())
+                .event("start")
+                .data("{}"),
+        )
+    });
+    Sse::new(start.chain(stream))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// One document by key, from whichever region holds it: its stored fields and region.

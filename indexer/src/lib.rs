@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod catalog;
+pub mod changes;
 pub mod checkpoint;
 pub mod config;
 pub mod copy;

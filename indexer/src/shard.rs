@@ -15,6 +15,7 @@ use std::time::Instant;
 use tantivy::Searcher;
 
 use crate::catalog::ResolvedIndex;
+use crate::changes::{ChangeEvent, Op};
 use crate::document::{map_row, row_key, Document, MapLimits, Mapped, RawRow, Rejection};
 use crate::error::Result;
 use crate::lsn::Lsn;
@@ -134,6 +135,10 @@ pub struct Shard {
     uncommitted_since: Option<Instant>,
     /// LSN of the commit job running on the committer, if any.
     in_flight: Option<Lsn>,
+    /// Changes of the batch being applied, published to the feed once searchable.
+    events: Vec<ChangeEvent>,
+    /// Position of the next change event: the transaction's commit LSN, and a counter.
+    event_at: (Lsn, u32),
 }
 
 /// A durable commit of several partitions at one LSN, run off the applier thread.
@@ -217,7 +222,10 @@ impl Shard {
             uncommitted_rows: 0,
             uncommitted_since: None,
             in_flight: None,
+            events: Vec::new(),
+            event_at: (applied, 0),
         };
+        shard.stats.changes.reset(applied);
         shard.publish();
         Ok(shard)
     }
@@ -296,6 +304,7 @@ impl Shard {
 
     /// Buffers one source transaction into the partitions it touches (not yet visible).
     pub fn apply(&mut self, tx: &Transaction) -> Result<()> {
+        self.event_at = (tx.end_lsn, 0);
         for change in &tx.changes {
             self.batch_rows += 1;
             match change {
@@ -315,6 +324,7 @@ impl Shard {
                     }
                 }
                 Change::Truncate { index } => {
+                    self.event(*index, None, Op::Truncate, None);
                     for p in self.partitions.values_mut() {
                         if p.index == *index && tx.end_lsn > p.checkpoint() {
                             p.truncate(tx.end_lsn);
@@ -324,6 +334,19 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    fn event(&mut self, index: usize, key: Option<&str>, op: Op, region: Option<&str>) {
+        let (lsn, n) = self.event_at;
+        self.events.push(ChangeEvent {
+            lsn,
+            n,
+            index,
+            key: key.map(str::to_owned),
+            op,
+            region: region.map(str::to_owned),
+        });
+        self.event_at.1 += 1;
     }
 
     fn rejection(&self, index: usize, key: &str, field: &str, reason: &str) -> Rejection {
@@ -433,6 +456,10 @@ impl Shard {
         if let Some(d) = doc {
             self.partition(index, &d.region)?;
         }
+        match doc {
+            Some(d) => self.event(index, Some(key), Op::Upsert, Some(&d.region.clone())),
+            None => self.event(index, Some(key), Op::Delete, None),
+        }
         for p in self.partitions.values_mut() {
             if p.index != index || lsn <= p.checkpoint() {
                 continue;
@@ -460,6 +487,7 @@ impl Shard {
             self.durable = self.applied;
         }
         self.publish();
+        self.stats.changes.publish(std::mem::take(&mut self.events));
     }
 
     /// Hands everything applied so far to a commit job at the applied LSN, unless one is
@@ -514,7 +542,10 @@ impl Shard {
     /// Snapshot rows are committed in one go when the copy is complete.
     pub fn commit_snapshot(&mut self, lsn: Lsn) -> Result<Lsn> {
         self.make_searchable(lsn);
-        self.commit()
+        let durable = self.commit()?;
+        // The feed starts at the snapshot's consistent point: what came before is the copy.
+        self.stats.changes.reset(lsn);
+        Ok(durable)
     }
 
     pub fn durable(&self) -> Lsn {

@@ -36,6 +36,8 @@ pub struct Stats {
     pub last_error: Mutex<Option<String>>,
     /// Woken whenever `applied` advances.
     pub applied_changed: tokio::sync::Notify,
+    /// Applied row changes, for the change feed.
+    pub changes: crate::changes::ChangeLog,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

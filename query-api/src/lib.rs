@@ -153,6 +153,7 @@ pub fn router(state: AppState) -> Router {
             post(search_post).get(search_get),
         )
         .route("/v1/indexes/{index}/documents/{id}", get(document))
+        .route("/v1/indexes/{index}/changes", get(changes))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "", "no such route")
         })
@@ -943,6 +944,211 @@ async fn document(
         "id",
         format!("no document {id:?} in index {index:?}"),
     ))
+}
+
+/// Per-shard positions of a change stream, as one opaque SSE id: `0=LSN:n;1=LSN:n`.
+fn parse_cursor(text: &str, shards: usize) -> Option<Vec<Option<String>>> {
+    let mut out = vec![None; shards];
+    for part in text.split(';').filter(|p| !p.is_empty()) {
+        let (i, pos) = part.split_once('=')?;
+        let i: usize = i.parse().ok()?;
+        let (lsn, _) = pos.split_once(':').unwrap_or((pos, ""));
+        parse_lsn(lsn)?;
+        *out.get_mut(i)? = Some(pos.to_owned());
+    }
+    Some(out)
+}
+
+fn cursor(positions: &[Option<String>]) -> String {
+    positions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.as_ref().map(|p| format!("{i}={p}")))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// One server-sent event as the shards send it.
+struct ShardEvent {
+    shard: usize,
+    id: String,
+    event: String,
+    data: String,
+}
+
+/// `GET /v1/indexes/{index}/changes?since_lsn=X/Y`: every applied change (key, op, region,
+/// LSN) once it is searchable, as server-sent events, merged from every shard (each shard's
+/// changes in LSN order). The event id is a cursor of per-shard positions: reconnecting with
+/// it as `Last-Event-ID` resumes every shard exactly where it stopped — no gaps, no repeats.
+async fn changes(
+    State(s): State<AppState>,
+    Path(index): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let n = s.inner.config.shards.len();
+    if let Some(k) = params.keys().find(|k| *k != "since_lsn") {
+        return Err(ApiError::invalid(k, "unknown parameter (since_lsn)"));
+    }
+    let mut positions: Vec<Option<String>> = vec![None; n];
+    if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        positions = parse_cursor(id, n)
+            .ok_or_else(|| ApiError::invalid("last-event-id", "not a cursor this API gave"))?;
+    } else if let Some(lsn) = params.get("since_lsn") {
+        let v = parse_lsn(lsn)
+            .ok_or_else(|| ApiError::invalid("since_lsn", format!("{lsn:?} is not an LSN")))?;
+        positions = vec![Some(format_lsn(v)); n];
+    }
+    // Open every shard's feed first, so errors (unknown index, too old) are answered plainly.
+    let mut bodies = Vec::new();
+    for (i, sh) in s.inner.config.shards.iter().enumerate() {
+        let mut url = format!("{}/internal/changes/{index}", sh.url);
+        if let Some(p) = &positions[i] {
+            url.push_str(&format!("?since={p}"));
+        }
+        let resp = tokio::time::timeout(
+            Duration::from_millis(s.inner.config.limits.shard_timeout_ms),
+            s.inner.http.get(url).send(),
+        )
+        .await;
+        let resp = match resp {
+            Ok(Ok(r)) => r,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shards_unavailable",
+                    "",
+                    "a shard's change feed did not answer",
+                ))
+            }
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            let code = match status.as_u16() {
+                404 => "not_found",
+                410 => "gone",
+                _ => "invalid",
+            };
+            let mut e = ApiError::new(
+                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+                code,
+                if status == StatusCode::GONE {
+                    "since_lsn"
+                } else {
+                    v["error"]["field"].as_str().unwrap_or("")
+                },
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("change feed error"),
+            );
+            if let Some(c) = v.get("complete_after") {
+                e = e.with("complete_after", c.clone());
+            }
+            return Err(e);
+        }
+        bodies.push((i, resp));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Option<ShardEvent>>(1024);
+    for (i, resp) in bodies {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut bytes = resp.bytes_stream();
+            let mut buf = String::new();
+            while let Some(Ok(chunk)) = bytes.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let (mut id, mut event, mut data) =
+                        (String::new(), String::new(), String::new());
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("id:") {
+                            id = v.trim_start().to_owned();
+                        } else if let Some(v) = line.strip_prefix("event:") {
+                            event = v.trim_start().to_owned();
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            data = v.trim_start().to_owned();
+                        }
+                    }
+                    if id.is_empty() {
+                        continue; // keep-alive comment
+                    }
+                    let ev = ShardEvent {
+                        shard: i,
+                        id,
+                        event,
+                        data,
+                    };
+                    if tx.send(Some(ev)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // The shard's feed ended: end the client's too (it resumes with its cursor).
+            let _ = tx.send(None).await;
+        });
+    }
+    drop(tx);
+    // Changes are held back until every shard has said where it starts, so every cursor
+    // sent names a position for every shard.
+    struct Merge {
+        rx: tokio::sync::mpsc::Receiver<Option<ShardEvent>>,
+        positions: Vec<Option<String>>,
+        started: Vec<bool>,
+        held: std::collections::VecDeque<ShardEvent>,
+        ready: bool,
+    }
+    let merge = Merge {
+        rx,
+        positions,
+        started: vec![false; n],
+        held: Default::default(),
+        ready: false,
+    };
+    let stream = futures_util::stream::unfold(merge, |mut m| async move {
+        loop {
+            let ev = match (m.ready, m.held.pop_front()) {
+                (true, Some(ev)) => ev,
+                (_, held) => {
+                    if let Some(h) = held {
+                        m.held.push_front(h);
+                    }
+                    let ev = m.rx.recv().await.flatten()?;
+                    if ev.event == "start" {
+                        m.positions[ev.shard] = Some(ev.id);
+                        m.started[ev.shard] = true;
+                        if !m.ready && m.started.iter().all(|s| *s) {
+                            m.ready = true;
+                            let e = Event::default()
+                                .id(cursor(&m.positions))
+                                .event("start")
+                                .data("{}");
+                            return Some((Ok::<_, std::convert::Infallible>(e), m));
+                        }
+                        continue;
+                    }
+                    if !m.ready {
+                        m.held.push_back(ev);
+                        continue;
+                    }
+                    ev
+                }
+            };
+            m.positions[ev.shard] = Some(ev.id.clone());
+            let e = Event::default()
+                .id(cursor(&m.positions))
+                .event(ev.event)
+                .data(ev.data);
+            return Some((Ok(e), m));
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {

@@ -351,3 +351,140 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
     ix.stop()?;
     Ok(())
 }
+
+/// Reads server-sent events until `changes` change events arrived (or the timeout): returns
+/// (id, event, data) of each, the start event included.
+async fn read_events(
+    resp: reqwest::Response,
+    changes: usize,
+) -> Result<Vec<(String, String, Value)>> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let mut bytes = resp.bytes_stream();
+    let mut buf = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out
+        .iter()
+        .filter(|e: &&(String, String, Value)| e.1 == "change")
+        .count()
+        < changes
+    {
+        let chunk = tokio::time::timeout_at(deadline, bytes.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out; events so far: {out:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("stream ended; events so far: {out:?}"))??;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut event, mut data) = (String::new(), String::new(), Value::Null);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = serde_json::from_str(v.trim()).unwrap_or(Value::Null);
+                }
+            }
+            if !event.is_empty() {
+                out.push((id, event, data));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_stream_delivers_each_change_once_in_order_and_resumes() -> Result<()> {
+    let f = Fixture::new().await?;
+    f.insert_range(1, 10).await?;
+    let config = f.config("", "")?;
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    ix.wait_ready().await?;
+    let api = QueryApi::start(&api_config(&f, &ix.url, "")?, f.dir.path()).await?;
+    let http = reqwest::Client::new();
+    let open = |last: Option<String>| {
+        let mut req = http
+            .get(format!("{}/v1/indexes/places/changes", api.url))
+            .bearer_auth(READ);
+        if let Some(id) = last {
+            req = req.header("last-event-id", id);
+        }
+        req.send()
+    };
+    let resp = open(None).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let first_lsn_before = f.lsn().await?;
+    f.client
+        .batch_execute(
+            "INSERT INTO places (id, region, name) VALUES (2001, 'europe', 'a'), (2002, 'asia', 'b');
+             UPDATE places SET name = 'a2' WHERE id = 2001;
+             DELETE FROM places WHERE id = 2002;
+             UPDATE places SET region = 'africa' WHERE id = 2001;",
+        )
+        .await?;
+    let want = [
+        ("2001", "upsert", Some("europe")),
+        ("2002", "upsert", Some("asia")),
+        ("2001", "upsert", Some("europe")),
+        ("2002", "delete", None),
+        ("2001", "upsert", Some("africa")),
+        ("2003", "upsert", Some("asia")),
+    ];
+    // Read three changes, then disconnect.
+    let events = read_events(resp, 3).await?;
+    assert_eq!(events[0].1, "start", "{events:?}");
+    let changes: Vec<_> = events.iter().filter(|e| e.1 == "change").take(3).collect();
+    let last_id = changes[2].0.clone();
+    // More changes while disconnected; then resume from the last id seen.
+    f.client
+        .batch_execute("INSERT INTO places (id, region, name) VALUES (2003, 'asia', 'c')")
+        .await?;
+    let resp = open(Some(last_id)).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let rest = read_events(resp, 3).await?;
+    let all: Vec<&(String, String, Value)> = changes
+        .into_iter()
+        .chain(rest.iter().filter(|e| e.1 == "change"))
+        .collect();
+    let got: Vec<(String, String, Option<String>)> = all
+        .iter()
+        .map(|e| {
+            (
+                e.2["key"].as_str().unwrap().to_owned(),
+                e.2["op"].as_str().unwrap().to_owned(),
+                e.2["region"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, Option<String>)> = want
+        .iter()
+        .map(|(k, o, r)| (k.to_string(), o.to_string(), r.map(str::to_owned)))
+        .collect();
+    assert_eq!(
+        got, want,
+        "each change once, in order, across the reconnect"
+    );
+    // LSNs never go back; every change is after the writes began.
+    let lsns: Vec<u64> = all
+        .iter()
+        .map(|e| query_api::parse_lsn(e.2["lsn"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(lsns.windows(2).all(|w| w[0] <= w[1]), "{lsns:?}");
+    assert!(lsns[0] > query_api::parse_lsn(&first_lsn_before).unwrap());
+    // From before what the feed keeps: 410, and where to follow from.
+    let resp = http
+        .get(format!(
+            "{}/v1/indexes/places/changes?since_lsn=0/1",
+            api.url
+        ))
+        .bearer_auth(READ)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::GONE);
+    let v: Value = resp.json().await?;
+    assert_eq!(v["error"]["code"], "gone", "{v}");
+    assert!(v["complete_after"].is_string(), "{v}");
+    ix.stop()?;
+    Ok(())
+}
