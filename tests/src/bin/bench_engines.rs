@@ -86,10 +86,16 @@ fn base_rows() -> Result<Vec<RawRow>> {
 
 /// The dev rows, then scaled copies until `target` rows, made a chunk at a time (a 1M-row
 /// run never holds all rows in memory). Copy c of row r: id + c·10⁹; latitude and longitude
-/// each moved by a uniform ±0.5°; the embedding perturbed by uniform ±0.05 per dimension and
-/// renormalised; name and body unchanged. Seeded xorshift: every run makes the same rows.
+/// each moved by a uniform ±0.5°; name and body unchanged; the embedding, by default
+/// (`BENCH_SCALING=mix`), 0.75 of row r's plus 0.25 of a random other row's plus uniform
+/// ±0.02 noise per dimension, renormalised — new directions between real ones, not clusters
+/// of near-copies; with `BENCH_SCALING=perturb`, row r's plus uniform ±0.05 noise,
+/// renormalised (33 tight copies per real row at 1M). Seeded xorshift: every run makes the
+/// same rows.
 struct Rows {
     base: Vec<RawRow>,
+    vectors: Vec<Vec<f32>>,
+    mix: bool,
     target: usize,
     made: usize,
     rng: u64,
@@ -98,9 +104,16 @@ struct Rows {
 impl Rows {
     fn new(target: usize) -> Result<Rows> {
         let base = base_rows()?;
+        let vectors = base
+            .iter()
+            .map(|r| indexer::document::parse_vector(r[8].as_deref().unwrap(), 384))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
         Ok(Rows {
             target: target.max(base.len()),
             base,
+            vectors,
+            mix: std::env::var("BENCH_SCALING").as_deref() != Ok("perturb"),
             made: 0,
             rng: 0x2545_F491_4F6C_DD1D,
         })
@@ -129,12 +142,19 @@ impl Rows {
                 let lon: f64 = r[7].as_deref().unwrap().parse()?;
                 r[6] = Some((lat + self.next() - 0.5).clamp(-90.0, 90.0).to_string());
                 r[7] = Some((lon + self.next() - 0.5).clamp(-180.0, 180.0).to_string());
-                let v = indexer::document::parse_vector(r[8].as_deref().unwrap(), 384)
-                    .map_err(anyhow::Error::msg)?;
-                let mut v: Vec<f32> = v
-                    .iter()
-                    .map(|x| x + ((self.next() - 0.5) * 0.1) as f32)
-                    .collect();
+                let mut v: Vec<f32> = if self.mix {
+                    let other = (self.next() * self.base.len() as f64) as usize;
+                    let (a, b) = (self.vectors[i].clone(), self.vectors[other].clone());
+                    a.iter()
+                        .zip(&b)
+                        .map(|(x, y)| 0.75 * x + 0.25 * y + ((self.next() - 0.5) * 0.04) as f32)
+                        .collect()
+                } else {
+                    let a = self.vectors[i].clone();
+                    a.iter()
+                        .map(|x| x + ((self.next() - 0.5) * 0.1) as f32)
+                        .collect()
+                };
                 let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 v.iter_mut().for_each(|x| *x /= n);
                 r[8] = Some(format!(
@@ -276,7 +296,7 @@ fn main() -> Result<()> {
     let build = t.elapsed().as_secs_f64();
     let (graphed, graph_secs, dump_secs) = build_graphs(&mut shard)?;
     let mut out = vec![
-        format!("documents: {n} (dev set: 30k GeoNames cities, 384-d MiniLM embeddings, text name+body, geo; scaled as described in the source when above 30k)"),
+        format!("documents: {n} (dev set: 30k GeoNames cities, 384-d MiniLM embeddings, text name+body, geo; above 30k scaled by {}, as described in the source)", if rows.mix { "mixing embeddings (BENCH_SCALING=mix)" } else { "perturbing copies (BENCH_SCALING=perturb)" }),
         format!("index build (map, tantivy, commit, R-tree, vector store): {build:.2} s = {:.0} docs/s", n as f64 / build),
         format!("HNSW build (M=16, ef_construction=100, one thread, as the indexer builds it): {graphed} vectors in {graph_secs:.2} s = {:.0} vectors/s; dumping the graphs {dump_secs:.2} s", graphed as f64 / graph_secs),
     ];
