@@ -616,8 +616,10 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
         GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
         GeoQuery::BBox(b) => b.centre(),
     });
-    let mut generators: HashMap<(usize, usize), tantivy::snippet::SnippetGenerator> =
-        HashMap::new();
+    // Snippet generators per text field, weighting terms by the shared statistics (tantivy's
+    // own `create` drops terms no committed segment has, so fresh-only words would not be
+    // highlighted).
+    let mut generators: HashMap<usize, tantivy::snippet::SnippetGenerator> = HashMap::new();
     let mut hits = Vec::new();
     for &i in order.iter().skip(search.offset).take(search.limit) {
         let c = &candidates[i];
@@ -630,24 +632,27 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
         };
         let mut highlights = Vec::new();
         if search.highlight {
-            let pi = parts
-                .iter()
-                .position(|(_, p)| std::ptr::eq(*p, c.partition))
-                .expect("candidate of a partition in scope");
             for (fi, t) in c.partition.fields.text.iter().enumerate() {
                 let Some(text) = row.get(t.column).and_then(|v| v.as_deref()) else {
                     continue;
                 };
-                let generator = match generators.entry((pi, fi)) {
+                let generator = match generators.entry(fi) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {
-                        let mut g = tantivy::snippet::SnippetGenerator::create(
-                            &c.partition.searcher,
-                            &*tq,
+                        let mut weights = std::collections::BTreeMap::new();
+                        for (term, f, token) in &terms {
+                            if *f == fi {
+                                let df =
+                                    tantivy::query::Bm25StatisticsProvider::doc_freq(&stats, term)?;
+                                weights.insert(token.clone(), 1.0 / (1.0 + df as f32));
+                            }
+                        }
+                        v.insert(tantivy::snippet::SnippetGenerator::new(
+                            weights,
+                            t.analyzer(),
                             t.field,
-                        )?;
-                        g.set_max_num_chars(160);
-                        v.insert(g)
+                            160,
+                        ))
                     }
                 };
                 let snippet = generator.snippet(text);

@@ -433,10 +433,11 @@ async fn search_post(
     Path(index): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Some(peer), Scope::Read)?;
-    let Json(body) = body.map_err(|e| {
+    // JSON whatever the Content-Type says (`curl -d` sends form encoding by default).
+    let body = body.map_err(|e| {
         ApiError::new(
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -446,6 +447,14 @@ async fn search_post(
             "bad_body",
             "body",
             e.body_text(),
+        )
+    })?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "body",
+            format!("the body is not JSON: {e}"),
         )
     })?;
     let Value::Object(body) = body else {

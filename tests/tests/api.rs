@@ -122,6 +122,13 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
         .await?;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(keys(&v), ["9001"], "{v}");
+    // Highlighted, though only the fresh layer has the word yet.
+    assert!(
+        v["hits"][0]["highlights"]["body"]
+            .as_str()
+            .is_some_and(|h| h.contains("<b>zorblatt</b>")),
+        "{v}"
+    );
     let applied = v["freshness"]["min_applied_lsn"].as_str().unwrap();
     assert!(
         query_api::parse_lsn(applied) >= query_api::parse_lsn(&lsn),

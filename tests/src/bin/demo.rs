@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use e2e::{Indexer, PgServer};
+use e2e::{Indexer, PgServer, QueryApi};
 use tokio_postgres::NoTls;
 
 const SAMPLE_ROWS: i64 = 10_000;
@@ -94,11 +94,30 @@ async fn main() -> Result<()> {
         }
     });
 
-    let u = &indexer.url;
+    // The public API in front of it, as config/query-api.toml describes (open: no keys).
+    let api_config = dir.path().join("query-api.toml");
+    std::fs::write(
+        &api_config,
+        std::fs::read_to_string(repo.join("config/query-api.toml"))?
+            .replace("http://127.0.0.1:7070", &indexer.url),
+    )?;
+    let api = QueryApi::start(&api_config, dir.path()).await?;
+    eprintln!("demo: query-api listening on {}", api.url);
+
+    let (u, a) = (&indexer.url, &api.url);
     println!(
-        "\nThe indexer is streaming changes from {url}\n\
-         Try:\n  curl -s {u}/status | jq .\n  curl -s {u}/metrics | grep ^indexer_\n  \
-         curl -s '{u}/internal/wait?lsn=0/0&timeout_ms=1000'\n  \
+        "\nThe indexer is streaming changes from {url}; the public API is {a}\n\
+         Try:\n  \
+         curl -s {a}/v1/indexes/places/search -d '{{\"text\": {{\"q\": \"sample\"}}, \"limit\": 3}}' | jq .\n  \
+         curl -s '{a}/v1/indexes/places/search?lat=48.85&lon=2.35&radius=500000&limit=3' | jq .\n  \
+         curl -s '{a}/v1/indexes/places/search?lat=48.85&lon=2.35&limit=3' | jq .   # nearest\n  \
+         curl -s {a}/v1/indexes/places/search -d '{{\"filter\": {{\"range\": {{\"population\": {{\"gte\": 100}}}}}}, \"sort\": {{\"field\": \"population\", \"order\": \"desc\"}}, \"facets\": [{{\"field\": \"country_code\"}}], \"limit\": 3}}' | jq .\n  \
+         curl -sN {a}/v1/indexes/places/changes        # live change feed (the demo writer)\n  \
+         curl -s {a}/v1/status | jq .\n\
+         Read your own write: take the LSN of your commit and pass it as consistency.min_lsn\n  \
+         LSN=$(psql '{url}' -qAt -c \"INSERT INTO places (id, region, name, body, lat, lon) VALUES (999999, 'europe', 'Zorbville', 'a new town', 48.1, 11.6) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name\" -c 'SELECT pg_current_wal_lsn()')\n  \
+         curl -s {a}/v1/indexes/places/search -d \"{{\\\"text\\\": {{\\\"q\\\": \\\"zorbville\\\"}}, \\\"consistency\\\": {{\\\"min_lsn\\\": \\\"$LSN\\\"}}}}\" | jq .\n\
+         The indexer's own endpoint:\n  curl -s {u}/status | jq .\n  curl -s {u}/metrics | grep ^indexer_\n  \
          target/release/indexer verify --config {cfg} --indexer-url {u}\n\
          Ctrl-C stops everything{cleanup}.\n",
         cfg = config.display(),
@@ -114,6 +133,7 @@ async fn main() -> Result<()> {
         _ = term.recv() => {}
     }
     eprintln!("demo: stopping");
+    drop(api);
     indexer.stop()?;
     drop(server);
     Ok(())
