@@ -30,6 +30,10 @@ use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 use crate::config::Metric;
 use crate::engine::vector::VectorStore;
 
+/// A graph with new points is dumped at most this often (unless it grew by half): each dump
+/// writes every vector and fsyncs, which competes with the apply path's commits.
+const DUMP_EVERY_SECS: u64 = 300;
+
 /// Links per node and construction breadth: recall@10 ≥ 0.95 at modest build cost.
 const MAX_CONNECTIONS: usize = 16;
 const EF_CONSTRUCTION: usize = 100;
@@ -281,11 +285,11 @@ impl Graph {
     }
 
     /// Whether enough changed since the last dump to write a new one: new points, and
-    /// either 30 s passed or the graph grew by half.
+    /// either `DUMP_EVERY_SECS` passed or the graph grew by half.
     pub fn wants_dump(&self) -> bool {
         let (at, when) = *self.dumped.lock().unwrap();
         let now = self.points();
-        now > at && (when.elapsed().as_secs() >= 30 || now >= at + at / 2 + 1_000)
+        now > at && (when.elapsed().as_secs() >= DUMP_EVERY_SECS || now >= at + at / 2 + 1_000)
     }
 
     /// Whether points were inserted since the last dump.
