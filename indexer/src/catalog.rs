@@ -25,6 +25,9 @@ pub struct ResolvedIndex {
     pub vector: Option<VectorSpec>,
     pub filters: Vec<FilterSpec>,
     pub stored: Vec<usize>,
+    /// Per column: how its values read as typed JSON in answers (numbers, booleans, times);
+    /// None: as text.
+    pub value_kinds: Vec<Option<crate::engine::filter::FilterKind>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -292,6 +295,15 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
         stored.push(position(f));
     }
 
+    let value_kinds = columns
+        .iter()
+        .map(|c| {
+            catalog
+                .iter()
+                .find(|k| &k.name == c)
+                .and_then(|k| crate::engine::filter::FilterKind::of_pg_type(&k.type_name))
+        })
+        .collect();
     Ok(ResolvedIndex {
         ordinal,
         name: ix.name.clone(),
@@ -305,6 +317,7 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
         vector,
         filters,
         stored,
+        value_kinds,
     })
 }
 
@@ -390,5 +403,6 @@ pub(crate) fn test_index(
         }),
         filters: vec![],
         stored: vec![],
+        value_kinds: vec![None; columns.len()],
     }
 }

@@ -823,17 +823,26 @@ async fn document(
     }
 }
 
-/// The configured stored columns of a row, by name (values in Postgres text form).
+/// The configured stored columns of a row, by name: integers, numbers and booleans as JSON
+/// numbers and booleans, dates and times as RFC 3339 strings, the rest as Postgres text.
 fn fields_json(ix: &ResolvedIndex, row: &[Option<String>]) -> Value {
+    use crate::engine::filter::{format_time, FilterValue};
     let mut m = serde_json::Map::new();
     for &c in &ix.stored {
-        m.insert(
-            ix.column_name(c).to_owned(),
-            row.get(c)
-                .cloned()
-                .flatten()
-                .map_or(Value::Null, Value::String),
-        );
+        let text = row.get(c).cloned().flatten();
+        let kind = ix.value_kinds.get(c).copied().flatten();
+        let value = match (text, kind) {
+            (None, _) => Value::Null,
+            (Some(t), Some(k)) => match k.parse(&t) {
+                Ok(FilterValue::Int(i)) => json!(i),
+                Ok(FilterValue::Float(x)) => json!(x),
+                Ok(FilterValue::Bool(b)) => json!(b),
+                Ok(FilterValue::Time(us)) => json!(format_time(us)),
+                Ok(FilterValue::Text(_)) | Err(_) => Value::String(t),
+            },
+            (Some(t), None) => Value::String(t),
+        };
+        m.insert(ix.column_name(c).to_owned(), value);
     }
     Value::Object(m)
 }

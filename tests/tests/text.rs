@@ -86,7 +86,7 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
              [apply]\nwriter_memory_mb = 32\ncommit_interval_ms = 60000\n\
              [[index]]\nname = \"places\"\ntable = \"places\"\nregion = \"region\"\n\
              text_fields = [{{ column = \"name\", boost = 2.0 }}, \"body\"]\ngeo = {{ lat = \"lat\", lon = \"lon\" }}\n\
-             filter_fields = [\"population\", \"country_code\", \"founded\"]\nstored_fields = [\"name\"]\n",
+             filter_fields = [\"population\", \"country_code\", \"founded\"]\nstored_fields = [\"name\", \"population\", \"founded\"]\n",
             pg.url(&db),
             uniq_name("text"),
             dir.path().join("data").display()
@@ -185,7 +185,16 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
     assert!(!near.ids.is_empty());
     for h in &near.hits {
         assert!(h["distance_m"].as_f64().unwrap() <= 300_000.0, "{h}");
+        // Stored fields are typed: numbers as numbers, times as RFC 3339.
+        let f = &h["fields"];
+        assert!(f["name"].is_string(), "{h}");
+        assert!(f["population"].is_i64() || f["population"].is_null(), "{h}");
+        assert!(
+            f["founded"].is_null() || f["founded"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{h}"
+        );
     }
+    assert!(near.hits.iter().any(|h| h["fields"]["founded"].is_string()));
 
     // 2. Changes through Postgres: new words, words removed, region moves, deletes. Answered
     //    from the fresh layer (60 s commit interval), then after kill -9 from the replayed stream.

@@ -68,6 +68,7 @@ fn index() -> ResolvedIndex {
             kind: indexer::engine::filter::FilterKind::Int,
         }],
         stored: vec![],
+        value_kinds: vec![None; 9],
     }
 }
 
