@@ -508,14 +508,23 @@ impl GeoRequest {
     }
 }
 
-/// Shard search (internal; the public API is query-api's). Geo only so far.
-async fn search(
-    State(s): State<HttpState>,
-    body: Result<Json<SearchRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "body", e.body_text()),
+/// Parses a JSON body; a malformed one is a 400 naming the field at fault by its JSON path
+/// (an unknown field included).
+fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // The path names the field, an unknown one included.
+        let path = e.path().to_string();
+        let field = if path == "." { "body" } else { path.as_str() };
+        Box::new(error(StatusCode::BAD_REQUEST, field, e.inner().to_string()))
+    })
+}
+
+/// Shard search: text, geo, vector, filters, hybrid (the public API is query-api's).
+async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response {
+    let req: SearchRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
     };
     let Some(ix) = s.indexes.iter().find(|i| i.name == req.index) else {
         return error(

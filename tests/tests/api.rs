@@ -255,6 +255,7 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
             "vector.values",
         ),
         (json!({"text": {"q": "x"}, "limit": 100000}), 422, "limit"),
+        (json!({"text": {"q": "x"}, "limit": -1}), 422, "limit"),
         (
             json!({"text": {"q": "x"}, "consistency": {"min_lsn": "nope"}}),
             422,
@@ -293,10 +294,20 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
         )
         .await?;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("bogus"),
-        "{v}"
-    );
+    assert_eq!(v["error"]["field"], "bogus", "{v}");
+    for (body, field) in [
+        (json!({"text": {"q": "x", "nope": 1}}), "text.nope"),
+        (json!({"text": {"q": 5}}), "text.q"),
+        (
+            json!({"geo": {"within": {"lat": "north", "lon": 0.0, "radius_m": 1.0}}}),
+            "geo.within.lat",
+        ),
+        (json!({"vector": {"values": "abc"}}), "vector.values"),
+    ] {
+        let (st, v) = c.search(body.clone()).await?;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
     let big = json!({"text": {"q": "x".repeat(70_000)}});
     let (st, _) = c
         .post("/v1/indexes/places/search", Some(READ), &big)
