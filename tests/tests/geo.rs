@@ -246,12 +246,14 @@ async fn bad_geo_requests_name_the_field() -> Result<()> {
             404,
             "index",
         ),
+        // Malformed bodies name the field by its JSON path: the object missing a member,
+        // or the member of the wrong type.
         (
             json!({"index": "places", "geo": {"within": {"lat": 0.0, "lon": 0.0}}}),
             400,
-            "body",
+            "geo.within",
         ),
-        (json!({"index": "places", "sort": "x"}), 400, "body"),
+        (json!({"index": "places", "sort": "x"}), 400, "sort"),
     ] {
         let resp = http.post(&url).json(&body).send().await?;
         assert_eq!(resp.status().as_u16(), status, "{body}");
@@ -259,16 +261,16 @@ async fn bad_geo_requests_name_the_field() -> Result<()> {
         assert_eq!(v["error"]["field"], field, "{body} -> {v}");
         assert!(!v["error"]["message"].as_str().unwrap().is_empty());
     }
-    // The body-level errors still say which field: serde names it.
+    // The message names the missing member.
     let v: Value = http
         .post(&url)
-        .json(&json!({"index": "places", "sort": "x"}))
+        .json(&json!({"index": "places", "geo": {"within": {"lat": 0.0, "lon": 0.0}}}))
         .send()
         .await?
         .json()
         .await?;
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("sort"),
+        v["error"]["message"].as_str().unwrap().contains("radius_m"),
         "{v}"
     );
     Ok(())
