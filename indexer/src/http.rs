@@ -247,17 +247,7 @@ async fn dump(State(s): State<HttpState>, Path(index): Path<String>) -> Response
         Ok(json!({"applied_lsn": view.applied.to_string(), "durable_lsn": view.durable.to_string(), "partitions": partitions}))
     })
     .await;
-    match result {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "dump failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "dump task failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
-        }
-    }
+    json_or_internal_error("dump", result)
 }
 
 /// Largest number of hits one internal search returns.
@@ -668,17 +658,7 @@ async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response
         Ok(body)
     })
     .await;
-    match result {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "search failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "search task failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
-        }
-    }
+    json_or_internal_error("search", result)
 }
 
 #[derive(Deserialize)]
@@ -819,14 +799,25 @@ async fn document(
     })
     .await;
     match result {
-        Ok(Ok(Some(v))) => Json(v).into_response(),
         Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "key", "no such document"),
+        other => json_or_internal_error("document lookup", other.map(|r| r.map(Option::unwrap))),
+    }
+}
+
+/// The answer of engine work run on the blocking pool: its JSON, or a logged failure
+/// answered as a bare 500 (no internal detail in bodies).
+fn json_or_internal_error<E: std::fmt::Display>(
+    what: &str,
+    result: Result<Result<Value, E>, tokio::task::JoinError>,
+) -> Response {
+    match result {
+        Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "document lookup failed");
+            tracing::error!(error = %e, "{what} failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
         }
         Err(e) => {
-            tracing::error!(error = %e, "document task failed");
+            tracing::error!(error = %e, "{what} task failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
         }
     }

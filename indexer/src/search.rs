@@ -753,6 +753,24 @@ pub struct HybridHit {
     pub highlights: Vec<(String, String)>,
 }
 
+/// The fused hit of `key`, created empty on first sight.
+fn hit_of<'a>(
+    fused: &'a mut HashMap<String, HybridHit>,
+    key: &str,
+    region: &str,
+) -> &'a mut HybridHit {
+    fused.entry(key.to_owned()).or_insert_with(|| HybridHit {
+        key: key.to_owned(),
+        region: region.to_owned(),
+        score: 0.0,
+        text_rank: None,
+        vector_rank: None,
+        text_score: None,
+        vector_score: None,
+        highlights: Vec::new(),
+    })
+}
+
 /// Text and vector branches over the same scope (both honour the text search's geo filter),
 /// fused by RRF; ties by key.
 pub fn hybrid(
@@ -789,32 +807,14 @@ pub fn hybrid(
     )?;
     let mut fused: HashMap<String, HybridHit> = HashMap::new();
     for (rank, h) in text_branch.hits.into_iter().enumerate() {
-        let e = fused.entry(h.key.clone()).or_insert_with(|| HybridHit {
-            key: h.key.clone(),
-            region: h.region.clone(),
-            score: 0.0,
-            text_rank: None,
-            vector_rank: None,
-            text_score: None,
-            vector_score: None,
-            highlights: Vec::new(),
-        });
+        let e = hit_of(&mut fused, &h.key, &h.region);
         e.score += fusion.text_weight / (fusion.k + rank as f64 + 1.0);
         e.text_rank = Some(rank + 1);
         e.text_score = h.score;
         e.highlights = h.highlights;
     }
     for (rank, h) in vector_branch.into_iter().enumerate() {
-        let e = fused.entry(h.key.clone()).or_insert_with(|| HybridHit {
-            key: h.key.clone(),
-            region: h.region.clone(),
-            score: 0.0,
-            text_rank: None,
-            vector_rank: None,
-            text_score: None,
-            vector_score: None,
-            highlights: Vec::new(),
-        });
+        let e = hit_of(&mut fused, &h.key, &h.region);
         e.score += fusion.vector_weight / (fusion.k + rank as f64 + 1.0);
         e.vector_rank = Some(rank + 1);
         e.vector_score = Some(h.score);
