@@ -250,149 +250,8 @@ async fn dump(State(s): State<HttpState>, Path(index): Path<String>) -> Response
     json_or_internal_error("dump", result)
 }
 
-/// Largest number of hits one internal search returns.
-pub const MAX_HITS: usize = 10_000;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SearchRequest {
-    index: String,
-    #[serde(default)]
-    regions: Vec<String>,
-    text: Option<TextRequest>,
-    geo: Option<GeoRequest>,
-    vector: Option<VectorRequest>,
-    hybrid: Option<HybridRequest>,
-    /// Structured filter on `filter_fields` (see `engine::filter`).
-    filter: Option<Value>,
-    /// Order text or filter results by a filter field instead of by score.
-    sort: Option<SortRequest>,
-    /// Value counts of filter fields over the matching set (text or filter searches).
-    #[serde(default)]
-    facets: Vec<FacetRequest>,
-    #[serde(default = "default_limit")]
-    limit: usize,
-    #[serde(default)]
-    offset: usize,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SortRequest {
-    field: String,
-    #[serde(default)]
-    order: SortOrder,
-}
-
-#[derive(Deserialize, Default, Clone, Copy, PartialEq)]
-#[serde(rename_all = "lowercase")]
-enum SortOrder {
-    #[default]
-    Asc,
-    Desc,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FacetRequest {
-    field: String,
-    #[serde(default = "default_limit")]
-    size: usize,
-}
-
-/// Most values one facet returns.
-pub const MAX_FACET_SIZE: usize = 1_000;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TextRequest {
-    q: String,
-    #[serde(default)]
-    operator: crate::engine::text::Operator,
-    #[serde(default = "yes")]
-    highlight: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Reciprocal rank fusion of the text and vector branches.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HybridRequest {
-    #[serde(default = "default_rrf_k")]
-    k: f64,
-    #[serde(default)]
-    weights: Weights,
-    /// How deep each branch is read; default 100 (at least offset + limit).
-    window: Option<usize>,
-}
-
-fn default_rrf_k() -> f64 {
-    60.0
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Weights {
-    #[serde(default = "one")]
-    text: f64,
-    #[serde(default = "one")]
-    vector: f64,
-}
-
-impl Default for Weights {
-    fn default() -> Weights {
-        Weights {
-            text: 1.0,
-            vector: 1.0,
-        }
-    }
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-/// Largest `k` of a vector query.
-pub const MAX_K: usize = 1_000;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VectorRequest {
-    values: Vec<f32>,
-    #[serde(default = "default_limit")]
-    k: usize,
-    ef: Option<usize>,
-    #[serde(default)]
-    exact: bool,
-}
-
-fn default_limit() -> usize {
-    10
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-enum GeoRequest {
-    Within {
-        lat: f64,
-        lon: f64,
-        radius_m: f64,
-    },
-    Bbox {
-        south: f64,
-        west: f64,
-        north: f64,
-        east: f64,
-    },
-    Nearest {
-        lat: f64,
-        lon: f64,
-        k: usize,
-    },
-}
+use wire::{GeoRequest, HybridRequest, SearchRequest, SortOrder};
+pub use wire::{MAX_FACET_SIZE, MAX_HITS, MAX_K};
 
 /// A request field that fails validation: 422 with the field named.
 struct FieldError {
@@ -444,84 +303,107 @@ fn check_lon(field: &'static str, v: f64) -> Result<f64, FieldError> {
     }
 }
 
-impl GeoRequest {
-    fn validate(self) -> Result<crate::search::GeoQuery, FieldError> {
-        use crate::search::GeoQuery;
-        Ok(match self {
-            GeoRequest::Within { lat, lon, radius_m } => {
-                if !(radius_m.is_finite() && radius_m >= 0.0) {
-                    return Err(FieldError::new(
-                        "geo.within.radius_m",
-                        "radius must be a number >= 0 (metres)",
-                    ));
-                }
-                GeoQuery::Within {
-                    lat: check_lat("geo.within.lat", lat)?,
-                    lon: check_lon("geo.within.lon", lon)?,
-                    radius_m,
-                }
+/// Checks a geo part's ranges (the types were checked by parsing).
+fn validate_geo(g: GeoRequest) -> Result<crate::search::GeoQuery, FieldError> {
+    use crate::search::GeoQuery;
+    Ok(match g {
+        GeoRequest::Within { lat, lon, radius_m } => {
+            if !(radius_m.is_finite() && radius_m >= 0.0) {
+                return Err(FieldError::new(
+                    "geo.within.radius_m",
+                    "radius must be a number >= 0 (metres)",
+                ));
             }
-            GeoRequest::Bbox {
-                south,
-                west,
-                north,
-                east,
-            } => {
-                let b = crate::engine::geo::BBox {
-                    south: check_lat("geo.bbox.south", south)?,
-                    west: check_lon("geo.bbox.west", west)?,
-                    north: check_lat("geo.bbox.north", north)?,
-                    east: check_lon("geo.bbox.east", east)?,
-                };
-                if b.south > b.north {
-                    return Err(FieldError::new(
-                        "geo.bbox.south",
-                        "south must not be north of north",
-                    ));
-                }
-                GeoQuery::BBox(b)
+            GeoQuery::Within {
+                lat: check_lat("geo.within.lat", lat)?,
+                lon: check_lon("geo.within.lon", lon)?,
+                radius_m,
             }
-            GeoRequest::Nearest { lat, lon, k } => {
-                if k == 0 || k > MAX_HITS {
-                    return Err(FieldError::new(
-                        "geo.nearest.k",
-                        format!("k must be in 1..={MAX_HITS}"),
-                    ));
-                }
-                GeoQuery::Nearest {
-                    lat: check_lat("geo.nearest.lat", lat)?,
-                    lon: check_lon("geo.nearest.lon", lon)?,
-                    k,
-                }
+        }
+        GeoRequest::Bbox {
+            south,
+            west,
+            north,
+            east,
+        } => {
+            let b = crate::engine::geo::BBox {
+                south: check_lat("geo.bbox.south", south)?,
+                west: check_lon("geo.bbox.west", west)?,
+                north: check_lat("geo.bbox.north", north)?,
+                east: check_lon("geo.bbox.east", east)?,
+            };
+            if b.south > b.north {
+                return Err(FieldError::new(
+                    "geo.bbox.south",
+                    "south must not be north of north",
+                ));
             }
-        })
-    }
+            GeoQuery::BBox(b)
+        }
+        GeoRequest::Nearest { lat, lon, k } => {
+            if k == 0 || k > MAX_HITS {
+                return Err(FieldError::new(
+                    "geo.nearest.k",
+                    format!("k must be in 1..={MAX_HITS}"),
+                ));
+            }
+            GeoQuery::Nearest {
+                lat: check_lat("geo.nearest.lat", lat)?,
+                lon: check_lon("geo.nearest.lon", lon)?,
+                k,
+            }
+        }
+    })
 }
 
 /// Parses a JSON body; a malformed one is a 400 naming the field at fault by its JSON path
 /// (an unknown field included).
 fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        // The path names the field, an unknown one included.
-        let path = e.path().to_string();
-        let field = if path == "." { "body" } else { path.as_str() };
-        Box::new(error(StatusCode::BAD_REQUEST, field, e.inner().to_string()))
-    })
+    wire::parse(bytes).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e.field, e.message)))
 }
 
 /// Shard search: text, geo, vector, filters, hybrid (the public API is query-api's).
 async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response {
-    let req: SearchRequest = match parse_body(&body) {
-        Ok(r) => r,
+    // The public request (wire::SearchRequest) plus the index it is for.
+    let mut body: Value = match parse_body(&body) {
+        Ok(v) => v,
         Err(resp) => return *resp,
     };
-    let Some(ix) = s.indexes.iter().find(|i| i.name == req.index) else {
+    let index = match body.as_object_mut().and_then(|o| o.remove("index")) {
+        Some(Value::String(name)) => name,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "index",
+                "index: a string is required",
+            )
+        }
+    };
+    let mut req: SearchRequest = match wire::parse_value(body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.field, e.message),
+    };
+    if req.cursor.is_some() || req.consistency.is_some() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            if req.cursor.is_some() {
+                "cursor"
+            } else {
+                "consistency"
+            },
+            "cursors and consistency are handled by query-api",
+        );
+    }
+    let Some(ix) = s.indexes.iter().find(|i| i.name == index) else {
         return error(
             StatusCode::NOT_FOUND,
             "index",
-            format!("unknown index {:?}", req.index),
+            format!("unknown index {index:?}"),
         );
+    };
+    let text = match req.text_part() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.message),
     };
     if req.limit == 0 || req.limit > MAX_HITS {
         return error(
@@ -538,7 +420,7 @@ async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response
         );
     }
     let parts = Parts {
-        text: req.text,
+        text,
         geo: req.geo,
         vector: req.vector,
         hybrid: req.hybrid,
@@ -553,6 +435,28 @@ async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response
     let Some(view) = s.view.load() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
     };
+    if let Some(r) = req
+        .regions
+        .iter()
+        .find(|r| !view.partitions.contains_key(&(ix.ordinal, (*r).clone())))
+    {
+        let mut known: Vec<&str> = view
+            .partitions
+            .keys()
+            .filter(|(i, _)| *i == ix.ordinal)
+            .map(|(_, r)| r.as_str())
+            .collect();
+        known.sort_unstable();
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "regions",
+            format!(
+                "unknown region {r:?} for index {:?} (regions with documents: {})",
+                ix.name,
+                known.join(", ")
+            ),
+        );
+    }
     let scope = crate::search::Scope {
         index: ix.ordinal,
         regions: req.regions,
@@ -587,6 +491,7 @@ async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response
             Planned::Vector(q) => crate::search::vector(&view, &scope, q)?
                 .iter()
                 .skip(offset)
+                .take(limit)
                 .map(|h| {
                     Ok(json!({"key": h.key, "region": h.region, "score": h.score,
                               "fields": row(&h.region, &h.key)?}))
@@ -883,7 +788,7 @@ fn geo_filter(
             format!("index {:?} has no geo field", ix.name),
         ));
     }
-    match g.validate()? {
+    match validate_geo(g)? {
         crate::search::GeoQuery::Nearest { .. } => Err(FieldError::new(
             "geo.nearest",
             format!("nearest cannot filter a {what} query: use within or bbox"),
@@ -896,13 +801,13 @@ fn geo_filter(
 /// vector alone (likewise), text and vector fused by RRF, or geo alone.
 /// The query parts of a search request.
 struct Parts {
-    text: Option<TextRequest>,
+    text: Option<wire::TextRequest>,
     geo: Option<GeoRequest>,
-    vector: Option<VectorRequest>,
+    vector: Option<wire::VectorRequest>,
     hybrid: Option<HybridRequest>,
     filter: Option<Value>,
-    sort: Option<SortRequest>,
-    facets: Vec<FacetRequest>,
+    sort: Option<wire::SortRequest>,
+    facets: Vec<wire::FacetRequest>,
 }
 
 /// The position of a filter field named in `sort` or `facets`.
@@ -1073,7 +978,7 @@ fn plan(
                     ));
                 }
                 ranked_elsewhere("geo searches (sorted by distance)")?;
-                Planned::Geo(g.validate()?, fields_filter)
+                Planned::Geo(validate_geo(g)?, fields_filter)
             }
         },
         (None, Some(v)) => {
@@ -1100,8 +1005,9 @@ fn plan(
         (Some((query, highlight)), Some(v)) => {
             ranked_elsewhere("hybrid searches")?;
             let h = hybrid.unwrap_or(HybridRequest {
-                k: default_rrf_k(),
-                weights: Weights::default(),
+                method: wire::FusionMethod::Rrf,
+                k: 60.0,
+                weights: wire::Weights::default(),
                 window: None,
             });
             if !(h.k.is_finite() && h.k >= 0.0) {

@@ -432,7 +432,7 @@ struct Candidate<'a> {
 /// plus fresh) so scores compare across partitions and do not change when a document's
 /// commit moves it from the fresh layer to the segments. Ties by key.
 pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Result<TextAnswer> {
-    use tantivy::collector::{Count, TopDocs};
+    use tantivy::collector::Count;
     use tantivy::query::{BooleanQuery, Occur, Query, TermSetQuery};
 
     let parts: Vec<(&str, &crate::shard::PartitionView)> = view
@@ -532,7 +532,7 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
                     let (top, count, counts) = p.searcher.search_with_statistics_provider(
                         &q,
                         &(
-                            TopDocs::with_limit(want.max(1)).order_by_score(),
+                            crate::engine::fields::TopByScore { limit: want },
                             Count,
                             facets,
                         ),

@@ -298,6 +298,97 @@ impl SegmentCollector for SortSegment {
     }
 }
 
+/// The best `limit` documents of each segment by score, ties broken by key (ascending: a
+/// segment's key ordinals follow the keys' byte order). tantivy's `TopDocs` breaks ties by
+/// document address, so which tied documents made the cut would depend on the page depth, and
+/// consecutive pages could repeat or skip documents; the caller merges segments, partitions
+/// and the fresh layer by (score, key) too, so every depth agrees.
+pub struct TopByScore {
+    pub limit: usize,
+}
+
+pub struct TopByScoreSegment {
+    keys: Option<StrColumn>,
+    segment: SegmentOrdinal,
+    limit: usize,
+    found: Vec<(Score, u64, DocId)>,
+    next_prune: usize,
+    /// Once `limit` are kept, a lower score cannot enter.
+    floor: Option<Score>,
+}
+
+impl TopByScoreSegment {
+    fn prune(&mut self) {
+        self.found
+            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        self.found.truncate(self.limit);
+        if self.found.len() == self.limit {
+            self.floor = self.found.last().map(|f| f.0);
+        }
+        self.next_prune = 2 * self.limit + 64;
+    }
+}
+
+impl Collector for TopByScore {
+    type Fruit = Vec<(Score, DocAddress)>;
+    type Child = TopByScoreSegment;
+
+    fn for_segment(
+        &self,
+        ord: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<TopByScoreSegment> {
+        let limit = self.limit.max(1);
+        Ok(TopByScoreSegment {
+            keys: segment.fast_fields().str("_key")?,
+            segment: ord,
+            limit,
+            found: Vec::new(),
+            next_prune: 2 * limit + 64,
+            floor: None,
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        true
+    }
+
+    fn merge_fruits(
+        &self,
+        fruits: Vec<Vec<(Score, DocAddress)>>,
+    ) -> tantivy::Result<Vec<(Score, DocAddress)>> {
+        Ok(fruits.into_iter().flatten().collect())
+    }
+}
+
+impl SegmentCollector for TopByScoreSegment {
+    type Fruit = Vec<(Score, DocAddress)>;
+
+    fn collect(&mut self, doc: DocId, score: Score) {
+        if self.floor.is_some_and(|f| score < f) {
+            return;
+        }
+        let ord = self
+            .keys
+            .as_ref()
+            .and_then(|k| k.term_ords(doc).next())
+            .unwrap_or(u64::MAX);
+        self.found.push((score, ord, doc));
+        if self.found.len() >= self.next_prune {
+            self.prune();
+        }
+    }
+
+    fn harvest(mut self) -> Self::Fruit {
+        self.prune();
+        let segment = self.segment;
+        self.found
+            .into_iter()
+            .map(|(score, _, doc)| (score, DocAddress::new(segment, doc)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,13 +27,7 @@ use crate::partition::TextField;
 /// Share of the non-best fields' scores a word gets (disjunction-max tie breaker).
 pub const TIE_BREAKER: Score = 0.1;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Operator {
-    #[default]
-    And,
-    Or,
-}
+pub use wire::Operator;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Form {

@@ -1,0 +1,444 @@
+//! The search API's wire types, defined once: query-api parses public requests with them and
+//! describes them in `/openapi.json`, and the indexer's internal search endpoint parses the same
+//! types, so the published schema cannot drift from what the engines accept.
+//!
+//! Requests deny unknown fields; [`parse`] names the field at fault by its JSON path.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// Largest `limit`, and largest `offset + limit`, of a search.
+pub const MAX_HITS: usize = 10_000;
+/// Largest `k` of a vector query.
+pub const MAX_K: usize = 1_000;
+/// Most values one facet returns.
+pub const MAX_FACET_SIZE: usize = 1_000;
+
+/// A search: any of text (`q` or `text`), `geo`, `vector` (fused with text by `hybrid`),
+/// `filter`, with sorting, facets and paging, and the caller's freshness demands.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// Full-text query; shorthand for `text: {"q": …}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// Regions to search; all when empty or absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo: Option<GeoRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector: Option<VectorRequest>,
+    /// Fuse the text and vector results (reciprocal rank fusion).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hybrid: Option<HybridRequest>,
+    /// Structured filter on the index's filter fields: `{"term": {"field": value}}`,
+    /// `{"in": {"field": [values]}}`, `{"range": {"field": {"gte"|"gt"|"lte"|"lt": value}}}`,
+    /// `{"exists": "field"}`, `{"and": [filters]}`, `{"or": [filters]}`, `{"not": filter}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// Order by a filter field instead of by relevance (text and filter searches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort: Option<SortRequest>,
+    /// Value counts of filter fields over the whole matching set (text and filter searches).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub facets: Vec<FacetRequest>,
+    #[serde(default = "default_limit")]
+    #[schema(minimum = 1, maximum = 10000, default = 10)]
+    pub limit: usize,
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 9999, default = 0)]
+    pub offset: usize,
+    /// The `next_cursor` of the previous page: the next page of the same search, at least as
+    /// fresh as the previous one. Replaces `offset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+}
+
+impl SearchRequest {
+    /// The text part, `q` folded in; an error names the field when both are given.
+    pub fn text_part(&mut self) -> Result<Option<TextRequest>, FieldError> {
+        match (self.q.take(), self.text.take()) {
+            (Some(_), Some(_)) => Err(FieldError::new("q", "give q or text, not both")),
+            (Some(q), None) => Ok(Some(TextRequest {
+                q,
+                operator: Operator::And,
+                highlight: true,
+            })),
+            (None, t) => Ok(t),
+        }
+    }
+}
+
+/// Freshness demands: read your own write, or refuse a stale answer.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Consistency {
+    /// Wait until every touched partition has applied this LSN (e.g. the caller's
+    /// `pg_current_wal_lsn()` taken after its commit), e.g. `"0/16B3748"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "0/16B3748")]
+    pub min_lsn: Option<String>,
+    /// Refuse (409 `too_stale`) an answer whose partitions lag more than this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_staleness_ms: Option<u64>,
+    /// How long to wait for `min_lsn` (default and maximum from the server's config).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextRequest {
+    /// Words (all required by default), `"phrases"`, `prefix*`, `fuzzy~1`, `+must`, `-not`,
+    /// `field:word`, `a OR b`.
+    pub q: String,
+    #[serde(default)]
+    pub operator: Operator,
+    /// Return highlighted snippets (`<b>` around matches).
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    pub highlight: bool,
+}
+
+/// Whether plain words are all required (`and`) or any suffices (`or`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Operator {
+    #[default]
+    And,
+    Or,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SortRequest {
+    /// A filter field of the index.
+    pub field: String,
+    #[serde(default)]
+    pub order: SortOrder,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SortOrder {
+    #[default]
+    Asc,
+    Desc,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FacetRequest {
+    /// A filter field of the index.
+    pub field: String,
+    #[serde(default = "default_limit")]
+    #[schema(minimum = 1, maximum = 1000, default = 10)]
+    pub size: usize,
+}
+
+/// Reciprocal rank fusion of the text and vector results: score = Σ weight / (k + rank).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HybridRequest {
+    /// Only `rrf`.
+    #[serde(default)]
+    pub method: FusionMethod,
+    #[serde(default = "default_rrf_k")]
+    #[schema(default = 60.0, minimum = 0.0)]
+    pub k: f64,
+    #[serde(default)]
+    pub weights: Weights,
+    /// How deep each branch is read; default 100 (at least offset + limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub window: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionMethod {
+    #[default]
+    Rrf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Weights {
+    #[serde(default = "one")]
+    #[schema(default = 1.0, minimum = 0.0)]
+    pub text: f64,
+    #[serde(default = "one")]
+    #[schema(default = 1.0, minimum = 0.0)]
+    pub vector: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Weights {
+        Weights {
+            text: 1.0,
+            vector: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VectorRequest {
+    /// The query embedding; as many values as the index's vector dimension.
+    pub values: Vec<f32>,
+    #[serde(default = "default_limit")]
+    #[schema(minimum = 1, maximum = 1000, default = 10)]
+    pub k: usize,
+    /// Graph search breadth (default from the index's config).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub ef: Option<usize>,
+    /// Exact scan instead of the graph.
+    #[serde(default)]
+    pub exact: bool,
+}
+
+/// Within a radius, within a box, or the `k` nearest. Beside text or a vector, `within` and
+/// `bbox` filter them.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum GeoRequest {
+    Within {
+        #[schema(minimum = -90.0, maximum = 90.0)]
+        lat: f64,
+        #[schema(minimum = -180.0, maximum = 180.0)]
+        lon: f64,
+        #[schema(minimum = 0.0)]
+        radius_m: f64,
+    },
+    Bbox {
+        #[schema(minimum = -90.0, maximum = 90.0)]
+        south: f64,
+        #[schema(minimum = -180.0, maximum = 180.0)]
+        west: f64,
+        #[schema(minimum = -90.0, maximum = 90.0)]
+        north: f64,
+        #[schema(minimum = -180.0, maximum = 180.0)]
+        east: f64,
+    },
+    Nearest {
+        #[schema(minimum = -90.0, maximum = 90.0)]
+        lat: f64,
+        #[schema(minimum = -180.0, maximum = 180.0)]
+        lon: f64,
+        #[schema(minimum = 1, maximum = 10000)]
+        k: usize,
+    },
+}
+
+/// A search answer.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct SearchResponse {
+    pub hits: Vec<Hit>,
+    /// How many documents match (text and filter searches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// Per requested facet field: its most frequent values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facets: Option<BTreeMap<String, Vec<FacetBucket>>>,
+    pub freshness: Freshness,
+    /// Some partitions did not answer: see `missing`.
+    pub partial: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<MissingShard>>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One document found.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct Hit {
+    /// The row's primary key, as text.
+    pub key: String,
+    pub region: String,
+    /// Relevance (BM25, cosine similarity, or the fused RRF score).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Distance from the query point (geo searches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance_m: Option<f64>,
+    /// The row's stored fields, typed (null if the row vanished meanwhile).
+    #[schema(value_type = Option<Object>)]
+    pub fields: Value,
+    /// Per text field, an HTML snippet with `<b>` around matches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub highlights: Option<BTreeMap<String, String>>,
+    /// The value sorted on (with `sort`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, nullable)]
+    pub sort_value: Option<Value>,
+    /// Hybrid: the hit's rank in each branch (null when absent from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<BranchRanks>,
+    /// Hybrid: the hit's score in each branch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch_scores: Option<BranchScores>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct BranchRanks {
+    pub text: Option<usize>,
+    pub vector: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct BranchScores {
+    pub text: Option<f64>,
+    pub vector: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct FacetBucket {
+    #[schema(value_type = Object)]
+    pub value: Value,
+    pub count: u64,
+}
+
+/// How fresh an answer is: each shard's applied LSN and lag, and the worst of them.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct Freshness {
+    pub min_applied_lsn: String,
+    pub max_lag_ms: u64,
+    pub shards: Vec<ShardFreshness>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ShardFreshness {
+    pub shard: String,
+    pub regions: Vec<String>,
+    pub applied_lsn: String,
+    pub lag_ms: u64,
+    pub lag_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct MissingShard {
+    pub shard: String,
+    pub regions: Vec<String>,
+}
+
+/// Every error answer: a stable code, the request field at fault (empty if none) and a
+/// message; some errors add `freshness` (409) or `missing` (503).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub freshness: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<MissingShard>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// E.g. `invalid`, `bad_body`, `not_found`, `unauthorized`, `forbidden`,
+    /// `rate_limited`, `min_lsn_not_reached`, `too_stale`, `shards_unavailable`.
+    pub code: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// A request field that fails validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses JSON into a request type; the error names the field at fault by its JSON path
+/// (`body` for the whole), an unknown field included.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(path_error)
+}
+
+/// Like [`parse`], from a JSON value.
+pub fn parse_value<T: DeserializeOwned>(v: Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(v).map_err(path_error)
+}
+
+fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> FieldError {
+    let path = e.path().to_string();
+    let field = if path == "." { "body".to_owned() } else { path };
+    FieldError::new(field, e.inner().to_string())
+}
+
+fn default_limit() -> usize {
+    10
+}
+
+fn default_rrf_k() -> f64 {
+    60.0
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_field_by_path() {
+        let e =
+            parse::<SearchRequest>(br#"{"geo": {"within": {"lat": 1, "lon": 2, "radius": 3}}}"#)
+                .unwrap_err();
+        assert_eq!(e.field, "geo.within.radius");
+        assert!(e.message.contains("radius"), "{}", e.message);
+        let e = parse::<SearchRequest>(br#"{"limit": "ten"}"#).unwrap_err();
+        assert_eq!(e.field, "limit");
+        let e = parse::<SearchRequest>(br#""x""#).unwrap_err();
+        assert_eq!(e.field, "body");
+    }
+
+    #[test]
+    fn q_is_shorthand_for_text() {
+        let mut r: SearchRequest = parse(br#"{"q": "paris"}"#).unwrap();
+        let t = r.text_part().unwrap().unwrap();
+        assert_eq!(
+            (t.q.as_str(), t.operator, t.highlight),
+            ("paris", Operator::And, true)
+        );
+        let mut r: SearchRequest = parse(br#"{"q": "a", "text": {"q": "b"}}"#).unwrap();
+        assert_eq!(r.text_part().unwrap_err().field, "q");
+    }
+
+    #[test]
+    fn a_request_survives_a_round_trip() {
+        let body = br#"{"q":"x","regions":["europe"],"geo":{"within":{"lat":1.0,"lon":2.0,"radius_m":3.0}},
+            "facets":[{"field":"country","size":5}],"limit":20,"offset":0,"consistency":{"min_lsn":"0/1"}}"#;
+        let r: SearchRequest = parse(body).unwrap();
+        let again: SearchRequest = parse_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(format!("{r:?}"), format!("{again:?}"));
+    }
+}
