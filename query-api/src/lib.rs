@@ -5,6 +5,8 @@
 //! request: the only state is per-process rate-limit buckets.
 
 pub mod config;
+mod openapi;
+mod search;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,13 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, Scope};
 
-/// Largest `limit` and `offset + limit` of a search.
-pub const MAX_HITS: u64 = 10_000;
+pub use wire::MAX_HITS;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -143,17 +144,18 @@ pub fn router(state: AppState) -> Router {
         }
     };
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/status", get(status))
         .route("/v1/indexes", get(indexes))
         .route(
             "/v1/indexes/{index}/search",
-            post(search_post).get(search_get),
+            post(search::search_post).get(search::search_get),
         )
         .route("/v1/indexes/{index}/documents/{id}", get(document))
         .route("/v1/indexes/{index}/changes", get(changes))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "", "no such route")
         })
@@ -300,501 +302,6 @@ fn route(cfg: &Config, regions: &[String]) -> Result<Vec<(usize, Vec<String>)>, 
     Ok(by_shard)
 }
 
-#[derive(Default)]
-struct Consistency {
-    min_lsn: Option<(u64, String)>,
-    max_staleness_ms: Option<u64>,
-    wait_timeout_ms: u64,
-}
-
-fn take_consistency(body: &mut Map<String, Value>, cfg: &Config) -> Result<Consistency, ApiError> {
-    let mut c = Consistency {
-        wait_timeout_ms: cfg.limits.default_wait_timeout_ms,
-        ..Default::default()
-    };
-    let Some(v) = body.remove("consistency") else {
-        return Ok(c);
-    };
-    let Some(obj) = v.as_object() else {
-        return Err(ApiError::invalid("consistency", "must be an object"));
-    };
-    for (k, v) in obj {
-        let field = format!("consistency.{k}");
-        match k.as_str() {
-            "min_lsn" => {
-                let s = v.as_str().ok_or_else(|| {
-                    ApiError::invalid(&field, "must be an LSN string such as \"0/16B3748\"")
-                })?;
-                let n = parse_lsn(s).ok_or_else(|| {
-                    ApiError::invalid(&field, format!("{s:?} is not an LSN (X/Y, hexadecimal)"))
-                })?;
-                c.min_lsn = Some((n, format_lsn(n)));
-            }
-            "max_staleness_ms" => {
-                c.max_staleness_ms = Some(v.as_u64().ok_or_else(|| {
-                    ApiError::invalid(&field, "must be a non-negative integer (milliseconds)")
-                })?)
-            }
-            "wait_timeout_ms" => {
-                let ms = v.as_u64().ok_or_else(|| {
-                    ApiError::invalid(&field, "must be a non-negative integer (milliseconds)")
-                })?;
-                if ms > cfg.limits.max_wait_timeout_ms {
-                    return Err(ApiError::invalid(
-                        &field,
-                        format!("at most {}", cfg.limits.max_wait_timeout_ms),
-                    ));
-                }
-                c.wait_timeout_ms = ms;
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    &field,
-                    "unknown field (min_lsn, max_staleness_ms, wait_timeout_ms)",
-                ))
-            }
-        }
-    }
-    Ok(c)
-}
-
-/// How merged hits are ordered.
-enum Order {
-    ScoreDesc,
-    DistanceAsc,
-    Sort { descending: bool },
-}
-
-fn order_of(body: &Map<String, Value>) -> Order {
-    if let Some(sort) = body.get("sort") {
-        return Order::Sort {
-            descending: sort["order"] == "desc",
-        };
-    }
-    if body.get("text").is_none() && body.get("vector").is_none() && body.get("geo").is_some() {
-        return Order::DistanceAsc;
-    }
-    Order::ScoreDesc
-}
-
-fn compare_hits(order: &Order, a: &Value, b: &Value) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    let num = |v: &Value, k: &str| v[k].as_f64();
-    let first = match order {
-        Order::ScoreDesc => num(b, "score")
-            .unwrap_or(f64::MIN)
-            .total_cmp(&num(a, "score").unwrap_or(f64::MIN)),
-        Order::DistanceAsc => num(a, "distance_m")
-            .unwrap_or(f64::MAX)
-            .total_cmp(&num(b, "distance_m").unwrap_or(f64::MAX)),
-        Order::Sort { descending } => {
-            let (x, y) = (&a["sort_value"], &b["sort_value"]);
-            match (x.is_null(), y.is_null()) {
-                (true, true) => Ordering::Equal,
-                (true, false) => Ordering::Greater,
-                (false, true) => Ordering::Less,
-                _ => {
-                    let o = match (x.as_f64(), y.as_f64()) {
-                        (Some(p), Some(q)) => p.total_cmp(&q),
-                        _ => x
-                            .as_str()
-                            .unwrap_or_default()
-                            .as_bytes()
-                            .cmp(y.as_str().unwrap_or_default().as_bytes()),
-                    };
-                    if *descending {
-                        o.reverse()
-                    } else {
-                        o
-                    }
-                }
-            }
-        }
-    };
-    first.then_with(|| {
-        a["key"]
-            .as_str()
-            .unwrap_or_default()
-            .cmp(b["key"].as_str().unwrap_or_default())
-    })
-}
-
-fn get_u64(body: &Map<String, Value>, field: &str, default: u64) -> Result<u64, ApiError> {
-    match body.get(field) {
-        None => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| ApiError::invalid(field, "must be a non-negative integer")),
-    }
-}
-
-async fn search_post(
-    State(s): State<AppState>,
-    Path(index): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&s, &headers, Some(peer), Scope::Read)?;
-    // JSON whatever the Content-Type says (`curl -d` sends form encoding by default).
-    let body = body.map_err(|e| {
-        ApiError::new(
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            },
-            "bad_body",
-            "body",
-            e.body_text(),
-        )
-    })?;
-    let body: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            "body",
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
-    let Value::Object(body) = body else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            "body",
-            "the body must be a JSON object",
-        ));
-    };
-    search(&s, &index, body).await.map(Json)
-}
-
-/// `GET /v1/indexes/{index}/search?q=…&lat=…&lon=…&radius=…&region=…&limit=…`: the simple
-/// cases as query parameters (radius in metres; lat/lon without radius: nearest).
-async fn search_get(
-    State(s): State<AppState>,
-    Path(index): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&s, &headers, Some(peer), Scope::Read)?;
-    let mut body = Map::new();
-    let num = |k: &str| -> Result<Option<f64>, ApiError> {
-        params
-            .get(k)
-            .map(|v| {
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite())
-                    .ok_or_else(|| ApiError::invalid(k, format!("{v:?} is not a number")))
-            })
-            .transpose()
-    };
-    for k in params.keys() {
-        if !["q", "lat", "lon", "radius", "region", "limit", "min_lsn"].contains(&k.as_str()) {
-            return Err(ApiError::invalid(
-                k,
-                "unknown parameter (q, lat, lon, radius, region, limit, min_lsn)",
-            ));
-        }
-    }
-    if let Some(q) = params.get("q") {
-        body.insert("text".into(), json!({"q": q}));
-    }
-    match (num("lat")?, num("lon")?, num("radius")?) {
-        (Some(lat), Some(lon), Some(radius_m)) => {
-            body.insert(
-                "geo".into(),
-                json!({"within": {"lat": lat, "lon": lon, "radius_m": radius_m}}),
-            );
-        }
-        (Some(lat), Some(lon), None) => {
-            let k = num("limit")?.unwrap_or(10.0);
-            body.insert(
-                "geo".into(),
-                json!({"nearest": {"lat": lat, "lon": lon, "k": k as u64}}),
-            );
-        }
-        (None, None, None) => {}
-        _ => {
-            return Err(ApiError::invalid(
-                "lat",
-                "lat and lon go together (radius optional)",
-            ))
-        }
-    }
-    if let Some(r) = params.get("region") {
-        body.insert(
-            "regions".into(),
-            Value::Array(r.split(',').map(|x| Value::String(x.to_owned())).collect()),
-        );
-    }
-    if let Some(l) = num("limit")? {
-        body.insert("limit".into(), json!(l as u64));
-    }
-    if let Some(m) = params.get("min_lsn") {
-        body.insert("consistency".into(), json!({"min_lsn": m}));
-    }
-    search(&s, &index, body).await.map(Json)
-}
-
-/// Waits for `min_lsn`, fans out to the shards, merges, checks staleness.
-async fn search(
-    s: &AppState,
-    index: &str,
-    mut body: Map<String, Value>,
-) -> Result<Value, ApiError> {
-    let cfg = &s.inner.config;
-    let consistency = take_consistency(&mut body, cfg)?;
-    let regions: Vec<String> = match body.get("regions") {
-        None => Vec::new(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|r| {
-                r.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::invalid("regions", "must be an array of strings"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::invalid("regions", "must be an array of strings")),
-    };
-    let limit = get_u64(&body, "limit", 10)?;
-    let offset = get_u64(&body, "offset", 0)?;
-    if limit == 0 || limit > MAX_HITS {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("limit must be in 1..={MAX_HITS}"),
-        ));
-    }
-    if offset > MAX_HITS - limit {
-        return Err(ApiError::invalid(
-            "offset",
-            format!("offset + limit must be at most {MAX_HITS}"),
-        ));
-    }
-    let targets = route(cfg, &regions)?;
-    body.insert("index".into(), Value::String(index.to_owned()));
-
-    // Read-your-writes: every touched shard must have applied the client's commit.
-    if let Some((_, lsn_text)) = &consistency.min_lsn {
-        let waits = targets.iter().map(|(i, _)| {
-            let url = format!(
-                "{}/internal/wait?lsn={lsn_text}&timeout_ms={}",
-                cfg.shards[*i].url, consistency.wait_timeout_ms
-            );
-            let http = s.inner.http.clone();
-            let shard = cfg.shards[*i].url.clone();
-            let deadline = Duration::from_millis(consistency.wait_timeout_ms + 2_000);
-            async move {
-                let r = tokio::time::timeout(deadline, http.get(url).send()).await;
-                let (reached, applied) = match r {
-                    Ok(Ok(resp)) => {
-                        let ok = resp.status().is_success();
-                        let v: Value = resp.json().await.unwrap_or(Value::Null);
-                        (ok, v["applied_lsn"].clone())
-                    }
-                    _ => (false, Value::Null),
-                };
-                (shard, reached, applied)
-            }
-        });
-        let results = futures_util::future::join_all(waits).await;
-        if results.iter().any(|(_, reached, _)| !reached) {
-            let shards: Vec<Value> = results
-                .iter()
-                .map(|(shard, reached, applied)| json!({"shard": shard, "applied_lsn": applied, "reached": reached}))
-                .collect();
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "min_lsn_not_reached",
-                "consistency.min_lsn",
-                format!(
-                    "not every shard applied {lsn_text} within {} ms; retry, or raise wait_timeout_ms",
-                    consistency.wait_timeout_ms
-                ),
-            )
-            .with("freshness", json!({"requested_lsn": lsn_text, "shards": shards})));
-        }
-    }
-
-    // Fan out; a single shard gets the page as asked, several give their top offset+limit.
-    let several = targets.len() > 1;
-    let calls = targets.iter().map(|(i, rs)| {
-        let mut b = body.clone();
-        b.insert(
-            "regions".into(),
-            Value::Array(rs.iter().cloned().map(Value::String).collect()),
-        );
-        if several {
-            b.insert("limit".into(), json!(offset + limit));
-            b.insert("offset".into(), json!(0));
-        }
-        let url = format!("{}/internal/search", cfg.shards[*i].url);
-        let http = s.inner.http.clone();
-        let shard = cfg.shards[*i].url.clone();
-        let regions = rs.clone();
-        let deadline = Duration::from_millis(cfg.limits.shard_timeout_ms);
-        async move {
-            let r = tokio::time::timeout(deadline, http.post(url).json(&b).send()).await;
-            let out = match r {
-                Ok(Ok(resp)) => {
-                    let status = resp.status();
-                    match resp.json::<Value>().await {
-                        Ok(v) => Ok((status, v)),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("timed out".to_owned()),
-            };
-            (shard, regions, out)
-        }
-    });
-    let results = futures_util::future::join_all(calls).await;
-    let mut answers = Vec::new();
-    let mut missing = Vec::new();
-    for (shard, regions, out) in results {
-        match out {
-            Ok((status, v)) if status.is_success() => answers.push((shard, regions, v)),
-            Ok((status, v)) if status.is_client_error() => {
-                // The shard validated the request: its answer names the field.
-                let err = &v["error"];
-                return Err(ApiError::new(
-                    StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_REQUEST),
-                    if status == StatusCode::NOT_FOUND {
-                        "not_found"
-                    } else {
-                        "invalid"
-                    },
-                    err["field"].as_str().unwrap_or(""),
-                    err["message"].as_str().unwrap_or("invalid request"),
-                ));
-            }
-            Ok((status, _)) => {
-                tracing::warn!(%shard, %status, "shard search failed");
-                missing.push(json!({"shard": shard, "regions": regions}));
-            }
-            Err(e) => {
-                tracing::warn!(%shard, error = %e, "shard unreachable");
-                missing.push(json!({"shard": shard, "regions": regions}));
-            }
-        }
-    }
-    if answers.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shards_unavailable",
-            "",
-            "no shard serving these regions answered",
-        )
-        .with("missing", Value::Array(missing)));
-    }
-
-    // Freshness, per shard and overall.
-    let mut shards_fresh = Vec::new();
-    let (mut min_applied, mut max_lag_ms) = (u64::MAX, 0u64);
-    for (shard, regions, v) in &answers {
-        let applied = v["applied_lsn"].as_str().and_then(parse_lsn).unwrap_or(0);
-        let lag_ms = v["lag_ms"].as_u64().unwrap_or(0);
-        min_applied = min_applied.min(applied);
-        max_lag_ms = max_lag_ms.max(lag_ms);
-        shards_fresh.push(
-            json!({"shard": shard, "regions": regions, "applied_lsn": v["applied_lsn"],
-                                 "lag_ms": lag_ms, "lag_bytes": v["lag_bytes"]}),
-        );
-    }
-    let freshness = json!({"min_applied_lsn": format_lsn(min_applied), "max_lag_ms": max_lag_ms, "shards": shards_fresh});
-    if let Some(max) = consistency.max_staleness_ms {
-        if max_lag_ms > max {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "too_stale",
-                "consistency.max_staleness_ms",
-                format!("the freshest answer available lags {max_lag_ms} ms, over {max} ms"),
-            )
-            .with("freshness", freshness));
-        }
-    }
-
-    // Merge: one global order, then the page.
-    let order = order_of(&body);
-    let mut hits: Vec<Value> = Vec::new();
-    let mut total: Option<u64> = None;
-    let mut facets: Map<String, Value> = Map::new();
-    let mut facet_counts: HashMap<String, Vec<(Value, u64)>> = HashMap::new();
-    for (_, _, v) in &answers {
-        if let Some(h) = v["hits"].as_array() {
-            hits.extend(h.iter().cloned());
-        }
-        if let Some(t) = v["total"].as_u64() {
-            *total.get_or_insert(0) += t;
-        }
-        if let Some(f) = v["facets"].as_object() {
-            for (field, buckets) in f {
-                let e = facet_counts.entry(field.clone()).or_default();
-                for b in buckets.as_array().into_iter().flatten() {
-                    let n = b["count"].as_u64().unwrap_or(0);
-                    match e.iter_mut().find(|(val, _)| *val == b["value"]) {
-                        Some((_, c)) => *c += n,
-                        None => e.push((b["value"].clone(), n)),
-                    }
-                }
-            }
-        }
-    }
-    if several {
-        hits.sort_by(|a, b| compare_hits(&order, a, b));
-        hits = hits
-            .into_iter()
-            .skip(offset as usize)
-            .take(limit as usize)
-            .collect();
-    }
-    let sizes: HashMap<String, usize> = body
-        .get("facets")
-        .and_then(|f| f.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|f| {
-            Some((
-                f["field"].as_str()?.to_owned(),
-                f["size"].as_u64().unwrap_or(10) as usize,
-            ))
-        })
-        .collect();
-    for (field, mut counts) in facet_counts {
-        counts.sort_by(|a, b| {
-            b.1.cmp(&a.1)
-                .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
-        });
-        counts.truncate(sizes.get(&field).copied().unwrap_or(10));
-        facets.insert(
-            field,
-            Value::Array(
-                counts
-                    .into_iter()
-                    .map(|(value, count)| json!({"value": value, "count": count}))
-                    .collect(),
-            ),
-        );
-    }
-    let mut out = json!({
-        "hits": hits,
-        "freshness": freshness,
-        "partial": !missing.is_empty(),
-    });
-    if !missing.is_empty() {
-        out["missing"] = Value::Array(missing);
-    }
-    if let Some(t) = total {
-        out["total"] = json!(t);
-    }
-    if !facets.is_empty() {
-        out["facets"] = Value::Object(facets);
-    }
-    Ok(out)
-}
-
 /// Each shard's `/status`, or why it is unreachable.
 async fn shard_statuses(s: &AppState) -> Vec<(String, Result<Value, String>)> {
     let cfg = &s.inner.config;
@@ -826,6 +333,17 @@ fn shard_ready(v: &Value) -> bool {
     (snap == "done" || snap == "resumed") && v["stream"] == "streaming"
 }
 
+/// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 once every shard is reachable, snapshotted and streaming.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = Object), (status = 503, description = "Not ready; per shard why", body = Object)))]
+
 async fn readyz(State(s): State<AppState>) -> Response {
     let statuses = shard_statuses(&s).await;
     let shards: Vec<Value> = statuses
@@ -846,6 +364,16 @@ async fn readyz(State(s): State<AppState>) -> Response {
     (code, Json(json!({"ready": ready, "shards": shards}))).into_response()
 }
 
+/// `GET /v1/status`: per shard and partition, applied LSN, lag, documents, rejected rows and
+/// the replication slot's `wal_status` (admin scope).
+#[utoipa::path(get, path = "/v1/status", tag = "operations",
+    responses(
+        (status = 200, description = "Per shard: reachable, slot, lag; per partition: LSN, lag, documents, rejected rows", body = Object),
+        (status = 401, description = "No or unknown API key", body = wire::ErrorResponse),
+        (status = 429, description = "Rate limited (see Retry-After)", body = wire::ErrorResponse),
+        (status = 403, description = "Key lacks admin scope", body = wire::ErrorResponse),
+    ),
+    security((), ("api_key" = []), ("bearer" = [])))]
 async fn status(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -876,6 +404,14 @@ async fn status(
     Ok(Json(json!({"shards": shards})))
 }
 
+/// `GET /v1/indexes`: each index with its partitions (shard, region, documents, LSN, lag).
+#[utoipa::path(get, path = "/v1/indexes", tag = "operations",
+    responses(
+        (status = 200, description = "Indexes and their partitions", body = Object),
+        (status = 401, description = "No or unknown API key", body = wire::ErrorResponse),
+        (status = 429, description = "Rate limited (see Retry-After)", body = wire::ErrorResponse),
+    ),
+    security((), ("api_key" = []), ("bearer" = [])))]
 async fn indexes(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -902,6 +438,17 @@ async fn indexes(
     Ok(Json(json!({"indexes": list})))
 }
 
+/// `GET /v1/indexes/{index}/documents/{id}`: one document's stored fields by primary key.
+#[utoipa::path(get, path = "/v1/indexes/{index}/documents/{id}", tag = "documents",
+    params(("index" = String, Path), ("id" = String, Path, description = "Primary key, as text")),
+    responses(
+        (status = 200, description = "The document: key, region, fields", body = Object),
+        (status = 404, description = "No such index or document", body = wire::ErrorResponse),
+        (status = 503, description = "A shard did not answer", body = wire::ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = wire::ErrorResponse),
+        (status = 429, description = "Rate limited (see Retry-After)", body = wire::ErrorResponse),
+    ),
+    security((), ("api_key" = []), ("bearer" = [])))]
 async fn document(
     State(s): State<AppState>,
     Path((index, id)): Path<(String, String)>,
@@ -989,6 +536,19 @@ struct ShardEvent {
 /// LSN) once it is searchable, as server-sent events, merged from every shard (each shard's
 /// changes in LSN order). The event id is a cursor of per-shard positions: reconnecting with
 /// it as `Last-Event-ID` resumes every shard exactly where it stopped — no gaps, no repeats.
+#[utoipa::path(get, path = "/v1/indexes/{index}/changes", tag = "documents",
+    params(("index" = String, Path),
+        ("since_lsn" = Option<String>, Query, description = "Start after this LSN (default: now)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "Server-sent events: `change` events with key, op, region, lsn", content_type = "text/event-stream", body = String),
+        (status = 404, description = "Unknown index", body = wire::ErrorResponse),
+        (status = 410, description = "The position is older than the feed keeps: re-sync", body = wire::ErrorResponse),
+        (status = 422, description = "Malformed since_lsn or Last-Event-ID", body = wire::ErrorResponse),
+        (status = 401, description = "No or unknown API key", body = wire::ErrorResponse),
+        (status = 429, description = "Rate limited (see Retry-After)", body = wire::ErrorResponse),
+    ),
+    security((), ("api_key" = []), ("bearer" = [])))]
 async fn changes(
     State(s): State<AppState>,
     Path(index): Path<String>,
@@ -1160,6 +720,9 @@ async fn changes(
         .into_response())
 }
 
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus metrics", content_type = "text/plain", body = String)))]
 async fn metrics_text(State(s): State<AppState>) -> Response {
     match &s.inner.prometheus {
         Some(h) => h.render().into_response(),
@@ -1197,25 +760,5 @@ mod tests {
         assert_eq!(route(&cfg, &[]).unwrap().len(), 2);
         let e = route(&cfg, &["oceania".into()]).unwrap_err();
         assert_eq!(e.0.field, "regions");
-    }
-
-    #[test]
-    fn merged_hits_follow_the_request_order() {
-        let hits = [
-            json!({"key": "b", "score": 2.0, "distance_m": 5.0, "sort_value": null}),
-            json!({"key": "a", "score": 2.0, "distance_m": 9.0, "sort_value": 3}),
-            json!({"key": "c", "score": 7.0, "distance_m": 1.0, "sort_value": 1}),
-        ];
-        let sorted = |o: Order| {
-            let mut v = hits.to_vec();
-            v.sort_by(|x, y| compare_hits(&o, x, y));
-            v.iter()
-                .map(|h| h["key"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(sorted(Order::ScoreDesc), ["c", "a", "b"]);
-        assert_eq!(sorted(Order::DistanceAsc), ["c", "b", "a"]);
-        assert_eq!(sorted(Order::Sort { descending: true }), ["a", "c", "b"]);
-        assert_eq!(sorted(Order::Sort { descending: false }), ["c", "a", "b"]);
     }
 }

@@ -47,6 +47,17 @@ impl Fixture {
 
     /// Writes an index config; `extra_source` and `extra_apply` are TOML lines.
     pub fn config(&self, extra_source: &str, extra_apply: &str) -> Result<PathBuf> {
+        self.config_on(&self.slot, &self.data_dir(), extra_source, extra_apply)
+    }
+
+    /// A config for one more indexer over the same database: its own slot and data dir.
+    pub fn config_on(
+        &self,
+        slot: &str,
+        data_dir: &std::path::Path,
+        extra_source: &str,
+        extra_apply: &str,
+    ) -> Result<PathBuf> {
         let path = self.dir.path().join(format!("indexer-{}.toml", uniq()));
         let text = format!(
             r#"
@@ -73,8 +84,8 @@ vector = {{ column = "embedding", dimension = 4 }}
 filter_fields = ["population"]
 "#,
             url = self.pg.url(&self.db),
-            slot = self.slot,
-            data = self.data_dir().display(),
+            slot = slot,
+            data = data_dir.display(),
         );
         std::fs::write(&path, text)?;
         Ok(path)

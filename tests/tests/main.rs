@@ -6,6 +6,7 @@ mod cdc;
 mod common;
 mod geo;
 mod resilience;
+mod shards;
 mod text;
 mod vector;
 mod verify_cmd;
