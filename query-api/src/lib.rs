@@ -725,7 +725,32 @@ async fn changes(
     responses((status = 200, description = "Prometheus metrics", content_type = "text/plain", body = String)))]
 async fn metrics_text(State(s): State<AppState>) -> Response {
     match &s.inner.prometheus {
-        Some(h) => h.render().into_response(),
+        Some(h) => {
+            // Per shard and partition, as of this scrape: reachable, documents, lag, rejects.
+            for (url, v) in shard_statuses(&s).await {
+                let up = v.is_ok();
+                metrics::gauge!("query_api_shard_up", "shard" => url.clone())
+                    .set(f64::from(u8::from(up)));
+                let Ok(v) = v else { continue };
+                for p in v["partitions"].as_array().into_iter().flatten() {
+                    let labels = [
+                        ("shard", url.clone()),
+                        ("index", p["index"].as_str().unwrap_or_default().to_owned()),
+                        (
+                            "region",
+                            p["region"].as_str().unwrap_or_default().to_owned(),
+                        ),
+                    ];
+                    let num = |k: &str| p[k].as_f64().unwrap_or(0.0);
+                    metrics::gauge!("query_api_partition_documents", &labels).set(num("documents"));
+                    metrics::gauge!("query_api_partition_lag_ms", &labels).set(num("lag_ms"));
+                    metrics::gauge!("query_api_partition_lag_bytes", &labels).set(num("lag_bytes"));
+                    metrics::gauge!("query_api_partition_rejected_rows", &labels)
+                        .set(num("rejected_rows"));
+                }
+            }
+            h.render().into_response()
+        }
         None => (StatusCode::NOT_FOUND, "metrics are off").into_response(),
     }
 }

@@ -262,6 +262,16 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
         ),
         (json!({"text": {"q": "nope:x"}}), 422, "text.q"),
         (
+            json!({"vector": {"values": [1.0, 2.0, 3.0, 4.0], "k": 5000}}),
+            422,
+            "vector.k",
+        ),
+        (
+            json!({"geo": {"nearest": {"lat": 1.0, "lon": 2.0, "k": 20000}}}),
+            422,
+            "geo.nearest.k",
+        ),
+        (
             json!({"filter": {"term": {"population": "many"}}}),
             422,
             "filter.term.population",
@@ -307,6 +317,24 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert_eq!(v["error"]["field"], field, "{body}: {v}");
     }
+    // NaN is not JSON: the body is refused, naming where it broke.
+    let resp = c
+        .http
+        .post(format!("{}/v1/indexes/places/search", c.base))
+        .bearer_auth(READ)
+        .body(r#"{"geo": {"within": {"lat": NaN, "lon": 0, "radius_m": 1}}}"#)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await?;
+    assert_eq!(v["error"]["code"], "bad_body", "{v}");
+    assert!(
+        v["error"]["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("geo.within"),
+        "{v}"
+    );
     let big = json!({"text": {"q": "x".repeat(70_000)}});
     let (st, _) = c
         .post("/v1/indexes/places/search", Some(READ), &big)
@@ -314,10 +342,26 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
     let (st, metrics) = c.get("/metrics", None).await?;
     assert_eq!(st, StatusCode::OK);
-    assert!(metrics
-        .as_str()
-        .unwrap()
-        .contains("query_api_requests_total"));
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("query_api_requests_total"), "{metrics}");
+    assert!(metrics.contains("query_api_request_seconds"), "{metrics}");
+    for region in ["europe", "asia", "africa"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("query_api_partition_documents{")
+                    && l.contains(&format!("region=\"{region}\""))
+            })
+            .unwrap_or_else(|| panic!("no document gauge for {region}: {metrics}"));
+        let n: f64 = line.rsplit(' ').next().unwrap().parse()?;
+        assert!(n >= 99.0, "{line}");
+    }
+    assert!(metrics.contains("query_api_partition_lag_ms{"), "{metrics}");
+    assert!(
+        metrics.contains("query_api_partition_rejected_rows{"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("query_api_shard_up{"), "{metrics}");
 
     // 4. Rate limit: a second replica with a burst of 2.
     let tight = QueryApi::start(

@@ -5,7 +5,8 @@
 //!
 //!   cargo build --release -p indexer -p query-api -p e2e --bins && target/release/bench_http
 //!
-//! `BENCH_SECONDS` (default 4) is the time spent per query type and concurrency. Prints one
+//! `BENCH_SECONDS` (default 4) is the time spent per query type and concurrency;
+//! `BENCH_ONLY=text` runs only the query types whose name contains it. Prints one
 //! markdown table; figures come from this run only.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -211,7 +212,8 @@ async fn main() -> Result<()> {
         .timeout(Duration::from_secs(30))
         .build()?;
     // Warm up every set once.
-    for (_, bodies) in &sets {
+    for (name, bodies) in &sets {
+        eprintln!("warming up: {name}");
         load(
             &http,
             &url,
@@ -229,9 +231,19 @@ async fn main() -> Result<()> {
         "| query | c=1 p50 ms | c=1 p99 ms | c=1 QPS | c=32 p50 ms | c=32 p99 ms | c=32 QPS |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for (name, bodies) in sets {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         let bodies = Arc::new(bodies);
         let (l1, q1) = load(&http, &url, bodies.clone(), 1, budget).await?;
+        eprintln!(
+            "{name}: c=1 p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            pct(&l1, 0.5),
+            pct(&l1, 0.99),
+            pct(&l1, 1.0)
+        );
         let (l32, q32) = load(&http, &url, bodies, 32, budget).await?;
         println!(
             "| {name} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.0} |",
