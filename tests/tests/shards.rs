@@ -308,6 +308,13 @@ async fn two_shards_answer_like_one_and_fuse_and_page_exactly() -> Result<()> {
         Some(10),
         "{v}"
     );
+    // The top-level highlight switch (for text.highlight).
+    let plain = two
+        .ok(json!({"q": "place", "highlight": false, "limit": 1}))
+        .await?;
+    assert!(hits(&plain)[0].get("highlights").is_none(), "{plain}");
+    let marked = two.ok(json!({"q": "place", "limit": 1})).await?;
+    assert!(hits(&marked)[0]["highlights"].is_object(), "{marked}");
 
     for ix in [&mut all, &mut eu, &mut rest] {
         ix.stop()?;

@@ -44,6 +44,9 @@ pub struct SearchRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
+    /// Highlighted snippets for the text part (default true); same as `text.highlight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub highlight: Option<bool>,
     /// Order by a filter field instead of by relevance (text and filter searches).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sort: Option<SortRequest>,
@@ -66,16 +69,29 @@ pub struct SearchRequest {
 
 impl SearchRequest {
     /// The text part, `q` folded in; an error names the field when both are given.
+    /// The top-level `highlight` is folded in as well.
     pub fn text_part(&mut self) -> Result<Option<TextRequest>, FieldError> {
-        match (self.q.take(), self.text.take()) {
-            (Some(_), Some(_)) => Err(FieldError::new("q", "give q or text, not both")),
-            (Some(q), None) => Ok(Some(TextRequest {
+        let mut text = match (self.q.take(), self.text.take()) {
+            (Some(_), Some(_)) => return Err(FieldError::new("q", "give q or text, not both")),
+            (Some(q), None) => Some(TextRequest {
                 q,
                 operator: Operator::And,
                 highlight: true,
-            })),
-            (None, t) => Ok(t),
+            }),
+            (None, t) => t,
+        };
+        if let Some(h) = self.highlight.take() {
+            match text.as_mut() {
+                Some(t) => t.highlight = h,
+                None => {
+                    return Err(FieldError::new(
+                        "highlight",
+                        "highlight applies to a text query (q or text)",
+                    ))
+                }
+            }
         }
+        Ok(text)
     }
 }
 
@@ -431,6 +447,10 @@ mod tests {
         );
         let mut r: SearchRequest = parse(br#"{"q": "a", "text": {"q": "b"}}"#).unwrap();
         assert_eq!(r.text_part().unwrap_err().field, "q");
+        let mut r: SearchRequest = parse(br#"{"q": "a", "highlight": false}"#).unwrap();
+        assert!(!r.text_part().unwrap().unwrap().highlight);
+        let mut r: SearchRequest = parse(br#"{"highlight": true}"#).unwrap();
+        assert_eq!(r.text_part().unwrap_err().field, "highlight");
     }
 
     #[test]
