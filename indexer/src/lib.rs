@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod partition;
 pub mod pg;
 pub mod pgoutput;
+pub mod sample;
 pub mod search;
 pub mod shard;
 pub mod source;

@@ -58,6 +58,22 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         attempts: u32,
     },
+    /// Apply the SQL migrations of a directory, in name order, each once.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long, default_value = "migrations")]
+        dir: PathBuf,
+    },
+    /// Load the sample places (data/sample) into an empty table with COPY.
+    Seed {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long, default_value = "data/sample/places.tsv.gz")]
+        file: PathBuf,
+        #[arg(long, default_value = "places")]
+        table: String,
+    },
     /// Validate the config file and its match with the database catalog.
     CheckConfig {
         #[command(flatten)]
@@ -139,6 +155,31 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{} differences", report.differences.len());
                 Ok(ExitCode::from(1))
             }
+        }
+        Command::Migrate { database_url, dir } => {
+            let conn = indexer::pg::PgConn::from_url(&database_url)?;
+            let mut client = conn.connect().await?;
+            let applied = indexer::sample::migrate(&mut client, &dir).await?;
+            if applied.is_empty() {
+                println!("migrations: up to date");
+            }
+            for name in applied {
+                println!("migrations: applied {name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seed {
+            database_url,
+            file,
+            table,
+        } => {
+            let conn = indexer::pg::PgConn::from_url(&database_url)?;
+            let client = conn.connect().await?;
+            match indexer::sample::seed(&client, &file, &table).await? {
+                0 => println!("seed: {table} already has rows; nothing loaded"),
+                n => println!("seed: loaded {n} rows into {table}"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { common } => {
             let overrides = Overrides {

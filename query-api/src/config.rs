@@ -140,10 +140,14 @@ impl Config {
         Ok(c)
     }
 
-    /// `QUERY_API_LISTEN` and `QUERY_API_KEYS` (`key:scope,key:scope`) override the file.
+    /// `QUERY_API_LISTEN`, `QUERY_API_KEYS` (`key:scope,key:scope`) and `QUERY_API_SHARDS`
+    /// (`url` or `url=region|region`, comma-separated) override the file.
     pub fn apply_env(&mut self) -> Result<(), String> {
         if let Ok(l) = std::env::var("QUERY_API_LISTEN") {
             self.listen = l;
+        }
+        if let Ok(shards) = std::env::var("QUERY_API_SHARDS") {
+            self.shards = parse_shards(&shards)?;
         }
         if let Ok(keys) = std::env::var("QUERY_API_KEYS") {
             self.auth.keys = keys
@@ -197,6 +201,33 @@ impl Config {
     }
 }
 
+/// `QUERY_API_SHARDS`: `url` (every region) or `url=region|region`, comma-separated.
+pub fn parse_shards(text: &str) -> Result<Vec<ShardConfig>, String> {
+    let shards: Vec<ShardConfig> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (url, regions) = s.split_once('=').unwrap_or((s, ""));
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("QUERY_API_SHARDS: {url:?} is not an http(s) URL"));
+            }
+            Ok(ShardConfig {
+                url: url.trim_end_matches('/').to_owned(),
+                regions: regions
+                    .split('|')
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    if shards.is_empty() {
+        return Err("QUERY_API_SHARDS: no shard given".into());
+    }
+    Ok(shards)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,5 +247,15 @@ mod tests {
         assert!(Config::parse("bogus = 1\n[[shard]]\nurl = \"http://a\"\n")
             .unwrap_err()
             .contains("bogus"));
+    }
+
+    #[test]
+    fn shards_from_the_environment() {
+        let s = parse_shards("http://a:7070/, http://b:7070=asia|africa").unwrap();
+        assert_eq!(s[0].url, "http://a:7070");
+        assert!(s[0].regions.is_empty());
+        assert_eq!(s[1].regions, ["asia", "africa"]);
+        assert!(parse_shards("a:7070").is_err());
+        assert!(parse_shards(" ").is_err());
     }
 }

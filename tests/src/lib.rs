@@ -3,6 +3,7 @@
 //! test, and the real `indexer` binary run as a child process that tests can kill -9.
 //! Everything waits on conditions with deadlines; nothing sleeps a fixed time to "let it work".
 
+pub mod compose;
 pub mod dev_data;
 
 use std::future::Future;
@@ -374,6 +375,15 @@ pub struct QueryApi {
 impl QueryApi {
     /// Starts `query-api` on a free port and waits until it answers `/healthz`.
     pub async fn start(config: &Path, dir: &Path) -> Result<QueryApi> {
+        Self::start_with_env(config, dir, &[]).await
+    }
+
+    /// `start` with environment variables (e.g. `QUERY_API_SHARDS`).
+    pub async fn start_with_env(
+        config: &Path,
+        dir: &Path,
+        env: &[(&str, String)],
+    ) -> Result<QueryApi> {
         let addr_file = dir.join("query-api.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = dir.join(format!(
@@ -390,6 +400,7 @@ impl QueryApi {
                 "--addr-file",
                 addr_file.to_str().unwrap(),
             ])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -450,7 +461,18 @@ impl Indexer {
 
     /// `start`, listening on a given address (to restart on the same port).
     pub async fn start_on(config: &Path, data_dir: &Path, listen: &str) -> Result<Indexer> {
-        let mut ix = Self::spawn_on(config, data_dir, listen)?;
+        Self::start_with_env(config, data_dir, listen, &[]).await
+    }
+
+    /// `start_on` with environment variables (e.g. `INDEXER_DATABASE_URL`, `INDEXER_DATA_DIR`
+    /// overriding the config file, as the demo and docker-compose run it).
+    pub async fn start_with_env(
+        config: &Path,
+        data_dir: &Path,
+        listen: &str,
+        env: &[(&str, String)],
+    ) -> Result<Indexer> {
+        let mut ix = Self::spawn_with_env(config, data_dir, listen, env)?;
         let addr_file = data_dir.join(indexer::ADDR_FILE);
         let addr = eventually("indexer address file", Duration::from_secs(60), || {
             let exited = ix.exited();
@@ -477,6 +499,15 @@ impl Indexer {
     }
 
     fn spawn_on(config: &Path, data_dir: &Path, listen: &str) -> Result<Indexer> {
+        Self::spawn_with_env(config, data_dir, listen, &[])
+    }
+
+    fn spawn_with_env(
+        config: &Path,
+        data_dir: &Path,
+        listen: &str,
+        env: &[(&str, String)],
+    ) -> Result<Indexer> {
         let addr_file = data_dir.join(indexer::ADDR_FILE);
         let _ = std::fs::remove_file(&addr_file);
         std::fs::create_dir_all(data_dir)?;
@@ -491,6 +522,7 @@ impl Indexer {
                 "--listen",
                 listen,
             ])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)

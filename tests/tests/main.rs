@@ -4,6 +4,8 @@
 mod api;
 mod cdc;
 mod common;
+mod compose;
+mod demo;
 mod geo;
 mod resilience;
 mod shards;

@@ -1,0 +1,136 @@
+//! The README's first command, non-interactively: the demo (real sample data, migrations and
+//! seed through the product's own commands, indexer, query-api, live writer) comes up, and
+//! every example it prints returns a sensible answer; Ctrl-C stops it cleanly.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+
+fn hits(v: &Value) -> usize {
+    v["hits"].as_array().map_or(0, Vec::len)
+}
+
+/// What a sensible answer to each printed example is.
+fn check(label: &str, out: &str) -> Result<()> {
+    if label.starts_with("the change feed") {
+        ensure!(out.contains("event: start"), "{out}");
+        // The live writer changes rows several times a second.
+        ensure!(out.contains("event: change"), "no change within 5 s: {out}");
+        return Ok(());
+    }
+    let v: Value = serde_json::from_str(out).with_context(|| format!("not JSON: {out}"))?;
+    ensure!(v.get("error").is_none(), "{v}");
+    match label {
+        l if l.starts_with("status") => {
+            ensure!(v["shards"][0]["reachable"] == true, "{v}");
+            ensure!(
+                v["shards"][0]["partitions"].as_array().map_or(0, Vec::len) >= 6,
+                "{v}"
+            );
+        }
+        l if l.starts_with("the OpenAPI") => ensure!(v["paths"].is_object(), "{v}"),
+        l if l.starts_with("read your own write") => {
+            ensure!(v["hits"][0]["key"] == "999999", "{v}")
+        }
+        l if l.starts_with("full text,") => {
+            ensure!(hits(&v) > 0, "{v}");
+            ensure!(
+                v["hits"][0]["fields"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("Tokyo") || n.contains("東京")),
+                "{v}"
+            );
+        }
+        "full text" => {
+            ensure!(v["hits"][0]["fields"]["name"] == "Amsterdam", "{v}")
+        }
+        l if l.starts_with("within 50 km") => {
+            ensure!(hits(&v) == 5, "{v}");
+            ensure!(
+                v["hits"][0]["distance_m"]
+                    .as_f64()
+                    .is_some_and(|d| d < 50_000.0),
+                "{v}"
+            );
+        }
+        l if l.starts_with("vector") => {
+            ensure!(hits(&v) == 5, "{v}");
+            ensure!(
+                v["hits"][0]["fields"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("Paris")),
+                "{v}"
+            );
+        }
+        l if l.starts_with("hybrid") => {
+            ensure!(hits(&v) == 5 && v["hits"][0]["ranks"].is_object(), "{v}")
+        }
+        l if l.starts_with("filter") => {
+            ensure!(hits(&v) == 3, "{v}");
+            ensure!(
+                v["facets"]["country_code"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty()),
+                "{v}"
+            );
+        }
+        _ => ensure!(hits(&v) > 0, "{label}: {v}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_comes_up_and_every_printed_example_answers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let examples = dir.path().join("examples.tsv");
+    let log = dir.path().join("demo.log");
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--examples-file", examples.to_str().unwrap()])
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("demo.out"))?)
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let lines = e2e::eventually("the demo's examples", Duration::from_secs(300), || {
+        let (examples, log) = (examples.clone(), log.clone());
+        let exited = demo.try_wait().ok().flatten();
+        async move {
+            if let Some(status) = exited {
+                anyhow::bail!(
+                    "the demo exited with {status}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            Ok(std::fs::read_to_string(&examples).ok())
+        }
+    })
+    .await?;
+    let printed = std::fs::read_to_string(dir.path().join("demo.out"))?;
+    let mut n = 0;
+    for line in lines.lines() {
+        let (label, cmd) = line.split_once('\t').context("label<TAB>command")?;
+        // What the user sees is what the test runs.
+        assert!(printed.contains(cmd), "{cmd} is not printed as is");
+        let out = tokio::process::Command::new("bash")
+            .args(["-c", cmd])
+            .output()
+            .await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        check(label, &stdout).with_context(|| format!("{label}: {cmd}"))?;
+        n += 1;
+    }
+    assert_eq!(n, 11, "{lines}");
+
+    // Ctrl-C: everything stops.
+    let pid = demo.id().context("demo pid")?;
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    let status = tokio::time::timeout(Duration::from_secs(60), demo.wait()).await??;
+    assert!(status.success(), "{}", std::fs::read_to_string(&log)?);
+    assert!(std::fs::read_to_string(&log)?.contains("demo: stopping"));
+    Ok(())
+}
