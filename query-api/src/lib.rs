@@ -144,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         }
     };
     Router::new()
+        .route("/", get(page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -331,6 +332,13 @@ async fn shard_statuses(s: &AppState) -> Vec<(String, Result<Value, String>)> {
 fn shard_ready(v: &Value) -> bool {
     let snap = v["snapshot"]["state"].as_str().unwrap_or("");
     (snap == "done" || snap == "resumed") && v["stream"] == "streaming"
+}
+
+/// `GET /`: the search page (plain HTML and JS, nothing fetched from elsewhere): search box,
+/// region selector, hits with highlighted snippets and distances, a world plot to search near
+/// a point, and a freshness badge following the change stream.
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../assets/index.html"))
 }
 
 /// `GET /healthz`: the process is up.

@@ -1,6 +1,7 @@
 //! The README's first command, non-interactively: the demo (real sample data, migrations and
-//! seed through the product's own commands, indexer, query-api, live writer) comes up, and
-//! every example it prints returns a sensible answer; Ctrl-C stops it cleanly.
+//! seed through the product's own commands, indexer, query-api, live writer) comes up, every
+//! example it prints returns a sensible answer, the search page works in a real headless
+//! Chromium (and leaves target/screenshots/search-page.png); Ctrl-C stops it cleanly.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -123,6 +124,46 @@ async fn the_demo_comes_up_and_every_printed_example_answers() -> Result<()> {
         n += 1;
     }
     assert_eq!(n, 11, "{lines}");
+
+    // The search page in a real headless browser: a query, the live writer's changes through
+    // the change stream, a click on the world plot; the screenshot stays in target/.
+    let api = printed
+        .split("the public API is ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .context("the API address")?;
+    let repo = e2e::compose::repo();
+    let shot = repo.join("target/screenshots/search-page.png");
+    std::fs::create_dir_all(shot.parent().unwrap())?;
+    let _ = std::fs::remove_file(&shot);
+    let playwright = repo.join("target/tools/browser/node_modules/playwright-core");
+    assert!(
+        playwright.exists(),
+        "{} is missing: run scripts/ensure-browser (scripts/test does)",
+        playwright.display()
+    );
+    let out = tokio::process::Command::new("node")
+        .arg(repo.join("tests/browser/search_page.cjs"))
+        .args([api, shot.to_str().unwrap()])
+        .env("PLAYWRIGHT_CORE", &playwright)
+        .output()
+        .await?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser test failed:\n{report}");
+    assert!(
+        report.contains("live rows found through the page"),
+        "{report}"
+    );
+    eprintln!("{report}screenshot: {}", shot.display());
+    assert!(
+        std::fs::metadata(&shot)?.len() > 10_000,
+        "{}",
+        shot.display()
+    );
 
     // Ctrl-C: everything stops.
     let pid = demo.id().context("demo pid")?;
