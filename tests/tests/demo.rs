@@ -175,3 +175,89 @@ async fn the_demo_comes_up_and_every_printed_example_answers() -> Result<()> {
     assert!(std::fs::read_to_string(&log)?.contains("demo: stopping"));
     Ok(())
 }
+
+/// Runs `indexer <args>` with `DATABASE_URL`, returning its output.
+fn indexer(url: &str, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(e2e::indexer_bin())
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "indexer {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_seed_are_idempotent_and_the_sample_is_faithful() -> Result<()> {
+    let pg = e2e::PgServer::shared();
+    let db = pg.fresh_db().await?;
+    let url = pg.url(&db);
+    let repo = e2e::compose::repo();
+    let migrations = repo.join("migrations");
+    let sample = repo.join("data/sample/places.tsv.gz");
+    let first = indexer(&url, &["migrate", "--dir", migrations.to_str().unwrap()])?;
+    assert!(first.contains("applied 0001_places.sql"), "{first}");
+    assert!(first.contains("applied 0002_publication.sql"), "{first}");
+    let again = indexer(&url, &["migrate", "--dir", migrations.to_str().unwrap()])?;
+    assert!(again.contains("up to date"), "{again}");
+    // The files themselves are idempotent too (re-run by hand, or after a lost record).
+    let client = pg.connect(&db).await?;
+    for f in ["0001_places.sql", "0002_publication.sql"] {
+        client
+            .batch_execute(&std::fs::read_to_string(migrations.join(f))?)
+            .await?;
+    }
+    let loaded = indexer(&url, &["seed", "--file", sample.to_str().unwrap()])?;
+    assert!(loaded.contains("loaded 30000 rows"), "{loaded}");
+    let skipped = indexer(&url, &["seed", "--file", sample.to_str().unwrap()])?;
+    assert!(skipped.contains("nothing loaded"), "{skipped}");
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM places WHERE array_length(embedding, 1) = 384",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(n, 30_000);
+    let published: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'search_pub' AND tablename = 'places'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(published, 1);
+
+    // Against the original float32 rows (when the shared dev set is here): same rows, same
+    // text, embeddings within cosine 0.999.
+    if e2e::dev_data::dir().is_some() {
+        let originals = e2e::dev_data::copy_lines(true)?;
+        let mut worst = 1.0f64;
+        for line in originals.iter().step_by(97) {
+            let cols: Vec<&str> = line.trim_end().split('\t').collect();
+            let id: i64 = cols[0].parse()?;
+            let row = client
+                .query_one("SELECT name, embedding FROM places WHERE id = $1", &[&id])
+                .await?;
+            let name: String = row.get(0);
+            let got: Vec<f32> = row.get(1);
+            assert_eq!(name, cols[2].replace("\\t", "\t").replace("\\\\", "\\"));
+            let want: Vec<f64> = cols[8]
+                .trim_matches(|c| c == '{' || c == '}')
+                .split(',')
+                .map(|x| x.parse().unwrap())
+                .collect();
+            let dot: f64 = want.iter().zip(&got).map(|(a, b)| a * f64::from(*b)).sum();
+            let norm = |x: &mut dyn Iterator<Item = f64>| x.map(|a| a * a).sum::<f64>().sqrt();
+            let cos = dot
+                / (norm(&mut want.iter().copied()) * norm(&mut got.iter().map(|&b| f64::from(b))));
+            worst = worst.min(cos);
+        }
+        assert!(worst > 0.999, "worst cosine {worst}");
+        eprintln!("sample embeddings: worst cosine to the originals {worst:.6}");
+    }
+    Ok(())
+}
