@@ -117,3 +117,95 @@ pub fn queries(file: &str) -> Result<Vec<serde_json::Value>> {
     let text = std::fs::read_to_string(dir.join(file))?;
     text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
 }
+
+/// The dev rows as COPY lines (as `copy_lines(true)`), scaled to `target` rows, a chunk at a
+/// time: the 30k real rows first (or the first `target` of them), then copies. Copy c of row
+/// r: id + c·10⁹; latitude and longitude each moved by a uniform ±0.5° (clamped); name and
+/// body unchanged; the embedding 0.75 of row r's + 0.25 of a random other row's + uniform
+/// ±0.02 noise per dimension, renormalised (new directions between real ones, not clusters of
+/// near-copies). Seeded xorshift: every run makes the same rows.
+pub struct Scaled {
+    base: Vec<String>,
+    parsed: Vec<(Vec<String>, Vec<f32>)>,
+    rng: u64,
+    made: usize,
+    target: usize,
+}
+
+impl Scaled {
+    pub fn new(target: usize) -> Result<Scaled> {
+        let base = copy_lines(true)?;
+        let parsed = base
+            .iter()
+            .map(|l| {
+                let cols: Vec<String> = l
+                    .trim_end_matches('\n')
+                    .split('\t')
+                    .map(str::to_owned)
+                    .collect();
+                let v: Vec<f32> = cols[8]
+                    .trim_matches(|c| c == '{' || c == '}')
+                    .split(',')
+                    .map(|x| x.parse().unwrap_or(0.0))
+                    .collect();
+                (cols, v)
+            })
+            .collect();
+        Ok(Scaled {
+            base,
+            parsed,
+            rng: 0x2545_F491_4F6C_DD1D,
+            made: 0,
+            target,
+        })
+    }
+
+    fn next(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The next (at most) `n` lines; empty when all `target` were made.
+    pub fn chunk(&mut self, n: usize) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n && self.made < self.target {
+            let (copy, i) = (self.made / self.base.len(), self.made % self.base.len());
+            self.made += 1;
+            if copy == 0 {
+                out.push(self.base[i].clone());
+                continue;
+            }
+            let other = (self.next() * self.base.len() as f64) as usize % self.base.len();
+            let noise: Vec<f64> = (0..self.parsed[i].1.len()).map(|_| self.next()).collect();
+            let (dlat, dlon) = (self.next() - 0.5, self.next() - 0.5);
+            let (cols, v) = &self.parsed[i];
+            let mut w: Vec<f32> = v
+                .iter()
+                .zip(&self.parsed[other].1)
+                .zip(&noise)
+                .map(|((x, y), e)| 0.75 * x + 0.25 * y + ((e - 0.5) * 0.04) as f32)
+                .collect();
+            let norm = w.iter().map(|x| x * x).sum::<f32>().sqrt();
+            w.iter_mut().for_each(|x| *x /= norm);
+            let id: i64 = cols[0].parse()?;
+            let lat = (cols[6].parse::<f64>()? + dlat).clamp(-90.0, 90.0);
+            let lon = (cols[7].parse::<f64>()? + dlon).clamp(-180.0, 180.0);
+            out.push(format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{lat}\t{lon}\t{{{}}}\n",
+                id + copy as i64 * 1_000_000_000,
+                cols[1],
+                cols[2],
+                cols[3],
+                cols[4],
+                cols[5],
+                w.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        Ok(out)
+    }
+}

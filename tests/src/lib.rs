@@ -309,6 +309,18 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The `key` of each hit of a search answer, in order.
+pub fn hit_keys(v: &serde_json::Value) -> Vec<String> {
+    v["hits"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|x| x["key"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -604,6 +616,11 @@ impl Indexer {
             let _ = c.kill(); // SIGKILL
             let _ = c.wait();
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGTERM, then waits for a clean exit.

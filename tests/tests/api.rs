@@ -78,16 +78,7 @@ impl Client {
     }
 }
 
-fn keys(v: &Value) -> Vec<String> {
-    v["hits"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .map(|x| x["key"].as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use e2e::hit_keys as keys;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
