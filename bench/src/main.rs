@@ -190,6 +190,57 @@ async fn http_load(
     Ok(Lat::of(all, started.elapsed().as_secs_f64()))
 }
 
+/// A flat CPU profile of `pids` for `seconds` (perf, when present): the hottest symbols with
+/// their share of samples, as `(percent, "process symbol")`.
+async fn profile(pids: &[u32], seconds: f64, dir: &Path, name: &str) -> Vec<(f64, String)> {
+    let data = dir.join(format!("perf-{}.data", name.replace(' ', "_")));
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let recorded = tokio::process::Command::new("perf")
+        .args(["record", "-q", "-F", "499", "-p", &pids.join(","), "-o"])
+        .arg(&data)
+        .args(["--", "sleep", &format!("{seconds}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if !recorded {
+        return Vec::new();
+    }
+    let out = tokio::process::Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "-g",
+            "none",
+            "--sort",
+            "comm,sym",
+            "--percent-limit",
+            "2",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .await;
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (pct, rest) = l.split_once('%')?;
+            let pct: f64 = pct.trim().parse().ok()?;
+            let rest = rest
+                .trim()
+                .replacen("[.] ", "", 1)
+                .replacen("[k] ", "(kernel) ", 1);
+            Some((pct, rest.split_whitespace().collect::<Vec<_>>().join(" ")))
+        })
+        .take(8)
+        .collect()
+}
+
 /// One Postgres-side query: its SQL and parameters.
 #[derive(Clone)]
 enum PgQ {
@@ -556,11 +607,18 @@ async fn main() -> Result<()> {
         }).collect()),
     ];
     let mut our_lat: BTreeMap<&str, (Lat, Lat)> = BTreeMap::new();
+    let pids: Vec<u32> = [ix.pid(), api.pid()].into_iter().flatten().collect();
     for (name, bodies) in &ours {
         let bodies = Arc::new(bodies.clone());
         http_load(&http, &search_url, &bodies, 1, Duration::from_millis(300)).await?;
         let one = http_load(&http, &search_url, &bodies, 1, budget).await?;
-        let many = http_load(&http, &search_url, &bodies, 32, budget).await?;
+        // Where the time goes at c=32: a flat perf profile of the indexer and query-api.
+        let (many, hot) = tokio::join!(
+            http_load(&http, &search_url, &bodies, 32, budget),
+            profile(&pids, (seconds - 0.5).max(0.5), dir.path(), name)
+        );
+        let many = many?;
+        r.put(&format!("profile.{name}"), json!(hot));
         r.put(
             &format!("query.{name}"),
             json!({"c1": one.json(), "c32": many.json()}),
@@ -832,6 +890,38 @@ fn write_report(
             "| {name} | {:.3} / {:.3} | {:.2} / {:.2} | {:.0} / {:.0} | {pg50} | {pgq} | {r50} | {rq} |",
             one.p50, one.p99, many.p50, many.p99, one.qps, many.qps
         ));
+    }
+    r.line("");
+    let profiled: Vec<(String, Vec<Value>)> = ours
+        .keys()
+        .filter_map(|name| {
+            let hot = j.get(&format!("profile.{name}"))?.as_array()?.clone();
+            (!hot.is_empty()).then(|| (name.to_string(), hot))
+        })
+        .collect();
+    if !profiled.is_empty() {
+        r.line("");
+        r.line("Where the CPU goes at c=32 (a flat `perf` profile of the indexer and query-api during the load; symbols over 2% of their samples; the load generator runs beside them):");
+        r.line("");
+        for (name, hot) in profiled {
+            let items: Vec<String> = hot
+                .iter()
+                .map(|h| {
+                    let mut sym = h[1].as_str().unwrap_or_default().to_owned();
+                    if sym.len() > 90 {
+                        sym.truncate(
+                            sym.char_indices()
+                                .take_while(|(i, _)| *i < 90)
+                                .last()
+                                .map_or(0, |(i, c)| i + c.len_utf8()),
+                        );
+                        sym.push('…');
+                    }
+                    format!("{:.1}% `{sym}`", h[0].as_f64().unwrap_or(0.0))
+                })
+                .collect();
+            r.line(format!("- **{name}**: {}", items.join("; ")));
+        }
     }
     r.line("");
     r.line(format!(
