@@ -67,6 +67,8 @@ fn status_json(s: &HttpState) -> Value {
                 "index": name,
                 "region": region,
                 "documents": p.documents().unwrap_or(0),
+                // Written, searchable, not yet in a durable commit (scanned by every query).
+                "fresh_documents": p.fresh.docs.len(),
                 "checkpoint_lsn": p.checkpoint.to_string(),
                 "applied_lsn": applied.to_string(),
                 "lag_bytes": lag_bytes,
