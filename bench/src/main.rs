@@ -514,7 +514,15 @@ async fn main() -> Result<()> {
     let data = dir.path().join("full");
     let t = Instant::now();
     let mut ix = Indexer::start_on(&cfg, &data, &listen).await?;
-    let s = ix.wait_ready().await?;
+    // Where the snapshot's time goes: a profile of its first seconds.
+    let snap_secs = (rows as f64 / 10_000.0).clamp(1.0, 10.0);
+    let snap_pids: Vec<u32> = ix.pid().into_iter().collect();
+    let (s, hot) = tokio::join!(
+        ix.wait_ready(),
+        profile(&snap_pids, snap_secs, dir.path(), "snapshot")
+    );
+    let s = s?;
+    r.put("profile.snapshot", json!(hot));
     r.put(
         "snapshot.full.rows_per_sec",
         s["snapshot"]["rows_per_sec"].clone(),
@@ -944,8 +952,8 @@ fn write_report(
         ));
     }
     r.line("");
-    let profiled: Vec<(String, Vec<Value>)> = ours
-        .keys()
+    let profiled: Vec<(String, Vec<Value>)> = std::iter::once(&"snapshot")
+        .chain(ours.keys())
         .filter_map(|name| {
             let hot = j.get(&format!("profile.{name}"))?.as_array()?.clone();
             (!hot.is_empty()).then(|| (name.to_string(), hot))
@@ -953,7 +961,7 @@ fn write_report(
         .collect();
     if !profiled.is_empty() {
         r.line("");
-        r.line("Where the CPU goes at c=32 (a flat `perf` profile of the indexer and query-api during the load; symbols over 2% of their samples; the load generator runs beside them):");
+        r.line("Where the CPU goes (a flat `perf` profile of the indexer and query-api during each c=32 load, and of the indexer during the first seconds of the text + geo + vector snapshot; symbols over 2% of their samples; the load generator runs beside them):");
         r.line("");
         for (name, hot) in profiled {
             let items: Vec<String> = hot
