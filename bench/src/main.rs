@@ -137,17 +137,36 @@ fn config(dir: &Path, name: &str, url: &str, geo: bool, vector: bool) -> Result<
     Ok(path)
 }
 
-async fn graph_done(ix: &Indexer, timeout: Duration) -> Result<()> {
-    e2e::eventually("the graph to hold every vector", timeout, || async {
+/// Waits until a per-partition counter of the indexer's `/status` sums to zero (a partition
+/// without the counter counts as `missing`).
+async fn until_zero(
+    ix: &Indexer,
+    what: &str,
+    field: &str,
+    missing: u64,
+    timeout: Duration,
+) -> Result<()> {
+    e2e::eventually(what, timeout, || async {
         let s = ix.status().await?;
-        let pending: u64 = s["partitions"]
+        let sum: u64 = s["partitions"]
             .as_array()
             .context("partitions")?
             .iter()
-            .map(|p| p["vectors_pending_graph"].as_u64().unwrap_or(1))
+            .map(|p| p[field].as_u64().unwrap_or(missing))
             .sum();
-        Ok((pending == 0).then_some(()))
+        Ok((sum == 0).then_some(()))
     })
+    .await
+}
+
+async fn graph_done(ix: &Indexer, timeout: Duration) -> Result<()> {
+    until_zero(
+        ix,
+        "the graph to hold every vector",
+        "vectors_pending_graph",
+        1,
+        timeout,
+    )
     .await
 }
 
@@ -580,19 +599,12 @@ async fn main() -> Result<()> {
     // The bulk writes are searchable; how long until they are durable too (the fresh layer,
     // which every query scans, is empty again)?
     let t = Instant::now();
-    e2e::eventually(
+    until_zero(
+        &ix,
         "the bulk writes to be durable",
+        "fresh_documents",
+        0,
         Duration::from_secs(600),
-        || async {
-            let s = ix.status().await?;
-            let fresh: u64 = s["partitions"]
-                .as_array()
-                .context("partitions")?
-                .iter()
-                .map(|p| p["fresh_documents"].as_u64().unwrap_or(0))
-                .sum();
-            Ok((fresh == 0).then_some(()))
-        },
     )
     .await?;
     r.put("stream.durable_after_s", json!(t.elapsed().as_secs_f64()));
