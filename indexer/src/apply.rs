@@ -13,11 +13,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ApplyConfig;
-use crate::document::RawRow;
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
-use crate::shard::{CommitDone, Shard, Transaction};
 use crate::status::Stats;
+use engine::change::Transaction;
+use engine::document::RawRow;
+use engine::shard::{CommitDone, Shard};
+use wire::Lsn;
 
 pub enum ApplyCmd {
     SnapshotRows {
@@ -92,7 +93,7 @@ impl Applier {
         let mut stash: Option<ApplyCmd> = None;
         // Graph inserts are slow: a builder thread takes committed vectors in order, while the
         // exact scanner covers what it has not inserted yet.
-        let (graph_tx, graph_rx) = std::sync::mpsc::channel::<crate::engine::graph::GraphJob>();
+        let (graph_tx, graph_rx) = std::sync::mpsc::channel::<engine::graph::GraphJob>();
         // Set at a clean stop: skip queued inserts, dump what the graphs have, exit.
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let builder_stopping = stopping.clone();
@@ -118,9 +119,9 @@ impl Applier {
                 }
                 // Dumps make restarts cheap; they are written between inserts, when enough
                 // changed, and once more when the applier stops.
-                let mut latest: std::collections::HashMap<PathBuf, Arc<crate::engine::graph::Graph>> =
+                let mut latest: std::collections::HashMap<PathBuf, Arc<engine::graph::Graph>> =
                     std::collections::HashMap::new();
-                let dump = |dir: &std::path::Path, g: &crate::engine::graph::Graph| {
+                let dump = |dir: &std::path::Path, g: &engine::graph::Graph| {
                     let started = Instant::now();
                     match g.dump(dir) {
                         Ok(()) => tracing::debug!(
@@ -195,7 +196,14 @@ impl Applier {
             };
             match event {
                 Event::Done(done) => {
-                    let done = done?;
+                    // A failed commit stops the applier, and with it the process: the restart
+                    // replays from the durable checkpoint.
+                    let done = done.inspect_err(
+                        |e| tracing::error!(error = %e, "partition commit failed; stopping"),
+                    )?;
+                    metrics::counter!(crate::metrics::COMMITS).increment(1);
+                    metrics::histogram!(crate::metrics::COMMIT_SECONDS)
+                        .record(done.took.as_secs_f64());
                     let lsn = done.lsn;
                     self.shard.commit_done(done)?;
                     feed_graphs(&mut self.shard);
@@ -311,7 +319,7 @@ impl Applier {
                 std::thread::Builder::new()
                     .name("committer".into())
                     .spawn(move || {
-                        let result = job.run().and_then(|done| {
+                        let result = job.run().map_err(Error::from).and_then(|done| {
                             if let Some((cp, dir)) = file {
                                 cp.store(&dir)?;
                             }

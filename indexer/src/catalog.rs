@@ -4,80 +4,23 @@
 
 use tokio_postgres::Client;
 
-use crate::config::{Config, GeoColumns, IndexConfig, Metric};
+pub use engine::schema::{FilterSpec, GeoSpec, Metric, ResolvedIndex, TextSpec, VectorSpec};
+
+use crate::config::{Config, GeoColumns, IndexConfig};
 use crate::error::{Error, Result};
 
-/// One configured table, checked against the catalog.
-#[derive(Debug, Clone)]
-pub struct ResolvedIndex {
-    /// Position in the config's index list.
-    pub ordinal: usize,
-    pub name: String,
-    pub schema: String,
-    pub table: String,
-    /// Every configured column, each once, in a fixed order.
-    pub columns: Vec<String>,
-    /// Positions (in `columns`) of the primary key.
-    pub pk: Vec<usize>,
-    pub region: usize,
-    pub text: Vec<TextSpec>,
-    pub geo: Option<GeoSpec>,
-    pub vector: Option<VectorSpec>,
-    pub filters: Vec<FilterSpec>,
-    pub stored: Vec<usize>,
-    /// Per column: how its values read as typed JSON in answers (numbers, booleans, times);
-    /// None: as text.
-    pub value_kinds: Vec<Option<crate::engine::filter::FilterKind>>,
+/// `"schema"."table"`, quoted for SQL.
+pub fn qualified_table(ix: &ResolvedIndex) -> String {
+    format!("{}.{}", quote_ident(&ix.schema), quote_ident(&ix.table))
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct FilterSpec {
-    pub column: usize,
-    pub kind: crate::engine::filter::FilterKind,
-}
-
-#[derive(Debug, Clone)]
-pub struct TextSpec {
-    pub column: usize,
-    pub boost: f32,
-    pub language: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum GeoSpec {
-    LatLon {
-        lat: usize,
-        lon: usize,
-    },
-    /// Postgres `point`: x is longitude, y latitude.
-    Point(usize),
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct VectorSpec {
-    pub column: usize,
-    pub dimension: usize,
-    pub metric: Metric,
-}
-
-impl ResolvedIndex {
-    /// `"schema"."table"`, quoted for SQL.
-    pub fn qualified_table(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
-    }
-
-    /// The configured columns, quoted and comma-separated, for SELECT and COPY.
-    pub fn column_list(&self) -> String {
-        self.columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    pub fn column_name(&self, position: usize) -> &str {
-        &self.columns[position]
-    }
+/// The configured columns, quoted and comma-separated, for SELECT and COPY.
+pub fn column_list(ix: &ResolvedIndex) -> String {
+    ix.columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -278,7 +221,7 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
     let mut filters = Vec::new();
     for f in &ix.filter_fields {
         let c = find(f, "filter")?;
-        let Some(kind) = crate::engine::filter::FilterKind::of_pg_type(&c.type_name) else {
+        let Some(kind) = engine::filter::FilterKind::of_pg_type(&c.type_name) else {
             return Err(Error::Config(format!(
                 "{at}: filter column {:?} has type {}; filters support integers, real/double/numeric, boolean and text",
                 c.name, c.display_type
@@ -301,7 +244,7 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
             catalog
                 .iter()
                 .find(|k| &k.name == c)
-                .and_then(|k| crate::engine::filter::FilterKind::of_pg_type(&k.type_name))
+                .and_then(|k| engine::filter::FilterKind::of_pg_type(&k.type_name))
         })
         .collect();
     Ok(ResolvedIndex {
@@ -334,7 +277,7 @@ pub async fn ensure_publication(
         )
         .await?
         .is_some();
-    let tables: Vec<String> = indexes.iter().map(|ix| ix.qualified_table()).collect();
+    let tables: Vec<String> = indexes.iter().map(qualified_table).collect();
     if !exists {
         let sql = format!(
             "CREATE PUBLICATION {} FOR TABLE {}",
@@ -357,52 +300,16 @@ pub async fn ensure_publication(
             let sql = format!(
                 "ALTER PUBLICATION {} ADD TABLE {}",
                 quote_ident(publication),
-                ix.qualified_table()
+                qualified_table(ix)
             );
             client.batch_execute(&sql).await.map_err(|e| {
                 Error::Config(format!(
                     "publication {publication:?} lacks table {} and it could not be added: {e}",
-                    ix.qualified_table()
+                    qualified_table(ix)
                 ))
             })?;
-            tracing::info!(publication, table = %ix.qualified_table(), "added table to publication");
+            tracing::info!(publication, table = %qualified_table(ix), "added table to publication");
         }
     }
     Ok(())
-}
-
-/// A resolved index for engine tests: key column 0, region column 1, cosine vectors.
-#[cfg(test)]
-pub(crate) fn test_index(
-    columns: &[&str],
-    text: Option<usize>,
-    geo: Option<(usize, usize)>,
-    vector: Option<(usize, usize)>,
-) -> ResolvedIndex {
-    ResolvedIndex {
-        ordinal: 0,
-        name: "places".into(),
-        schema: "public".into(),
-        table: "places".into(),
-        columns: columns.iter().map(|c| c.to_string()).collect(),
-        pk: vec![0],
-        region: 1,
-        text: text
-            .map(|column| TextSpec {
-                column,
-                boost: 1.0,
-                language: None,
-            })
-            .into_iter()
-            .collect(),
-        geo: geo.map(|(lat, lon)| GeoSpec::LatLon { lat, lon }),
-        vector: vector.map(|(column, dimension)| VectorSpec {
-            column,
-            dimension,
-            metric: crate::config::Metric::Cosine,
-        }),
-        filters: vec![],
-        stored: vec![],
-        value_kinds: vec![None; columns.len()],
-    }
 }

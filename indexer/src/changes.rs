@@ -11,64 +11,11 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use crate::lsn::Lsn;
+pub use engine::change::{ChangeEvent, Op, Position};
+use wire::Lsn;
 
 /// Changes kept for readers to catch up from.
 pub const CAPACITY: usize = 200_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
-    Upsert,
-    Delete,
-    Truncate,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChangeEvent {
-    pub lsn: Lsn,
-    pub n: u32,
-    pub index: usize,
-    /// None for TRUNCATE.
-    pub key: Option<String>,
-    pub op: Op,
-    /// Where the document now lives (upsert); None for deletes and TRUNCATE.
-    pub region: Option<String>,
-}
-
-impl ChangeEvent {
-    pub fn position(&self) -> Position {
-        Position(self.lsn, self.n)
-    }
-}
-
-/// `(commit LSN, change number within the transaction)`, ordered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Position(pub Lsn, pub u32);
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.0, self.1)
-    }
-}
-
-impl std::str::FromStr for Position {
-    type Err = String;
-
-    /// `X/Y:n`, or `X/Y` (after the whole transaction at X/Y).
-    fn from_str(s: &str) -> Result<Position, String> {
-        let (lsn, n) = match s.rsplit_once(':') {
-            Some((l, n)) => (
-                l,
-                n.parse::<u32>()
-                    .map_err(|_| format!("{s:?}: the part after ':' must be a number"))?,
-            ),
-            None => (s, u32::MAX),
-        };
-        let lsn: Lsn = lsn.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        Ok(Position(lsn, n))
-    }
-}
 
 /// Asked for changes the ring no longer (or never) held.
 #[derive(Debug, PartialEq)]

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
+use wire::Lsn;
 
 const FILE: &str = "checkpoint.json";
 

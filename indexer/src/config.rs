@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+pub use engine::schema::{is_region_name, Metric};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,15 +207,6 @@ pub struct VectorConfig {
     pub metric: Metric,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    #[default]
-    Cosine,
-    L2,
-    Dot,
-}
-
 /// Overrides from the environment and the command line, applied after the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -316,8 +308,8 @@ impl Config {
                         ));
                     }
                     if let Some(l) = &d.language {
-                        if crate::engine::analyzer::language(l).is_none() {
-                            let known: Vec<&str> = crate::engine::analyzer::LANGUAGES
+                        if engine::analyzer::language(l).is_none() {
+                            let known: Vec<&str> = engine::analyzer::LANGUAGES
                                 .iter()
                                 .map(|(n, _)| *n)
                                 .collect();
@@ -347,14 +339,6 @@ pub fn is_identifier(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
-}
-
-/// Region and index names become directory names: keep them boring.
-pub fn is_region_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]

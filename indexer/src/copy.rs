@@ -8,8 +8,8 @@ use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
 
 use crate::catalog::ResolvedIndex;
-use crate::document::RawRow;
 use crate::error::{Error, Result};
+use engine::document::RawRow;
 
 /// Batches of rows from one `COPY` of a configured table.
 pub struct CopyRows {
@@ -22,8 +22,8 @@ impl CopyRows {
     pub async fn start(client: &Client, ix: &ResolvedIndex) -> Result<CopyRows> {
         let sql = format!(
             "COPY {} ({}) TO STDOUT",
-            ix.qualified_table(),
-            ix.column_list()
+            crate::catalog::qualified_table(ix),
+            crate::catalog::column_list(ix)
         );
         let stream = client.copy_out(&sql).await?;
         Ok(CopyRows {

@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::catalog::ResolvedIndex;
-use crate::lsn::Lsn;
-use crate::partition;
-use crate::shard::ViewCell;
 use crate::status::Stats;
+use engine::partition;
+use engine::shard::ViewCell;
+use wire::Lsn;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -306,8 +306,8 @@ fn check_lon(field: &'static str, v: f64) -> Result<f64, FieldError> {
 }
 
 /// Checks a geo part's ranges (the types were checked by parsing).
-fn validate_geo(g: GeoRequest) -> Result<crate::search::GeoQuery, FieldError> {
-    use crate::search::GeoQuery;
+fn validate_geo(g: GeoRequest) -> Result<engine::search::GeoQuery, FieldError> {
+    use engine::search::GeoQuery;
     Ok(match g {
         GeoRequest::Within { lat, lon, radius_m } => {
             if !(radius_m.is_finite() && radius_m >= 0.0) {
@@ -328,7 +328,7 @@ fn validate_geo(g: GeoRequest) -> Result<crate::search::GeoQuery, FieldError> {
             north,
             east,
         } => {
-            let b = crate::engine::geo::BBox {
+            let b = engine::geo::BBox {
                 south: check_lat("geo.bbox.south", south)?,
                 west: check_lon("geo.bbox.west", west)?,
                 north: check_lat("geo.bbox.north", north)?,
@@ -459,7 +459,7 @@ async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response
             ),
         );
     }
-    let scope = crate::search::Scope {
+    let scope = engine::search::Scope {
         index: ix.ordinal,
         regions: req.regions,
     };
@@ -471,7 +471,7 @@ async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response
             let Some(p) = view.partitions.get(&(ix.ordinal, region.to_owned())) else {
                 return Ok(Value::Null);
             };
-            Ok(crate::search::row_of(p, key)?
+            Ok(engine::search::row_of(p, key)?
                 .map(|r| fields_json(&ix, &r))
                 .unwrap_or(Value::Null))
         };
@@ -479,7 +479,7 @@ async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response
         let mut facets = None;
         let hits: Vec<Value> = match &query {
             Planned::Geo(q, f) => {
-                let hits = crate::search::geo_where(&view, &scope, q, offset + limit, f.as_ref())?;
+                let hits = engine::search::geo_where(&view, &scope, q, offset + limit, f.as_ref())?;
                 hits.iter()
                     .skip(offset)
                     .map(|h| {
@@ -490,7 +490,7 @@ async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response
                     })
                     .collect::<tantivy::Result<_>>()?
             }
-            Planned::Vector(q) => crate::search::vector(&view, &scope, q)?
+            Planned::Vector(q) => engine::search::vector(&view, &scope, q)?
                 .iter()
                 .skip(offset)
                 .take(limit)
@@ -500,7 +500,7 @@ async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response
                 })
                 .collect::<tantivy::Result<_>>()?,
             Planned::Text(q) => {
-                let answer = crate::search::text(&view, &scope, q)?;
+                let answer = engine::search::text(&view, &scope, q)?;
                 total = Some(answer.total);
                 if !q.facets.is_empty() {
                     let (_, fields) = partition::Fields::schema(&ix);
@@ -539,7 +539,7 @@ async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response
                     .collect()
             }
             Planned::Hybrid(t, v, f) => {
-                crate::search::hybrid(&view, &scope, t, v, f, offset, limit)?
+                engine::search::hybrid(&view, &scope, t, v, f, offset, limit)?
                     .iter()
                     .map(|h| {
                         let mut hit = json!({"key": h.key, "region": h.region, "score": h.score,
@@ -696,7 +696,7 @@ async fn document(
             if *i != ix.ordinal {
                 continue;
             }
-            if let Some(row) = crate::search::row_of(p, &key)? {
+            if let Some(row) = engine::search::row_of(p, &key)? {
                 return Ok(Some(json!({"key": key, "region": region,
                                       "fields": fields_json(&ix, &row),
                                       "applied_lsn": view.applied.to_string()})));
@@ -733,7 +733,7 @@ fn json_or_internal_error<E: std::fmt::Display>(
 /// The configured stored columns of a row, by name: integers, numbers and booleans as JSON
 /// numbers and booleans, dates and times as RFC 3339 strings, the rest as Postgres text.
 fn fields_json(ix: &ResolvedIndex, row: &[Option<String>]) -> Value {
-    use crate::engine::filter::{format_time, FilterValue};
+    use engine::filter::{format_time, FilterValue};
     let mut m = serde_json::Map::new();
     for &c in &ix.stored {
         let text = row.get(c).cloned().flatten();
@@ -764,16 +764,13 @@ fn highlights_json(h: &[(String, String)]) -> Value {
 
 /// What a search request asks the engines for.
 enum Planned {
-    Geo(
-        crate::search::GeoQuery,
-        Option<crate::engine::filter::Filter>,
-    ),
-    Vector(crate::search::VectorQuery),
-    Text(crate::search::TextSearch),
+    Geo(engine::search::GeoQuery, Option<engine::filter::Filter>),
+    Vector(engine::search::VectorQuery),
+    Text(engine::search::TextSearch),
     Hybrid(
-        crate::search::TextSearch,
-        crate::search::VectorQuery,
-        crate::search::Fusion,
+        engine::search::TextSearch,
+        engine::search::VectorQuery,
+        engine::search::Fusion,
     ),
 }
 
@@ -782,7 +779,7 @@ fn geo_filter(
     ix: &ResolvedIndex,
     geo: Option<GeoRequest>,
     what: &str,
-) -> Result<Option<crate::search::GeoQuery>, FieldError> {
+) -> Result<Option<engine::search::GeoQuery>, FieldError> {
     let Some(g) = geo else { return Ok(None) };
     if ix.geo.is_none() {
         return Err(FieldError::new(
@@ -791,7 +788,7 @@ fn geo_filter(
         ));
     }
     match validate_geo(g)? {
-        crate::search::GeoQuery::Nearest { .. } => Err(FieldError::new(
+        engine::search::GeoQuery::Nearest { .. } => Err(FieldError::new(
             "geo.nearest",
             format!("nearest cannot filter a {what} query: use within or bbox"),
         )),
@@ -852,7 +849,7 @@ fn plan(
     let (_, fields) = partition::Fields::schema(ix);
     let sort = match sort {
         None => None,
-        Some(s) => Some(crate::search::SortBy {
+        Some(s) => Some(engine::search::SortBy {
             field: filter_field(&fields, &s.field, "sort.field")?,
             descending: s.order == SortOrder::Desc,
         }),
@@ -888,7 +885,7 @@ fn plan(
     let fields_filter = match &filter {
         None => None,
         Some(v) => Some(
-            crate::engine::filter::Filter::parse(v, &fields.filters, "filter")
+            engine::filter::Filter::parse(v, &fields.filters, "filter")
                 .map_err(|e| FieldError::owned(e.path, e.message))?,
         ),
     };
@@ -907,7 +904,7 @@ fn plan(
                     format!("index {:?} has no text fields", ix.name),
                 ));
             }
-            let query = crate::engine::text::TextQuery::parse(&t.q, t.operator, &fields.text)
+            let query = engine::text::TextQuery::parse(&t.q, t.operator, &fields.text)
                 .map_err(|e| FieldError::new("text.q", e.0))?;
             Some((query, t.highlight))
         }
@@ -956,8 +953,8 @@ fn plan(
     Ok(match (text, vector) {
         (None, None) => match geo {
             // A filter alone browses the matching documents (score 1, by key).
-            None if fields_filter.is_some() => Planned::Text(crate::search::TextSearch {
-                query: crate::engine::text::TextQuery::all(&fields.text),
+            None if fields_filter.is_some() => Planned::Text(engine::search::TextSearch {
+                query: engine::text::TextQuery::all(&fields.text),
                 limit,
                 offset,
                 filter: None,
@@ -985,7 +982,7 @@ fn plan(
         },
         (None, Some(v)) => {
             ranked_elsewhere("vector searches")?;
-            Planned::Vector(crate::search::VectorQuery {
+            Planned::Vector(engine::search::VectorQuery {
                 k: v.k.min(offset + limit),
                 values: v.values,
                 ef: v.ef,
@@ -994,7 +991,7 @@ fn plan(
                 fields_filter,
             })
         }
-        (Some((query, highlight)), None) => Planned::Text(crate::search::TextSearch {
+        (Some((query, highlight)), None) => Planned::Text(engine::search::TextSearch {
             query,
             limit,
             offset,
@@ -1032,7 +1029,7 @@ fn plan(
             }
             let filter = geo_filter(ix, geo, "hybrid")?;
             Planned::Hybrid(
-                crate::search::TextSearch {
+                engine::search::TextSearch {
                     query,
                     limit,
                     offset,
@@ -1042,7 +1039,7 @@ fn plan(
                     sort: None,
                     facets: Vec::new(),
                 },
-                crate::search::VectorQuery {
+                engine::search::VectorQuery {
                     k: v.k,
                     values: v.values,
                     ef: v.ef,
@@ -1050,7 +1047,7 @@ fn plan(
                     filter,
                     fields_filter,
                 },
-                crate::search::Fusion {
+                engine::search::Fusion {
                     k: h.k,
                     text_weight: h.weights.text,
                     vector_weight: h.weights.vector,

@@ -7,18 +7,12 @@ pub mod changes;
 pub mod checkpoint;
 pub mod config;
 pub mod copy;
-pub mod document;
-pub mod engine;
 pub mod error;
 pub mod http;
-pub mod lsn;
 pub mod metrics;
-pub mod partition;
 pub mod pg;
 pub mod pgoutput;
 pub mod sample;
-pub mod search;
-pub mod shard;
 pub mod source;
 pub mod status;
 pub mod verify;
@@ -33,11 +27,12 @@ use crate::apply::Applier;
 use crate::catalog::ResolvedIndex;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, SlotLossPolicy};
+use crate::error::SlotLoss;
 pub use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 use crate::pg::PgConn;
-use crate::shard::{Shard, ViewCell};
 use crate::status::{SnapshotProgress, Stats};
+use engine::shard::{Shard, ViewCell};
+use wire::Lsn;
 
 /// Name of the file, in the data directory, that holds the HTTP address actually bound.
 pub const ADDR_FILE: &str = "indexer.addr";
@@ -148,18 +143,15 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
     let need_snapshot = if resumable && slot_usable {
         false
     } else if resumable {
-        let reason = if slot_state.is_none() {
-            "does not exist"
+        let loss = if slot_state.is_none() {
+            SlotLoss::Missing
         } else {
-            "was invalidated (wal_status lost)"
+            SlotLoss::Invalidated
         };
         if config.source.on_slot_loss == SlotLossPolicy::Fail {
-            return Err(Error::SlotLost {
-                slot,
-                reason: reason.into(),
-            });
+            return Err(Error::SlotLost { slot, loss });
         }
-        tracing::warn!(slot = %slot, reason, "replication slot lost; rebuilding the index from a new snapshot");
+        tracing::warn!(slot = %slot, loss = %loss, "replication slot lost; rebuilding the index from a new snapshot");
         true
     } else {
         true
@@ -186,11 +178,11 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
     };
     let start = checkpoint.lsn()?;
 
-    let limits = document::MapLimits {
+    let limits = engine::document::MapLimits {
         max_text_bytes: config.apply.max_text_bytes,
         owned_regions: config.source.regions.clone(),
     };
-    let shard = Shard::open(
+    let mut shard = Shard::open(
         &data_dir,
         ctx.indexes.to_vec(),
         limits,
@@ -199,6 +191,7 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
         ctx.view.clone(),
         start,
     )?;
+    shard.inject_commit_fault(commit_fault_from_env());
     let (apply_tx, apply_rx) = mpsc::channel(config.apply.queue_transactions);
     let (durable_tx, durable_rx) = watch::channel(start);
     let (searchable_tx, searchable_rx) = watch::channel(start);
@@ -249,9 +242,9 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
     // The stream has dropped its sender: the applier drains, commits and stops.
     let applied = tokio::task::spawn_blocking(move || applier.join())
         .await
-        .map_err(|e| Error::Protocol(format!("applier join: {e}")))?;
+        .map_err(|e| Error::ApplierPanicked(e.to_string()))?;
     let applier_result =
-        applied.unwrap_or_else(|_| Err(Error::Protocol("applier panicked".into())));
+        applied.unwrap_or_else(|_| Err(Error::ApplierPanicked("see the log above".into())));
     match (result, applier_result) {
         (Err(Error::ApplierStopped(_)), Err(e)) => Err(e),
         (Err(e), _) => Err(e),
@@ -309,4 +302,25 @@ async fn poll_slot(conn: PgConn, slot: String, stats: Arc<Stats>) {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Test hook: `INDEXER_FAULT_COMMIT=panic|error` makes every partition commit fail that way,
+/// so a test can prove that a failed commit stops the process loudly instead of stalling.
+fn commit_fault_from_env() -> Option<engine::shard::CommitFault> {
+    let fault = match std::env::var("INDEXER_FAULT_COMMIT").ok()?.as_str() {
+        "panic" => engine::shard::CommitFault::Panic,
+        "error" => engine::shard::CommitFault::Error,
+        other => {
+            tracing::warn!(
+                value = other,
+                "INDEXER_FAULT_COMMIT is not panic or error; ignored"
+            );
+            return None;
+        }
+    };
+    tracing::warn!(
+        ?fault,
+        "INDEXER_FAULT_COMMIT: every partition commit will fail"
+    );
+    Some(fault)
 }

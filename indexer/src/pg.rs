@@ -7,8 +7,8 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 use crate::status::SlotStatus;
+use wire::Lsn;
 
 #[derive(Clone, Debug)]
 pub struct PgConn {

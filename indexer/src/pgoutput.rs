@@ -14,7 +14,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::lsn::Lsn;
+use wire::Lsn;
 
 /// One `pgoutput` protocol-version-1 message.
 #[derive(Debug, Clone, PartialEq, Eq)]

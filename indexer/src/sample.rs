@@ -27,7 +27,7 @@ pub async fn migrate(client: &mut Client, dir: &Path) -> Result<Vec<String>> {
         )
         .await?;
     let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| Error::Config(format!("migrations directory {}: {e}", dir.display())))?
+        .map_err(|e| Error::Sample(format!("migrations directory {}: {e}", dir.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "sql"))
         .collect();
@@ -46,11 +46,11 @@ pub async fn migrate(client: &mut Client, dir: &Path) -> Result<Vec<String>> {
             continue;
         }
         let sql = std::fs::read_to_string(&path)
-            .map_err(|e| Error::Config(format!("migration {}: {e}", path.display())))?;
+            .map_err(|e| Error::Sample(format!("migration {}: {e}", path.display())))?;
         let tx = client.transaction().await?;
         tx.batch_execute(&sql)
             .await
-            .map_err(|e| Error::Config(format!("migration {name}: {e}")))?;
+            .map_err(|e| Error::Sample(format!("migration {name}: {e}")))?;
         tx.execute("INSERT INTO search_migrations (name) VALUES ($1)", &[&name])
             .await?;
         tx.commit().await?;
@@ -69,7 +69,7 @@ pub async fn seed(client: &Client, file: &Path, table: &str) -> Result<u64> {
         return Ok(0);
     }
     let gz = std::fs::File::open(file)
-        .map_err(|e| Error::Config(format!("sample file {}: {e}", file.display())))?;
+        .map_err(|e| Error::Sample(format!("sample file {}: {e}", file.display())))?;
     let sink = client
         .copy_in(&format!(
             "COPY {table} (id, region, name, body, population, country_code, lat, lon, embedding) FROM STDIN"
@@ -78,10 +78,10 @@ pub async fn seed(client: &Client, file: &Path, table: &str) -> Result<u64> {
     futures_util::pin_mut!(sink);
     let mut chunk = String::new();
     for line in std::io::BufReader::new(flate2::read::GzDecoder::new(gz)).lines() {
-        let line = line.map_err(|e| Error::Config(format!("sample file: {e}")))?;
+        let line = line.map_err(|e| Error::Sample(format!("sample file: {e}")))?;
         let (row, packed) = line
             .rsplit_once('\t')
-            .ok_or_else(|| Error::Config("sample file: a line without columns".into()))?;
+            .ok_or_else(|| Error::Sample("sample file: a line without columns".into()))?;
         chunk.push_str(row);
         chunk.push('\t');
         chunk.push_str(&widen(packed)?);
@@ -103,10 +103,10 @@ pub fn widen(packed: &str) -> Result<String> {
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(packed)
-        .map_err(|e| Error::Config(format!("sample file: embedding: {e}")))?;
+        .map_err(|e| Error::Sample(format!("sample file: embedding: {e}")))?;
     let (scale, values) = bytes
         .split_first_chunk::<4>()
-        .ok_or_else(|| Error::Config("sample file: embedding too short".into()))?;
+        .ok_or_else(|| Error::Sample("sample file: embedding too short".into()))?;
     let scale = f32::from_le_bytes(*scale);
     let mut out = String::with_capacity(values.len() * 8 + 2);
     out.push('{');

@@ -14,12 +14,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::apply::ApplyCmd;
 use crate::catalog::{quote_ident, quote_literal, ResolvedIndex};
 use crate::copy::CopyRows;
+use crate::error::SlotLoss;
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 use crate::pg::PgConn;
 use crate::pgoutput::{self, Message, OldTuple, Tuple, TupleValue};
-use crate::shard::{Cell, Change, Transaction};
 use crate::status::{SnapshotProgress, Stats};
+use engine::change::{Cell, Change, Transaction};
+use wire::Lsn;
 
 /// What the stream hears back from the applier.
 pub struct ProgressRx {
@@ -80,7 +81,7 @@ impl Source {
             let estimate: i64 = client
                 .query_one(
                     "SELECT GREATEST(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::text::regclass",
-                    &[&ix.qualified_table()],
+                    &[&crate::catalog::qualified_table(ix)],
                 )
                 .await?
                 .get(0);
@@ -182,22 +183,27 @@ impl Source {
         }
     }
 
-    /// A replication error that means the slot is gone is not worth retrying.
+    /// A replication server error is worth retrying unless the slot is gone: the catalog,
+    /// not the error's text, says which.
     async fn classify(&self, e: Error) -> Error {
-        let text = e.to_string();
-        if text.contains("does not exist") && text.contains("slot") {
-            return Error::SlotLost {
-                slot: self.slot.clone(),
-                reason: "does not exist".into(),
-            };
+        if !matches!(&e, Error::Replication(r) if r.is_server()) {
+            return e;
         }
-        if text.contains("can no longer get changes") || text.contains("invalidated") {
-            return Error::SlotLost {
+        let state = match self.conn.connect().await {
+            Ok(client) => crate::pg::slot_status(&client, &self.slot).await,
+            Err(_) => return e, // the server itself is away: retry
+        };
+        match state {
+            Ok(None) => Error::SlotLost {
                 slot: self.slot.clone(),
-                reason: "was invalidated (max_slot_wal_keep_size exceeded?)".into(),
-            };
+                loss: SlotLoss::Missing,
+            },
+            Ok(Some(s)) if s.wal_status.as_deref() == Some("lost") => Error::SlotLost {
+                slot: self.slot.clone(),
+                loss: SlotLoss::Invalidated,
+            },
+            _ => e,
         }
-        e
     }
 
     async fn session(
@@ -216,8 +222,8 @@ impl Source {
         let config = self
             .conn
             .replication(&self.slot, &self.publication)
-            .with_start_lsn(start.into())
-            .with_ack_lsn(start.into())
+            .with_start_lsn(pg_lsn(start))
+            .with_ack_lsn(pg_lsn(start))
             .with_status_interval(Duration::from_millis(100))
             .with_wakeup_interval(Duration::from_secs(1))
             .with_buffer_size(4096);
@@ -245,7 +251,7 @@ impl Source {
                         return Err(Error::ApplierStopped(durable_now));
                     }
                     durable_now = *durable.borrow_and_update();
-                    client.update_applied_lsn(durable_now.into());
+                    client.update_applied_lsn(pg_lsn(durable_now));
                 }
                 changed = searchable.changed() => {
                     if changed.is_err() {
@@ -263,7 +269,7 @@ impl Source {
                     };
                     match event {
                         ReplicationEvent::KeepAlive { wal_end, .. } => {
-                            let wal_end = Lsn::from(wal_end);
+                            let wal_end = Lsn(wal_end.as_u64());
                             self.stats.observe_wal_end(wal_end);
                             // Nothing open: the server has sent everything up to wal_end. When all
                             // of it is searchable, so is wal_end (freshness for readers waiting on
@@ -273,23 +279,23 @@ impl Source {
                                 self.stats.advance_applied(wal_end);
                             }
                             if open.is_none() && durable_now >= *forwarded && wal_end > durable_now {
-                                client.update_applied_lsn(wal_end.into());
+                                client.update_applied_lsn(pg_lsn(wal_end));
                             }
                         }
                         ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
                             if open.is_some() {
                                 return Err(Error::Protocol("BEGIN inside an open transaction".into()));
                             }
-                            open = Some(Transaction { end_lsn: final_lsn.into(), commit_time_micros, changes: Vec::new() });
+                            open = Some(Transaction { end_lsn: Lsn(final_lsn.as_u64()), commit_time_micros, changes: Vec::new() });
                         }
                         ReplicationEvent::XLogData { wal_end, data, .. } => {
-                            self.stats.observe_wal_end(wal_end.into());
+                            self.stats.observe_wal_end(Lsn(wal_end.as_u64()));
                             let message = pgoutput::decode(&data)?;
                             self.handle(message, &mut relations, open.as_mut())?;
                         }
                         ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
                             let mut tx = open.take().ok_or_else(|| Error::Protocol("COMMIT without BEGIN".into()))?;
-                            let end_lsn = Lsn::from(end_lsn);
+                            let end_lsn = Lsn(end_lsn.as_u64());
                             self.stats.observe_wal_end(end_lsn);
                             if end_lsn <= *forwarded {
                                 continue; // re-sent after a reconnect; the applier has it
@@ -441,4 +447,8 @@ impl RelationMap {
             })
             .collect()
     }
+}
+
+fn pg_lsn(l: Lsn) -> pgwire_replication::Lsn {
+    pgwire_replication::Lsn::from_u64(l.0)
 }

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::document::Rejection;
-use crate::lsn::Lsn;
+use engine::change::ChangeEvent;
+use engine::document::Rejection;
+use wire::Lsn;
 
 /// Microseconds between the Unix epoch and Postgres' epoch (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -142,6 +143,26 @@ impl Stats {
 
     pub fn set_stream_state(&self, s: impl Into<String>) {
         *self.stream_state.lock().unwrap() = s.into();
+    }
+}
+
+/// The engine reports here: rejections are counted and logged, searchable changes advance
+/// the applied LSN (waking `/internal/wait`) and reach the change feed.
+impl engine::shard::Observer for Stats {
+    fn rejected(&self, region: &str, rejection: Rejection) {
+        self.record_rejection(region, rejection);
+    }
+
+    fn feed_reset(&self, lsn: Lsn) {
+        self.changes.reset(lsn);
+    }
+
+    fn searchable(&self, lsn: Lsn, rows: usize, events: Vec<ChangeEvent>) {
+        if rows > 0 {
+            metrics::counter!(crate::metrics::ROWS_APPLIED).increment(rows as u64);
+        }
+        self.advance_applied(lsn);
+        self.changes.publish(events);
     }
 }
 

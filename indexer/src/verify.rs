@@ -12,10 +12,10 @@ use serde_json::Value;
 use crate::catalog::{self, ResolvedIndex};
 use crate::config::Config;
 use crate::copy::CopyRows;
-use crate::document::{content_hash, map_row, MapLimits, Mapped};
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 use crate::pg::{self, PgConn};
+use engine::document::{content_hash, map_row, MapLimits, Mapped};
+use wire::Lsn;
 
 /// region → key → content hash
 type Side = BTreeMap<String, HashMap<String, u64>>;
@@ -44,7 +44,7 @@ pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
-        .map_err(|e| Error::Config(format!("http client: {e}")))?;
+        .map_err(|e| Error::Shard(format!("http client: {e}")))?;
     let base = indexer_url.trim_end_matches('/');
     let mut report = Report::default();
     for attempt in 1..=attempts.max(1) {
@@ -64,7 +64,7 @@ pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result
         )
         .await?;
         if wait["reached"] != Value::Bool(true) {
-            return Err(Error::Protocol(format!(
+            return Err(Error::Shard(format!(
                 "the indexer has not applied {lsn} within 30 s (applied {})",
                 wait["applied_lsn"]
             )));
@@ -113,23 +113,23 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value> {
         .get(url)
         .send()
         .await
-        .map_err(|e| Error::Protocol(format!("GET {url}: {e}")))?;
+        .map_err(|e| Error::Shard(format!("GET {url}: {e}")))?;
     resp.json()
         .await
-        .map_err(|e| Error::Protocol(format!("GET {url}: bad body: {e}")))
+        .map_err(|e| Error::Shard(format!("GET {url}: bad body: {e}")))
 }
 
 fn compare(ix: &ResolvedIndex, source: &Side, dump: &Value, report: &mut Report) -> Result<()> {
     let partitions = dump["partitions"]
         .as_object()
-        .ok_or_else(|| Error::Protocol("dump without partitions".into()))?;
+        .ok_or_else(|| Error::Shard("dump without partitions".into()))?;
     // key → [(region, hash)] over the whole index, to see duplicates and moves.
     let mut index_side: HashMap<String, Vec<(String, u64)>> = HashMap::new();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for (region, docs) in partitions {
         let docs = docs
             .as_array()
-            .ok_or_else(|| Error::Protocol("dump partition is not an array".into()))?;
+            .ok_or_else(|| Error::Shard("dump partition is not an array".into()))?;
         counts.insert(region.clone(), docs.len());
         for d in docs {
             let key = d[0].as_str().unwrap_or_default().to_owned();

@@ -268,17 +268,13 @@ fn authorize(
     Ok(())
 }
 
-/// An LSN `X/Y` as a number, for comparisons.
+/// An LSN `X/Y` as a number, for comparisons (parsed by `wire::Lsn`).
 pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
-        return None;
-    }
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+    s.parse::<wire::Lsn>().ok().map(|l| l.0)
 }
 
 fn format_lsn(v: u64) -> String {
-    format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+    wire::Lsn(v).to_string()
 }
 
 /// The shards a request touches, each with the regions asked of it (empty: all it owns).

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use e2e::{dev_data, Indexer, PgServer};
-use indexer::engine::geo::haversine_m;
+use engine::geo::haversine_m;
 use serde_json::{json, Value};
 
 use crate::common::uniq_name;

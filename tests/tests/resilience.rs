@@ -40,6 +40,41 @@ async fn kill9_during_writes_loses_nothing() -> Result<()> {
     Ok(())
 }
 
+/// A partition commit that fails, by a panic or by an error, stops the indexer with a clear
+/// message and a non-zero exit (never a silent stall of durability); a restart without the
+/// fault replays from the durable checkpoint and the index equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_stops_the_process_and_a_restart_recovers() -> Result<()> {
+    let f = Fixture::new().await?;
+    f.insert_range(1, 300).await?;
+    let config = f.config("", "commit_interval_ms = 50")?;
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    ix.wait_ready().await?;
+    assert!(ix.stop()?.success());
+    let mut next = 301;
+    for fault in ["panic", "error"] {
+        let env = [("INDEXER_FAULT_COMMIT", fault.to_owned())];
+        let mut ix = Indexer::start_with_env(&config, &f.data_dir(), "127.0.0.1:0", &env).await?;
+        ix.wait_ready().await?;
+        // Searchable at once (the fresh layer), then the commit fails.
+        f.insert_range(next, next + 49).await?;
+        next += 50;
+        let code = ix.wait_exit(Duration::from_secs(30)).await?;
+        assert_eq!(code.code(), Some(2), "{fault}: {}", ix.log_text());
+        let log = ix.log_text();
+        assert!(
+            log.contains("partition commit failed") && log.contains("injected commit fault"),
+            "{fault}: {log}"
+        );
+    }
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    let status = ix.wait_ready().await?;
+    assert_eq!(status["snapshot"]["state"], "resumed", "{status}");
+    let report = f.assert_equal(&config, &ix).await?;
+    assert!(report.lines[0].contains("400 rows"), "{:?}", report.lines);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_postgres_restart() -> Result<()> {
     // A cluster of its own (restarting the shared one would disturb other tests); leaked

@@ -240,7 +240,7 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
                 .map(|h| h["key"].as_str().unwrap().parse().unwrap())
                 .collect();
             let want = oracle_where(&rows, &v, 10, |r| {
-                indexer::engine::geo::haversine_m(lat, lon, r.3, r.4) <= radius_m
+                engine::geo::haversine_m(lat, lon, r.3, r.4) <= radius_m
             });
             if exact || radius_m < 1_000_000.0 {
                 assert_eq!(

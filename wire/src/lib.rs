@@ -4,6 +4,10 @@
 //!
 //! Requests deny unknown fields; [`parse`] names the field at fault by its JSON path.
 
+pub mod lsn;
+
+pub use lsn::{Lsn, ParseLsnError};
+
 use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;

@@ -16,13 +16,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use indexer::catalog::{GeoSpec, ResolvedIndex, TextSpec, VectorSpec};
-use indexer::config::Metric;
-use indexer::document::{MapLimits, RawRow};
-use indexer::lsn::Lsn;
-use indexer::search::{self, GeoQuery, Scope, VectorQuery};
-use indexer::shard::{Shard, ViewCell};
-use indexer::status::Stats;
+use engine::document::{MapLimits, RawRow};
+use engine::schema::Metric;
+use engine::schema::{GeoSpec, ResolvedIndex, TextSpec, VectorSpec};
+use engine::search::{self, GeoQuery, Scope, VectorQuery};
+use engine::shard::{Shard, ViewCell};
+use engine::Lsn;
 
 fn index() -> ResolvedIndex {
     ResolvedIndex {
@@ -63,9 +62,9 @@ fn index() -> ResolvedIndex {
             dimension: 384,
             metric: Metric::Cosine,
         }),
-        filters: vec![indexer::catalog::FilterSpec {
+        filters: vec![engine::schema::FilterSpec {
             column: 4,
-            kind: indexer::engine::filter::FilterKind::Int,
+            kind: engine::filter::FilterKind::Int,
         }],
         stored: vec![],
         value_kinds: vec![None; 9],
@@ -107,7 +106,7 @@ impl Rows {
         let base = base_rows()?;
         let vectors = base
             .iter()
-            .map(|r| indexer::document::parse_vector(r[8].as_deref().unwrap(), 384))
+            .map(|r| engine::document::parse_vector(r[8].as_deref().unwrap(), 384))
             .collect::<Result<Vec<_>, _>>()
             .map_err(anyhow::Error::msg)?;
         Ok(Rows {
@@ -216,7 +215,7 @@ fn open(dir: &std::path::Path, view: Arc<ViewCell>, lsn: Lsn) -> Result<Shard> {
         vec![index()],
         limits,
         64 << 20,
-        Arc::new(Stats::default()),
+        Arc::new(engine::shard::Unobserved),
         view,
         lsn,
     )?)
@@ -357,13 +356,13 @@ fn main() -> Result<()> {
     report(&mut out, format!("geo nearest k=10: {}", percentiles(ms)));
 
     // Text: the dev query file by kind (top 10, with snippets), and one filtered query.
-    let (_, fields) = indexer::partition::Fields::schema(&index());
+    let (_, fields) = engine::partition::Fields::schema(&index());
     let text_queries = e2e::dev_data::queries("queries_text.jsonl")?;
     let mut by_kind: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for q in &text_queries {
-        let query = indexer::engine::text::TextQuery::parse(
+        let query = engine::text::TextQuery::parse(
             q["query"].as_str().unwrap_or_default(),
-            indexer::engine::text::Operator::And,
+            engine::text::Operator::And,
             &fields.text,
         )?;
         let t = Instant::now();
@@ -392,7 +391,7 @@ fn main() -> Result<()> {
             format!("text {kind} (top 10 + snippets): {}", percentiles(ms)),
         );
     }
-    let big = indexer::engine::filter::Filter::parse(
+    let big = engine::filter::Filter::parse(
         &serde_json::json!({"range": {"population": {"gte": 100000}}}),
         &fields.filters,
         "filter",
@@ -400,11 +399,8 @@ fn main() -> Result<()> {
     .map_err(|e| anyhow::anyhow!(e.message))?;
     let mut ms = Vec::new();
     for word in ["city", "river", "capital", "island", "north"] {
-        let query = indexer::engine::text::TextQuery::parse(
-            word,
-            indexer::engine::text::Operator::And,
-            &fields.text,
-        )?;
+        let query =
+            engine::text::TextQuery::parse(word, engine::text::Operator::And, &fields.text)?;
         for _ in 0..20 {
             let t = Instant::now();
             search::text(

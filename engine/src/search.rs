@@ -7,12 +7,12 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use crate::document::RawRow;
-use crate::engine::fields::{self, add_counts, FacetCollector, FacetCounts, Key, SortCollector};
-use crate::engine::filter::Filter;
-use crate::engine::geo::{haversine_m, BBox};
-use crate::engine::text::{Statistics, TextQuery};
-use crate::engine::vector::{self, Scored, TopK};
+use crate::fields::{self, add_counts, FacetCollector, FacetCounts, Key, SortCollector};
+use crate::filter::Filter;
+use crate::geo::{haversine_m, BBox};
 use crate::shard::ShardView;
+use crate::text::{Statistics, TextQuery};
+use crate::vector::{self, Scored, TopK};
 
 /// A geo query; every hit carries its great-circle distance in metres from the query point
 /// (from the box's centre for `BBox`).
@@ -508,14 +508,13 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut total = 0u64;
     let mut facet_counts: FacetCounts = vec![HashMap::new(); search.facets.len()];
-    let facet_fields =
-        |p: &crate::shard::PartitionView| -> Vec<crate::engine::filter::FilterField> {
-            search
-                .facets
-                .iter()
-                .map(|&(f, _)| p.fields.filters[f].clone())
-                .collect()
-        };
+    let facet_fields = |p: &crate::shard::PartitionView| -> Vec<crate::filter::FilterField> {
+        search
+            .facets
+            .iter()
+            .map(|&(f, _)| p.fields.filters[f].clone())
+            .collect()
+    };
     for ((region, p), allowed) in parts.iter().zip(&allowed) {
         if !p.fresh.truncated {
             let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, tq.box_clone())];
@@ -544,11 +543,7 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
                 None => {
                     let (top, count, counts) = p.searcher.search_with_statistics_provider(
                         &q,
-                        &(
-                            crate::engine::fields::TopByScore { limit: want },
-                            Count,
-                            facets,
-                        ),
+                        &(crate::fields::TopByScore { limit: want }, Count, facets),
                         &stats,
                     )?;
                     let found: Vec<(Option<f32>, Option<Key>, tantivy::DocAddress)> = top

@@ -22,15 +22,15 @@ use tantivy::schema::{
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
-use crate::catalog::ResolvedIndex;
+use crate::analyzer;
 use crate::document::{content_hash, Document, RawRow};
-use crate::engine::analyzer;
-use crate::engine::filter::{FilterField, FilterKind, FilterValue};
-use crate::engine::geo::GeoIndex;
-use crate::engine::graph::{Graph, GraphItem, GraphJob};
-use crate::engine::vector::VectorStore;
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
+use crate::filter::{FilterField, FilterKind, FilterValue};
+use crate::geo::GeoIndex;
+use crate::graph::{Graph, GraphItem, GraphJob};
+use crate::schema::ResolvedIndex;
+use crate::vector::VectorStore;
+use wire::Lsn;
 
 /// The tantivy fields of one index's partitions.
 #[derive(Debug, Clone)]
@@ -204,7 +204,7 @@ pub struct CommitItem {
     reader: IndexReader,
     ops: Vec<WriteOp>,
     fields: Fields,
-    vector_spec: Option<crate::catalog::VectorSpec>,
+    vector_spec: Option<crate::schema::VectorSpec>,
     maintenance: Maintenance,
     geo: Option<Arc<GeoIndex>>,
     vectors: Option<Arc<VectorStore>>,
@@ -325,7 +325,7 @@ fn build_geo(searcher: &Searcher, fields: &Fields) -> Result<Option<GeoIndex>> {
 /// The vectors of a searcher's live documents, if the index has a vector.
 fn build_vectors(
     searcher: &Searcher,
-    spec: Option<crate::catalog::VectorSpec>,
+    spec: Option<crate::schema::VectorSpec>,
 ) -> Result<Option<VectorStore>> {
     let Some(spec) = spec else {
         return Ok(None);
@@ -381,7 +381,7 @@ pub struct Partition {
     geo: Option<Arc<GeoIndex>>,
     /// Vectors of the committed documents (when the index has one), likewise.
     vectors: Option<Arc<VectorStore>>,
-    vector_spec: Option<crate::catalog::VectorSpec>,
+    vector_spec: Option<crate::schema::VectorSpec>,
     /// Approximate index over the committed vectors, filled by the graph builder.
     graph: Option<Arc<Graph>>,
     /// Committed vector versions by write sequence number, until the graph has them.
@@ -408,11 +408,10 @@ impl Partition {
         let index = if dir.join("meta.json").exists() {
             let index = Index::open_in_dir(dir)?;
             if index.schema() != schema {
-                return Err(Error::Checkpoint(format!(
-                    "partition {} was built for another configuration of index {:?}; remove the data directory to rebuild it",
-                    dir.display(),
-                    ix.name
-                )));
+                return Err(Error::SchemaChanged {
+                    dir: dir.to_owned(),
+                    index: ix.name.clone(),
+                });
             }
             index
         } else {
@@ -420,12 +419,9 @@ impl Partition {
         };
         let checkpoint = match index.load_metas()?.payload {
             Some(p) => {
-                let p: Payload = serde_json::from_str(&p).map_err(|e| {
-                    Error::Checkpoint(format!("{}: bad commit payload: {e}", dir.display()))
-                })?;
-                p.lsn
-                    .parse()
-                    .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?
+                let what = || format!("commit payload of {}", dir.display());
+                let p: Payload = serde_json::from_str(&p).map_err(|e| Error::corrupt(what(), e))?;
+                p.lsn.parse().map_err(|e| Error::corrupt(what(), e))?
             }
             None => Lsn::ZERO,
         };
@@ -784,8 +780,8 @@ pub fn decode_source(doc: &TantivyDocument, fields: &Fields) -> Result<RawRow> {
     let bytes = doc
         .get_first(fields.source)
         .and_then(|v| v.as_bytes())
-        .ok_or_else(|| Error::Checkpoint("document without _source".into()))?;
-    serde_json::from_slice(bytes).map_err(|e| Error::Checkpoint(format!("bad _source: {e}")))
+        .ok_or_else(|| Error::corrupt("document", "no _source"))?;
+    serde_json::from_slice(bytes).map_err(|e| Error::corrupt("_source", e))
 }
 
 /// Every visible document (committed, overlaid with the fresh layer) as (key, content hash),
@@ -812,7 +808,7 @@ pub fn dump(
             let key = doc
                 .get_first(fields.key)
                 .and_then(|v| v.as_str())
-                .ok_or_else(|| Error::Checkpoint("document without _key".into()))?
+                .ok_or_else(|| Error::corrupt("document", "no _key"))?
                 .to_owned();
             if fresh.docs.contains_key(&key) {
                 continue;

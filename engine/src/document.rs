@@ -3,8 +3,8 @@
 //! were rejected. The same function serves the snapshot, the stream and `verify`, so the
 //! three can never disagree about what a row becomes.
 
-use crate::catalog::{GeoSpec, ResolvedIndex};
-use crate::config::is_region_name;
+use crate::schema::is_region_name;
+use crate::schema::{GeoSpec, ResolvedIndex};
 
 /// Column values aligned with `ResolvedIndex::columns`; `None` is SQL NULL.
 pub type RawRow = Vec<Option<String>>;
@@ -20,7 +20,7 @@ pub struct Document {
     /// Per `ResolvedIndex::text` entry: whether its value is indexed.
     pub text_ok: Vec<bool>,
     /// Per `ResolvedIndex::filters` entry: its typed value (None when NULL or unparsable).
-    pub filters: Vec<Option<crate::engine::filter::FilterValue>>,
+    pub filters: Vec<Option<crate::filter::FilterValue>>,
 }
 
 /// A row or field that could not be indexed.
@@ -129,7 +129,7 @@ pub fn map_row(ix: &ResolvedIndex, raw: RawRow, limits: &MapLimits) -> Mapped {
             None => None,
             Some(text) => match parse_vector(text, spec.dimension) {
                 Ok(v)
-                    if spec.metric == crate::config::Metric::Cosine
+                    if spec.metric == crate::schema::Metric::Cosine
                         && v.iter().all(|x| *x == 0.0) =>
                 {
                     rejections.push(reject(
@@ -282,7 +282,7 @@ mod tests {
     use super::*;
 
     fn places() -> ResolvedIndex {
-        crate::catalog::test_index(
+        crate::schema::test_index(
             &["id", "region", "body", "lat", "lon", "embedding"],
             Some(2),
             Some((3, 4)),

@@ -27,8 +27,8 @@ use std::time::Instant;
 
 use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 
-use crate::config::Metric;
-use crate::engine::vector::VectorStore;
+use crate::schema::Metric;
+use crate::vector::VectorStore;
 
 /// A graph with new points is dumped at most this often (unless it grew by half): each dump
 /// writes every vector and fsyncs, which competes with the apply path's commits.

@@ -21,7 +21,7 @@ use tantivy::query::{
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{Score, Term};
 
-use crate::engine::analyzer;
+use crate::analyzer;
 use crate::partition::TextField;
 
 /// Share of the non-best fields' scores a word gets (disjunction-max tie breaker).

@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use crate::config::Metric;
+use crate::schema::Metric;
 
 const CHUNK: usize = 1024;
 
@@ -220,13 +220,13 @@ impl VectorStore {
     }
 
     /// Every live vector with its id and key (to build a graph).
-    pub fn live(&self) -> Vec<crate::engine::graph::GraphItem> {
+    pub fn live(&self) -> Vec<crate::graph::GraphItem> {
         let mut out = Vec::with_capacity(self.len());
         for (ci, c) in self.chunks.iter().enumerate() {
             for (i, key) in c.keys.iter().enumerate() {
                 if let Some(key) = key {
                     let slot = (ci * CHUNK + i) as u64;
-                    out.push(crate::engine::graph::GraphItem {
+                    out.push(crate::graph::GraphItem {
                         id: (slot << 32) | u64::from(c.gens[i]),
                         key: key.clone(),
                         vector: c.data[i * self.dim..(i + 1) * self.dim].to_vec(),

@@ -14,48 +14,12 @@ use std::time::Instant;
 
 use tantivy::Searcher;
 
-use crate::catalog::ResolvedIndex;
-use crate::changes::{ChangeEvent, Op};
+use crate::change::{Cell, Change, ChangeEvent, Op, Transaction};
 use crate::document::{map_row, row_key, Document, MapLimits, Mapped, RawRow, Rejection};
 use crate::error::Result;
-use crate::lsn::Lsn;
 use crate::partition::{CommitItem, Derived, Fields, FreshLayer, Partition};
-use crate::status::Stats;
-
-/// One column value in a change: pgoutput may say a TOASTed value is unchanged.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
-    Value(Option<String>),
-    UnchangedToast,
-}
-
-/// A row change, with cells aligned to the index's configured columns.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// INSERT or UPDATE. `old_key` is set when an UPDATE changed the primary key.
-    Upsert {
-        index: usize,
-        old_key: Option<Vec<Cell>>,
-        new: Vec<Cell>,
-    },
-    /// DELETE; only the key cells need be present.
-    Delete {
-        index: usize,
-        old: Vec<Cell>,
-    },
-    Truncate {
-        index: usize,
-    },
-}
-
-/// A committed source transaction, restricted to configured tables.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Transaction {
-    /// The commit's end LSN: the position to confirm once this is durable.
-    pub end_lsn: Lsn,
-    pub commit_time_micros: i64,
-    pub changes: Vec<Change>,
-}
+use crate::schema::ResolvedIndex;
+use wire::Lsn;
 
 pub type PartitionId = (usize, String);
 
@@ -89,11 +53,11 @@ pub struct PartitionView {
     /// LSN of the partition's last durable commit.
     pub checkpoint: Lsn,
     /// Points of the committed documents (overlay `fresh`).
-    pub geo: Option<Arc<crate::engine::geo::GeoIndex>>,
+    pub geo: Option<Arc<crate::geo::GeoIndex>>,
     /// Vectors of the committed documents (overlay `fresh`).
-    pub vectors: Option<Arc<crate::engine::vector::VectorStore>>,
+    pub vectors: Option<Arc<crate::vector::VectorStore>>,
     /// Approximate index of `vectors`; versions it may lack are in `recent_vectors`.
-    pub graph: Option<Arc<crate::engine::graph::Graph>>,
+    pub graph: Option<Arc<crate::graph::Graph>>,
     pub recent_vectors: imbl::OrdMap<u64, u64>,
 }
 
@@ -124,7 +88,8 @@ pub struct Shard {
     limits: MapLimits,
     writer_memory: usize,
     view: Arc<ViewCell>,
-    stats: Arc<Stats>,
+    observer: Arc<dyn Observer>,
+    commit_fault: Option<CommitFault>,
     /// Searchable up to here.
     applied: Lsn,
     /// Durable up to here.
@@ -141,10 +106,71 @@ pub struct Shard {
     event_at: (Lsn, u32),
 }
 
+/// Where the shard reports what readers and operators need to know. The indexer's status
+/// implements it (counters, logs, metrics, the change feed's ring).
+pub trait Observer: Send + Sync {
+    /// A row, or one of its fields, could not be indexed (the rest of it was).
+    fn rejected(&self, region: &str, rejection: Rejection);
+    /// The change feed restarts at `lsn` (open, snapshot): nothing before it is known.
+    fn feed_reset(&self, lsn: Lsn);
+    /// `rows` row changes and these feed events became searchable, up to `lsn`.
+    fn searchable(&self, lsn: Lsn, rows: usize, events: Vec<ChangeEvent>);
+}
+
+/// An observer that keeps nothing (engine tests, tools).
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn rejected(&self, _: &str, _: Rejection) {}
+    fn feed_reset(&self, _: Lsn) {}
+    fn searchable(&self, _: Lsn, _: usize, _: Vec<ChangeEvent>) {}
+}
+
+/// A fault to inject into partition commits, for the tests that prove a failed commit stops
+/// the process instead of stalling durability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitFault {
+    /// The partition commit panics.
+    Panic,
+    /// The partition commit returns an I/O error.
+    Error,
+}
+
 /// A durable commit of several partitions at one LSN, run off the applier thread.
 pub struct CommitJob {
     pub lsn: Lsn,
     items: Vec<(PartitionId, CommitItem)>,
+    fault: Option<CommitFault>,
+}
+
+/// Commits one partition; a panic becomes `Error::CommitFailed`, so the job always answers.
+fn commit_item(
+    (id, item): (PartitionId, CommitItem),
+    lsn: Lsn,
+    fault: Option<CommitFault>,
+) -> Result<(PartitionId, Derived)> {
+    let partition = format!("{}/{}", id.0, id.1);
+    let run = std::panic::AssertUnwindSafe(|| {
+        match fault {
+            Some(CommitFault::Panic) => panic!("injected commit fault"),
+            Some(CommitFault::Error) => {
+                return Err(std::io::Error::other("injected commit fault").into())
+            }
+            None => {}
+        }
+        item.commit(lsn)
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(derived) => Ok((id, derived?)),
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panicked".into());
+            Err(crate::Error::CommitFailed { partition, detail })
+        }
+    }
 }
 
 impl CommitJob {
@@ -152,26 +178,27 @@ impl CommitJob {
     /// and those of different partitions overlap well).
     pub fn run(self) -> Result<CommitDone> {
         let started = Instant::now();
-        let lsn = self.lsn;
+        let (lsn, fault) = (self.lsn, self.fault);
         let mut items = self.items;
         let partitions = if items.len() == 1 {
-            let (id, item) = items.pop().expect("one item");
-            vec![(id, item.commit(lsn)?)]
+            vec![commit_item(items.pop().expect("one item"), lsn, fault)?]
         } else {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = items
                     .into_iter()
-                    .map(|(id, item)| scope.spawn(move || Ok((id, item.commit(lsn)?))))
+                    .map(|item| scope.spawn(move || commit_item(item, lsn, fault)))
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().expect("partition commit thread panicked"))
+                    .map(|h| h.join().expect("commit_item catches panics"))
                     .collect::<Result<Vec<_>>>()
             })?
         };
-        metrics::counter!(crate::metrics::COMMITS).increment(1);
-        metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok(CommitDone { lsn, partitions })
+        Ok(CommitDone {
+            lsn,
+            partitions,
+            took: started.elapsed(),
+        })
     }
 }
 
@@ -180,6 +207,8 @@ pub struct CommitDone {
     pub lsn: Lsn,
     /// Each committed partition with its next committed structures.
     partitions: Vec<(PartitionId, Derived)>,
+    /// How long the commit took.
+    pub took: std::time::Duration,
 }
 
 impl Shard {
@@ -189,7 +218,7 @@ impl Shard {
         indexes: Vec<ResolvedIndex>,
         limits: MapLimits,
         writer_memory: usize,
-        stats: Arc<Stats>,
+        observer: Arc<dyn Observer>,
         view: Arc<ViewCell>,
         applied: Lsn,
     ) -> Result<Shard> {
@@ -202,7 +231,7 @@ impl Shard {
             for entry in std::fs::read_dir(&dir)? {
                 let entry = entry?;
                 let region = entry.file_name().to_string_lossy().into_owned();
-                if entry.file_type()?.is_dir() && crate::config::is_region_name(&region) {
+                if entry.file_type()?.is_dir() && crate::schema::is_region_name(&region) {
                     let p = Partition::open(&entry.path(), ix, &region, writer_memory)?;
                     partitions.insert((ix.ordinal, region), p);
                 }
@@ -215,7 +244,8 @@ impl Shard {
             limits,
             writer_memory,
             view,
-            stats,
+            observer,
+            commit_fault: None,
             applied,
             durable: applied,
             batch_rows: 0,
@@ -225,8 +255,8 @@ impl Shard {
             events: Vec::new(),
             event_at: (applied, 0),
         };
-        shard.stats.changes.reset(applied);
-        shard.publish();
+        shard.observer.feed_reset(applied);
+        shard.publish(0, Vec::new());
         Ok(shard)
     }
 
@@ -237,6 +267,11 @@ impl Shard {
             std::fs::remove_dir_all(&dir)?;
         }
         Ok(())
+    }
+
+    /// Makes every later partition commit fail this way (tests of the failure path).
+    pub fn inject_commit_fault(&mut self, fault: Option<CommitFault>) {
+        self.commit_fault = fault;
     }
 
     pub fn indexes(&self) -> &[ResolvedIndex] {
@@ -280,7 +315,7 @@ impl Shard {
     }
 
     fn reject(&self, region: &str, r: Rejection) {
-        self.stats.record_rejection(region, r);
+        self.observer.rejected(region, r);
     }
 
     /// Snapshot rows into fresh partitions: no lookups, no deletes.
@@ -475,7 +510,7 @@ impl Shard {
     /// Makes everything applied so far searchable at `lsn`: readers get the new fresh layers
     /// of all partitions in one view swap. Not durable yet.
     pub fn make_searchable(&mut self, lsn: Lsn) {
-        metrics::counter!(crate::metrics::ROWS_APPLIED).increment(self.batch_rows as u64);
+        let rows = self.batch_rows;
         if self.batch_rows > 0 {
             self.uncommitted_rows += self.batch_rows;
             self.uncommitted_since.get_or_insert_with(Instant::now);
@@ -486,8 +521,8 @@ impl Shard {
             // Nothing to write (e.g. a transaction on columns or rows we do not keep).
             self.durable = self.applied;
         }
-        self.publish();
-        self.stats.changes.publish(std::mem::take(&mut self.events));
+        let events = std::mem::take(&mut self.events);
+        self.publish(rows, events);
     }
 
     /// Hands everything applied so far to a commit job at the applied LSN, unless one is
@@ -510,7 +545,11 @@ impl Shard {
             return None;
         }
         self.in_flight = Some(lsn);
-        Some(CommitJob { lsn, items })
+        Some(CommitJob {
+            lsn,
+            items,
+            fault: self.commit_fault,
+        })
     }
 
     /// A commit job finished: its partitions are durable at its LSN; readers get the
@@ -524,7 +563,7 @@ impl Shard {
         }
         self.in_flight = None;
         self.durable = self.durable.max(done.lsn);
-        self.publish();
+        self.publish(0, Vec::new());
         Ok(())
     }
 
@@ -535,7 +574,7 @@ impl Shard {
             let done = job.run()?;
             self.commit_done(done)?;
         }
-        self.publish();
+        self.publish(0, Vec::new());
         Ok(self.durable)
     }
 
@@ -544,7 +583,7 @@ impl Shard {
         self.make_searchable(lsn);
         let durable = self.commit()?;
         // The feed starts at the snapshot's consistent point: what came before is the copy.
-        self.stats.changes.reset(lsn);
+        self.observer.feed_reset(lsn);
         Ok(durable)
     }
 
@@ -557,14 +596,15 @@ impl Shard {
     }
 
     /// Vectors committed since the last call, per partition, for the graph builder.
-    pub fn take_graph_jobs(&mut self) -> Vec<crate::engine::graph::GraphJob> {
+    pub fn take_graph_jobs(&mut self) -> Vec<crate::graph::GraphJob> {
         self.partitions
             .values_mut()
             .filter_map(Partition::take_graph_job)
             .collect()
     }
 
-    fn publish(&mut self) {
+    /// Swaps the readers' view, then tells the observer what became searchable.
+    fn publish(&mut self, rows: usize, events: Vec<ChangeEvent>) {
         for p in self.partitions.values_mut() {
             p.trim_graphed();
         }
@@ -592,7 +632,7 @@ impl Shard {
             durable: self.durable,
             partitions,
         }));
-        self.stats.advance_applied(self.applied);
+        self.observer.searchable(self.applied, rows, events);
     }
 }
 
@@ -602,7 +642,7 @@ mod tests {
     use crate::partition;
 
     fn index() -> ResolvedIndex {
-        crate::catalog::test_index(
+        crate::schema::test_index(
             &["id", "region", "body", "lat", "lon"],
             Some(2),
             Some((3, 4)),
@@ -657,7 +697,7 @@ mod tests {
             vec![index()],
             limits,
             16 << 20,
-            Arc::new(Stats::default()),
+            Arc::new(Unobserved),
             view,
             applied,
         )
@@ -766,7 +806,7 @@ mod vector_store_tests {
     #[test]
     fn snapshot_vectors_reach_the_store() {
         let dir = tempfile::tempdir().unwrap();
-        let ix = crate::catalog::test_index(&["id", "region", "emb"], None, None, Some((2, 2)));
+        let ix = crate::schema::test_index(&["id", "region", "emb"], None, None, Some((2, 2)));
         let view = Arc::new(ViewCell::default());
         let limits = MapLimits {
             max_text_bytes: 100,
@@ -777,7 +817,7 @@ mod vector_store_tests {
             vec![ix],
             limits,
             16 << 20,
-            Arc::new(Stats::default()),
+            Arc::new(Unobserved),
             view.clone(),
             Lsn::ZERO,
         )
@@ -805,7 +845,7 @@ mod engine_answers {
     use crate::search::{self, GeoQuery, Scope, VectorQuery};
 
     fn index() -> ResolvedIndex {
-        crate::catalog::test_index(
+        crate::schema::test_index(
             &["id", "region", "lat", "lon", "emb"],
             None,
             Some((2, 3)),
@@ -878,7 +918,7 @@ mod engine_answers {
             vec![index()],
             limits,
             16 << 20,
-            Arc::new(Stats::default()),
+            Arc::new(Unobserved),
             view.clone(),
             Lsn::ZERO,
         )
@@ -961,15 +1001,15 @@ fn delete_of(key: &str, columns: usize) -> Change {
 #[cfg(test)]
 mod text_answers {
     use super::*;
-    use crate::engine::text::{Operator, TextQuery};
     use crate::search::{self, Scope, TextSearch};
+    use crate::text::{Operator, TextQuery};
 
     fn index() -> ResolvedIndex {
         let mut ix =
-            crate::catalog::test_index(&["id", "region", "name", "body"], Some(3), None, None);
+            crate::schema::test_index(&["id", "region", "name", "body"], Some(3), None, None);
         ix.text.insert(
             0,
-            crate::catalog::TextSpec {
+            crate::schema::TextSpec {
                 column: 2,
                 boost: 2.0,
                 language: None,
@@ -1034,7 +1074,7 @@ mod text_answers {
             vec![index()],
             limits,
             16 << 20,
-            Arc::new(Stats::default()),
+            Arc::new(Unobserved),
             view.clone(),
             Lsn::ZERO,
         )

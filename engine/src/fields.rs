@@ -8,7 +8,7 @@ use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader};
 
-use crate::engine::filter::{FilterField, FilterKind, FilterValue};
+use crate::filter::{FilterField, FilterKind, FilterValue};
 
 /// A filter field's value as a facet bucket or sort key. Ordered within one kind (floats by
 /// total order; text by bytes, as tantivy orders terms).
@@ -48,7 +48,7 @@ impl Key {
             }
             Key::Bool(b) => (*b).into(),
             Key::Text(s) => s.clone().into(),
-            Key::Time(t) => crate::engine::filter::format_time(*t).into(),
+            Key::Time(t) => crate::filter::format_time(*t).into(),
         }
     }
 }
