@@ -39,12 +39,32 @@ pub struct Transaction {
     pub changes: Vec<Change>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+impl Transaction {
+    /// A transaction ending at `lsn` (its commit time unknown: 0).
+    pub fn at(lsn: u64, changes: Vec<Change>) -> Transaction {
+        Transaction {
+            end_lsn: Lsn(lsn),
+            commit_time_micros: 0,
+            changes,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     Upsert,
     Delete,
     Truncate,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Upsert => "upsert",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -21,13 +21,14 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 
 use crate::schema::Metric;
+pub use crate::vector::GraphItem;
 use crate::vector::VectorStore;
 
 /// A graph with new points is dumped at most this often (unless it grew by half): each dump
@@ -164,15 +165,6 @@ pub struct Graph {
     log: Mutex<Vec<(u64, Arc<str>, u64)>>,
     /// Points at the last dump, and when it was (or when the graph was created).
     dumped: Mutex<(usize, Instant)>,
-}
-
-/// A committed vector version for the graph builder.
-#[derive(Clone, Debug)]
-pub struct GraphItem {
-    /// Store id: `(slot << 32) | generation`.
-    pub id: u64,
-    pub key: Arc<str>,
-    pub vector: Vec<f32>,
 }
 
 const ID_BITS: u32 = 56;
@@ -356,8 +348,14 @@ impl Graph {
     /// graphed. One core: hnsw_rs' parallel insert takes every core, and on a small machine
     /// that starves the apply path (measured: commit-to-searchable p99 14 -> 456 ms), while
     /// the exact scanner covers whatever the graph has not taken yet.
-    pub fn insert(&self, items: &[GraphItem], seq_end: u64) {
+    /// Inserts `items`; the graph then covers every write before `seq_end`. When `stop` is set
+    /// midway (the process is stopping: the builder runs at idle priority and must not hold
+    /// up the exit), the rest is skipped and the watermark stays where it was.
+    pub fn insert(&self, items: &[GraphItem], seq_end: u64, stop: &AtomicBool) {
         for item in items {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
             debug_assert!(item.id <= ID_MASK, "store ids fit in 56 bits");
             let gid = (self.epoch << ID_BITS) | item.id;
             let v = &item.vector;
@@ -417,8 +415,9 @@ pub struct GraphJob {
 }
 
 impl GraphJob {
-    pub fn run(self) {
-        self.graph.insert(&self.items, self.seq_end);
+    /// Inserts the job's vectors, unless `stop` is set meanwhile.
+    pub fn run(self, stop: &AtomicBool) {
+        self.graph.insert(&self.items, self.seq_end, stop);
     }
 }
 
@@ -451,7 +450,7 @@ mod tests {
             });
         }
         let g = Graph::new(Metric::L2, 2, 300);
-        g.insert(&items, 300);
+        g.insert(&items, 300, &AtomicBool::new(false));
         g.dump(&gdir).unwrap();
         // A restart rebuilds the store in another order; one key changed, one was deleted.
         let mut store2 = VectorStore::new(2, Metric::L2);
@@ -483,6 +482,7 @@ mod tests {
                 vector: v5.to_vec(),
             }],
             1,
+            &AtomicBool::new(false),
         );
         assert_eq!(g2.search(&[1000.0, 0.0], 1, 64), [id5]);
     }
@@ -491,12 +491,18 @@ mod tests {
     fn finds_near_points_and_tracks_the_watermark() {
         let g = Graph::new(Metric::L2, 2, 100);
         let items: Vec<GraphItem> = (0..200u64).map(|i| item(i, vec![i as f32, 0.0])).collect();
-        g.insert(&items, 200);
+        g.insert(&items, 200, &AtomicBool::new(false));
         assert_eq!(g.graphed(), 200);
         assert_eq!(g.points(), 200);
         let hits = g.search(&[50.2, 0.0], 3, 32);
         assert_eq!(hits[0], 50);
         assert!(hits.contains(&51) && hits.contains(&49));
+        // A stopping builder skips the rest and leaves the watermark.
+        let more: Vec<GraphItem> = (200..300u64)
+            .map(|i| item(i, vec![i as f32, 0.0]))
+            .collect();
+        g.insert(&more, 300, &AtomicBool::new(true));
+        assert_eq!((g.graphed(), g.points()), (200, 200));
     }
 
     #[test]
@@ -509,7 +515,7 @@ mod tests {
                 item(d, vec![a.cos() * r, a.sin() * r])
             })
             .collect();
-        g.insert(&items, 90);
+        g.insert(&items, 90, &AtomicBool::new(false));
         // Identical directions round to a distance of ~0: clamped, never negative.
         assert_eq!(g.search(&[2.0, 0.0], 1, 16), [0]);
         assert_eq!(g.search(&[0.0, 1.0], 1, 32), [89]);
@@ -530,7 +536,7 @@ mod tests {
             .collect();
         let g = Graph::new(Metric::Cosine, 128, 400);
         assert!(matches!(g.kind, Kind::CosineI8(_)));
-        g.insert(&items, 400);
+        g.insert(&items, 400, &AtomicBool::new(false));
         for probe in items.iter().step_by(37) {
             assert_eq!(g.search(&probe.vector, 1, 64), [probe.id]);
         }

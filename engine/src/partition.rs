@@ -29,6 +29,7 @@ use crate::filter::{FilterField, FilterKind, FilterValue};
 use crate::geo::GeoIndex;
 use crate::graph::{Graph, GraphItem, GraphJob};
 use crate::schema::ResolvedIndex;
+pub use crate::text::TextField;
 use crate::vector::VectorStore;
 use wire::Lsn;
 
@@ -46,24 +47,6 @@ pub struct Fields {
     pub vector: Option<Field>,
     /// One per `ResolvedIndex::filters` entry: `f_<column>`, typed, indexed and fast.
     pub filters: Vec<FilterField>,
-}
-
-/// A text field of the schema, as configured.
-#[derive(Debug, Clone)]
-pub struct TextField {
-    pub field: Field,
-    /// The column's name (what queries scope terms with: `name:paris`).
-    pub name: String,
-    /// Row position of the column.
-    pub column: usize,
-    pub boost: f32,
-    pub language: Option<tantivy::tokenizer::Language>,
-}
-
-impl TextField {
-    pub fn analyzer(&self) -> tantivy::tokenizer::TextAnalyzer {
-        analyzer::analyzer(self.language)
-    }
 }
 
 impl Fields {

@@ -260,6 +260,30 @@ impl Shard {
         Ok(shard)
     }
 
+    /// A shard on `dir` from the start, unobserved, with default limits (texts up to
+    /// `max_text_bytes`, every region owned, 16 MB writers): for tests, tools and benchmarks.
+    pub fn open_unobserved(
+        dir: &Path,
+        indexes: Vec<ResolvedIndex>,
+        max_text_bytes: usize,
+    ) -> Result<(Shard, Arc<ViewCell>)> {
+        let view = Arc::new(ViewCell::default());
+        let limits = MapLimits {
+            max_text_bytes,
+            owned_regions: vec![],
+        };
+        let shard = Shard::open(
+            dir,
+            indexes,
+            limits,
+            16 << 20,
+            Arc::new(Unobserved),
+            view.clone(),
+            Lsn::ZERO,
+        )?;
+        Ok((shard, view))
+    }
+
     /// Removes every partition from disk (before a fresh snapshot).
     pub fn wipe(data_dir: &Path) -> Result<()> {
         let dir = data_dir.join("partitions");
@@ -666,11 +690,7 @@ mod tests {
     }
 
     fn tx(lsn: u64, changes: Vec<Change>) -> Transaction {
-        Transaction {
-            end_lsn: Lsn(lsn),
-            commit_time_micros: 0,
-            changes,
-        }
+        Transaction::at(lsn, changes)
     }
 
     /// key → (region, hash) of everything a reader sees.
@@ -807,21 +827,7 @@ mod vector_store_tests {
     fn snapshot_vectors_reach_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let ix = crate::schema::test_index(&["id", "region", "emb"], None, None, Some((2, 2)));
-        let view = Arc::new(ViewCell::default());
-        let limits = MapLimits {
-            max_text_bytes: 100,
-            owned_regions: vec![],
-        };
-        let mut shard = Shard::open(
-            dir.path(),
-            vec![ix],
-            limits,
-            16 << 20,
-            Arc::new(Unobserved),
-            view.clone(),
-            Lsn::ZERO,
-        )
-        .unwrap();
+        let (mut shard, view) = Shard::open_unobserved(dir.path(), vec![ix], 100).unwrap();
         shard
             .add_snapshot_rows(
                 0,
@@ -908,26 +914,8 @@ mod engine_answers {
     #[test]
     fn truncate_moves_and_deletes_reach_every_engine_before_and_after_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let view = Arc::new(ViewCell::default());
-        let limits = MapLimits {
-            max_text_bytes: 100,
-            owned_regions: vec![],
-        };
-        let mut shard = Shard::open(
-            dir.path(),
-            vec![index()],
-            limits,
-            16 << 20,
-            Arc::new(Unobserved),
-            view.clone(),
-            Lsn::ZERO,
-        )
-        .unwrap();
-        let tx = |lsn: u64, changes| Transaction {
-            end_lsn: Lsn(lsn),
-            commit_time_micros: 0,
-            changes,
-        };
+        let (mut shard, view) = Shard::open_unobserved(dir.path(), vec![index()], 100).unwrap();
+        let tx = Transaction::at;
         shard
             .apply(&tx(
                 10,
@@ -941,7 +929,7 @@ mod engine_answers {
         shard.make_searchable(Lsn(10));
         shard.commit().unwrap();
         for job in shard.take_graph_jobs() {
-            job.run();
+            job.run(&std::sync::atomic::AtomicBool::new(false));
         }
         let all = (
             vec!["1@eu".to_owned(), "2@eu".into(), "3@as".into()],
@@ -967,7 +955,7 @@ mod engine_answers {
             "before the graph has the new version"
         );
         for job in shard.take_graph_jobs() {
-            job.run();
+            job.run(&std::sync::atomic::AtomicBool::new(false));
         }
         assert_eq!(answers(&view.load().unwrap()), moved, "after");
 
@@ -984,7 +972,7 @@ mod engine_answers {
         shard.commit().unwrap();
         assert_eq!(answers(&view.load().unwrap()), only);
         for job in shard.take_graph_jobs() {
-            job.run();
+            job.run(&std::sync::atomic::AtomicBool::new(false));
         }
         assert_eq!(answers(&view.load().unwrap()), only);
     }
@@ -1064,26 +1052,8 @@ mod text_answers {
     #[test]
     fn fresh_and_committed_documents_rank_alike_and_shadow_correctly() {
         let dir = tempfile::tempdir().unwrap();
-        let view = Arc::new(ViewCell::default());
-        let limits = MapLimits {
-            max_text_bytes: 10_000,
-            owned_regions: vec![],
-        };
-        let mut shard = Shard::open(
-            dir.path(),
-            vec![index()],
-            limits,
-            16 << 20,
-            Arc::new(Unobserved),
-            view.clone(),
-            Lsn::ZERO,
-        )
-        .unwrap();
-        let tx = |lsn: u64, changes| Transaction {
-            end_lsn: Lsn(lsn),
-            commit_time_micros: 0,
-            changes,
-        };
+        let (mut shard, view) = Shard::open_unobserved(dir.path(), vec![index()], 10_000).unwrap();
+        let tx = Transaction::at;
         shard
             .apply(&tx(
                 10,

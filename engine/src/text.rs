@@ -22,12 +22,29 @@ use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{Score, Term};
 
 use crate::analyzer;
-use crate::partition::TextField;
 
 /// Share of the non-best fields' scores a word gets (disjunction-max tie breaker).
 pub const TIE_BREAKER: Score = 0.1;
 
 pub use wire::Operator;
+
+/// A text field of the schema, as configured.
+#[derive(Debug, Clone)]
+pub struct TextField {
+    pub field: Field,
+    /// The column's name (what queries scope terms with: `name:paris`).
+    pub name: String,
+    /// Row position of the column.
+    pub column: usize,
+    pub boost: f32,
+    pub language: Option<tantivy::tokenizer::Language>,
+}
+
+impl TextField {
+    pub fn analyzer(&self) -> tantivy::tokenizer::TextAnalyzer {
+        analyzer::analyzer(self.language)
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 enum Form {

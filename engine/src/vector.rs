@@ -220,13 +220,13 @@ impl VectorStore {
     }
 
     /// Every live vector with its id and key (to build a graph).
-    pub fn live(&self) -> Vec<crate::graph::GraphItem> {
+    pub fn live(&self) -> Vec<GraphItem> {
         let mut out = Vec::with_capacity(self.len());
         for (ci, c) in self.chunks.iter().enumerate() {
             for (i, key) in c.keys.iter().enumerate() {
                 if let Some(key) = key {
                     let slot = (ci * CHUNK + i) as u64;
-                    out.push(crate::graph::GraphItem {
+                    out.push(GraphItem {
                         id: (slot << 32) | u64::from(c.gens[i]),
                         key: key.clone(),
                         vector: c.data[i * self.dim..(i + 1) * self.dim].to_vec(),
@@ -287,6 +287,15 @@ impl VectorStore {
         }
         top.into_sorted()
     }
+}
+
+/// A committed vector version for the graph builder: its store id, key and values.
+#[derive(Clone, Debug)]
+pub struct GraphItem {
+    /// Store id: `(slot << 32) | generation`.
+    pub id: u64,
+    pub key: Arc<str>,
+    pub vector: Vec<f32>,
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ impl Applier {
         let commit_interval = Duration::from_millis(self.config.commit_interval_ms);
         let mut files = FileState {
             last_write: Instant::now(),
-            lsn: self.checkpoint.lsn()?,
+            lsn: self.checkpoint.lsn,
         };
         let mut stash: Option<ApplyCmd> = None;
         // Graph inserts are slow: a builder thread takes committed vectors in order, while the
@@ -138,7 +138,7 @@ impl Applier {
                         Ok(_) if builder_stopping.load(Ordering::Acquire) => {}
                         Ok(job) => {
                             let (dir, graph) = (job.dir.clone(), job.graph.clone());
-                            job.run();
+                            job.run(&builder_stopping);
                             if graph.wants_dump() {
                                 dump(&dir, &graph);
                             }
@@ -313,7 +313,7 @@ impl Applier {
                     .then(|| {
                         files.last_write = Instant::now();
                         files.lsn = job.lsn;
-                        self.checkpoint.lsn = job.lsn.to_string();
+                        self.checkpoint.lsn = job.lsn;
                         (self.checkpoint.clone(), self.data_dir.clone())
                     });
                 std::thread::Builder::new()
@@ -360,13 +360,13 @@ impl Applier {
 
     fn finish_snapshot(&mut self, lsn: Lsn) -> Result<()> {
         self.shard.commit_snapshot(lsn)?;
-        self.checkpoint.snapshot_lsn = lsn.to_string();
+        self.checkpoint.snapshot_lsn = lsn;
         self.checkpoint.snapshot_done = true;
         self.write_checkpoint(lsn)
     }
 
     fn write_checkpoint(&mut self, lsn: Lsn) -> Result<()> {
-        self.checkpoint.lsn = lsn.to_string();
+        self.checkpoint.lsn = lsn;
         self.checkpoint.store(&self.data_dir)
     }
 }

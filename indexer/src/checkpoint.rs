@@ -17,19 +17,13 @@ pub struct Checkpoint {
     pub slot: String,
     /// Fingerprint of the resolved index configuration the partitions were built with.
     pub config_fingerprint: String,
-    pub snapshot_lsn: String,
+    pub snapshot_lsn: Lsn,
     pub snapshot_done: bool,
     /// Every partition is durable at least up to here.
-    pub lsn: String,
+    pub lsn: Lsn,
 }
 
 impl Checkpoint {
-    pub fn lsn(&self) -> Result<Lsn> {
-        self.lsn
-            .parse()
-            .map_err(|e| Error::Checkpoint(format!("{e}")))
-    }
-
     pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
         let path = dir.join(FILE);
         match std::fs::read(&path) {
@@ -74,12 +68,14 @@ mod tests {
         let c = Checkpoint {
             slot: "s".into(),
             config_fingerprint: "f".into(),
-            snapshot_lsn: "0/10".into(),
+            snapshot_lsn: Lsn(0x10),
             snapshot_done: true,
-            lsn: "0/20".into(),
+            lsn: Lsn(0x20),
         };
         c.store(dir.path()).unwrap();
         assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(c.clone()));
-        assert_eq!(c.lsn().unwrap(), Lsn(0x20));
+        // The file keeps Postgres's text form.
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(text.contains(r#""lsn": "0/20""#), "{text}");
     }
 }

@@ -55,13 +55,13 @@ pub async fn run(
 
     let stats = Arc::new(Stats::default());
     let view = Arc::new(ViewCell::default());
-    let http_state = http::HttpState {
-        stats: stats.clone(),
-        view: view.clone(),
-        indexes: Arc::new(indexes.clone()),
-        slot: config.source.slot.clone(),
+    let http_state = http::HttpState::new(
+        stats.clone(),
+        view.clone(),
+        indexes.clone(),
+        config.source.slot.clone(),
         prometheus,
-    };
+    );
     let addr = listener.local_addr()?;
     write_addr_file(&config.storage.data_dir, &addr.to_string())?;
     tracing::info!(%addr, "shard endpoint listening");
@@ -171,12 +171,12 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
         _ => Checkpoint {
             slot: slot.clone(),
             config_fingerprint: fingerprint,
-            snapshot_lsn: Lsn::ZERO.to_string(),
+            snapshot_lsn: Lsn::ZERO,
             snapshot_done: false,
-            lsn: Lsn::ZERO.to_string(),
+            lsn: Lsn::ZERO,
         },
     };
-    let start = checkpoint.lsn()?;
+    let start = checkpoint.lsn;
 
     let limits = engine::document::MapLimits {
         max_text_bytes: config.apply.max_text_bytes,
@@ -227,7 +227,7 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
         } else {
             *stats.snapshot.lock().unwrap() = SnapshotProgress {
                 state: "resumed".into(),
-                lsn: Some(start.to_string()),
+                lsn: Some(start),
                 ..Default::default()
             };
             tracing::info!(slot = %slot, from = %start, "resuming from checkpoint");

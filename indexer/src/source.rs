@@ -128,7 +128,7 @@ impl Source {
             rows: total,
             rows_per_sec: rate,
             seconds,
-            lsn: Some(consistent.to_string()),
+            lsn: Some(consistent),
         };
         tracing::info!(rows = total, seconds = format!("{seconds:.2}"), rows_per_sec = format!("{rate:.0}"), lsn = %consistent, "snapshot done");
         Ok(consistent)

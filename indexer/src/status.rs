@@ -41,24 +41,7 @@ pub struct Stats {
     pub changes: crate::changes::ChangeLog,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SnapshotProgress {
-    /// `pending`, `copying`, `done` or `resumed` (restarted from a checkpoint, nothing copied).
-    pub state: String,
-    pub rows: u64,
-    pub rows_per_sec: f64,
-    pub seconds: f64,
-    pub lsn: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SlotStatus {
-    pub wal_status: Option<String>,
-    pub safe_wal_size: Option<i64>,
-    pub confirmed_flush_lsn: Option<String>,
-    pub restart_lsn: Option<String>,
-    pub active: bool,
-}
+pub use wire::shard::{SlotStatus, SnapshotProgress};
 
 impl Stats {
     pub fn applied(&self) -> Lsn {

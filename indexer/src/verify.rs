@@ -7,14 +7,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::catalog::{self, ResolvedIndex};
 use crate::config::Config;
 use crate::copy::CopyRows;
 use crate::error::{Error, Result};
 use crate::pg::{self, PgConn};
 use engine::document::{content_hash, map_row, MapLimits, Mapped};
+use wire::shard::{path, DumpResponse, WaitResponse};
 use wire::Lsn;
 
 /// region → key → content hash
@@ -58,15 +57,12 @@ pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result
         }
         client.batch_execute("COMMIT").await?;
 
-        let wait = get_json(
-            &http,
-            &format!("{base}/internal/wait?lsn={lsn}&timeout_ms=30000"),
-        )
-        .await?;
-        if wait["reached"] != Value::Bool(true) {
+        let wait: WaitResponse =
+            get_json(&http, &format!("{base}{}", path::wait(lsn, 30_000))).await?;
+        if !wait.reached {
             return Err(Error::Shard(format!(
                 "the indexer has not applied {lsn} within 30 s (applied {})",
-                wait["applied_lsn"]
+                wait.applied_lsn
             )));
         }
         report = Report {
@@ -74,8 +70,9 @@ pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result
             ..Default::default()
         };
         for (ix, src) in indexes.iter().zip(&source) {
-            let dump = get_json(&http, &format!("{base}/internal/dump/{}", ix.name)).await?;
-            compare(ix, src, &dump, &mut report)?;
+            let dump: DumpResponse =
+                get_json(&http, &format!("{base}{}", path::dump(&ix.name))).await?;
+            compare(ix, src, &dump, &mut report);
         }
         if report.equal() || attempt == attempts {
             break;
@@ -108,7 +105,7 @@ async fn read_source(
     Ok(side)
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value> {
+async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Result<T> {
     let resp = http
         .get(url)
         .send()
@@ -119,23 +116,16 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value> {
         .map_err(|e| Error::Shard(format!("GET {url}: bad body: {e}")))
 }
 
-fn compare(ix: &ResolvedIndex, source: &Side, dump: &Value, report: &mut Report) -> Result<()> {
-    let partitions = dump["partitions"]
-        .as_object()
-        .ok_or_else(|| Error::Shard("dump without partitions".into()))?;
+fn compare(ix: &ResolvedIndex, source: &Side, dump: &DumpResponse, report: &mut Report) {
     // key → [(region, hash)] over the whole index, to see duplicates and moves.
     let mut index_side: HashMap<String, Vec<(String, u64)>> = HashMap::new();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for (region, docs) in partitions {
-        let docs = docs
-            .as_array()
-            .ok_or_else(|| Error::Shard("dump partition is not an array".into()))?;
+    for (region, docs) in &dump.partitions {
         counts.insert(region.clone(), docs.len());
-        for d in docs {
-            let key = d[0].as_str().unwrap_or_default().to_owned();
-            let hash = u64::from_str_radix(d[1].as_str().unwrap_or_default(), 16).unwrap_or(0);
+        for (key, hash) in docs {
+            let hash = u64::from_str_radix(hash, 16).unwrap_or(0);
             index_side
-                .entry(key)
+                .entry(key.clone())
                 .or_default()
                 .push((region.clone(), hash));
         }
@@ -191,5 +181,4 @@ fn compare(ix: &ResolvedIndex, source: &Side, dump: &Value, report: &mut Report)
             }
         }
     }
-    Ok(())
 }

@@ -9,6 +9,7 @@ use anyhow::Result;
 use e2e::{Indexer, QueryApi};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use wire::Lsn;
 
 use crate::common::Fixture;
 
@@ -122,7 +123,7 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
     );
     let applied = v["freshness"]["min_applied_lsn"].as_str().unwrap();
     assert!(
-        query_api::parse_lsn(applied) >= query_api::parse_lsn(&lsn),
+        applied.parse::<Lsn>().ok() >= lsn.parse::<Lsn>().ok(),
         "{applied} < {lsn}"
     );
     assert_eq!(v["partial"], false);
@@ -413,7 +414,7 @@ async fn read_events(
     use futures_util::StreamExt;
     let mut out = Vec::new();
     let mut bytes = resp.bytes_stream();
-    let mut buf = String::new();
+    let mut reader = wire::sse::SseReader::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while out
         .iter()
@@ -425,21 +426,10 @@ async fn read_events(
             .await
             .map_err(|_| anyhow::anyhow!("timed out; events so far: {out:?}"))?
             .ok_or_else(|| anyhow::anyhow!("stream ended; events so far: {out:?}"))??;
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let (mut id, mut event, mut data) = (String::new(), String::new(), Value::Null);
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data = serde_json::from_str(v.trim()).unwrap_or(Value::Null);
-                }
-            }
-            if !event.is_empty() {
-                out.push((id, event, data));
+        for e in reader.push(&chunk) {
+            if !e.event.is_empty() {
+                let data = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+                out.push((e.id, e.event, data));
             }
         }
     }
@@ -518,12 +508,12 @@ async fn change_stream_delivers_each_change_once_in_order_and_resumes() -> Resul
         "each change once, in order, across the reconnect"
     );
     // LSNs never go back; every change is after the writes began.
-    let lsns: Vec<u64> = all
+    let lsns: Vec<Lsn> = all
         .iter()
-        .map(|e| query_api::parse_lsn(e.2["lsn"].as_str().unwrap()).unwrap())
+        .map(|e| e.2["lsn"].as_str().unwrap().parse().unwrap())
         .collect();
     assert!(lsns.windows(2).all(|w| w[0] <= w[1]), "{lsns:?}");
-    assert!(lsns[0] > query_api::parse_lsn(&first_lsn_before).unwrap());
+    assert!(lsns[0] > first_lsn_before.parse::<Lsn>().unwrap());
     // From before what the feed keeps: 410, and where to follow from.
     let resp = http
         .get(format!(

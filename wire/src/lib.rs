@@ -5,6 +5,8 @@
 //! Requests deny unknown fields; [`parse`] names the field at fault by its JSON path.
 
 pub mod lsn;
+pub mod shard;
+pub mod sse;
 
 pub use lsn::{Lsn, ParseLsnError};
 
@@ -96,6 +98,24 @@ impl SearchRequest {
             }
         }
         Ok(text)
+    }
+
+    /// Checks `limit` (1..=MAX_HITS) and `offset + limit` (at most MAX_HITS): the one rule for
+    /// query-api (with a cursor's offset) and the shards.
+    pub fn check_page(limit: usize, offset: usize) -> Result<(), FieldError> {
+        if limit == 0 || limit > MAX_HITS {
+            return Err(FieldError::new(
+                "limit",
+                format!("limit must be in 1..={MAX_HITS}"),
+            ));
+        }
+        if offset > MAX_HITS - limit {
+            return Err(FieldError::new(
+                "offset",
+                format!("offset + limit must be at most {MAX_HITS}"),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -230,7 +230,7 @@ fn build_graphs(shard: &mut Shard) -> Result<(usize, f64, f64)> {
         n += job.items.len();
         let (graph, dir) = (job.graph.clone(), job.dir.clone());
         let t = Instant::now();
-        job.run();
+        job.run(&std::sync::atomic::AtomicBool::new(false));
         insert += t.elapsed().as_secs_f64();
         let t = Instant::now();
         graph.dump(&dir)?;

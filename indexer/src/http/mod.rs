@@ -1,0 +1,168 @@
+//! The shard's internal HTTP endpoint, spoken with query-api (and `verify`) in the `wire`
+//! crate's shard protocol: search (`search.rs`, planned by `plan.rs`), the change feed
+//! (`feed.rs`), and health, status, metrics, wait-for-LSN, documents and the per-key dump
+//! (`admin.rs`). Answers are built here from domain types; engine work runs on the blocking
+//! pool.
+
+mod admin;
+mod feed;
+mod plan;
+mod search;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
+
+use crate::catalog::ResolvedIndex;
+use crate::status::Stats;
+use engine::partition::Fields;
+use engine::shard::ViewCell;
+
+#[derive(Clone)]
+pub struct HttpState {
+    stats: Arc<Stats>,
+    view: Arc<ViewCell>,
+    indexes: Arc<Vec<ResolvedIndex>>,
+    /// Per index (by ordinal): its tantivy fields, built once.
+    fields: Arc<Vec<Fields>>,
+    slot: String,
+    prometheus: Option<PrometheusHandle>,
+}
+
+impl HttpState {
+    pub fn new(
+        stats: Arc<Stats>,
+        view: Arc<ViewCell>,
+        indexes: Vec<ResolvedIndex>,
+        slot: String,
+        prometheus: Option<PrometheusHandle>,
+    ) -> HttpState {
+        let fields = indexes.iter().map(|ix| Fields::schema(ix).1).collect();
+        HttpState {
+            stats,
+            view,
+            indexes: Arc::new(indexes),
+            fields: Arc::new(fields),
+            slot,
+            prometheus,
+        }
+    }
+
+    /// The index of that name, or a 404 naming the field.
+    fn index(&self, name: &str) -> Result<&ResolvedIndex, Refusal> {
+        self.indexes
+            .iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| Refusal {
+                status: StatusCode::NOT_FOUND,
+                field: "index",
+                message: format!("unknown index {name:?}"),
+            })
+    }
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(admin::status))
+        .route("/metrics", get(admin::metrics_text))
+        .route("/internal/wait", get(admin::wait))
+        .route("/internal/dump", get(admin::dump))
+        .route("/internal/search", post(search::search))
+        .route("/internal/document", get(admin::document))
+        .route("/internal/changes", get(feed::changes))
+        .with_state(state)
+}
+
+/// A query string of the shard protocol (`wire::shard::path`), or a 400 naming it.
+type Params<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
+
+fn params<T>(p: Params<T>) -> Result<T, Refusal> {
+    p.map(|q| q.0).map_err(|e| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        field: "query",
+        message: e.body_text(),
+    })
+}
+
+/// A refused request: its status, the field at fault and why.
+struct Refusal {
+    status: StatusCode,
+    field: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.status, self.field, self.message)
+    }
+}
+
+/// An error answer (`wire::shard::ShardError`): the field at fault and a message.
+fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
+    (status, Json(wire::shard::ShardError::new(field, message))).into_response()
+}
+
+/// Runs engine work on the blocking pool; a failure is logged and becomes a bare 500 (no
+/// internal detail in bodies).
+async fn run_blocking<T, E, F>(what: &'static str, work: F) -> Result<T, Response>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    let internal = || error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error");
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "{what} failed");
+            Err(internal())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "{what} task failed");
+            Err(internal())
+        }
+    }
+}
+
+/// `run_blocking`, answered as JSON.
+async fn blocking<T, E, F>(what: &'static str, work: F) -> Response
+where
+    T: serde::Serialize + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    match run_blocking(what, work).await {
+        Ok(v) => Json(v).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+/// The configured stored columns of a row, by name: integers, numbers and booleans as JSON
+/// numbers and booleans, dates and times as RFC 3339 strings, the rest as Postgres text.
+fn fields_json(ix: &ResolvedIndex, row: &[Option<String>]) -> Value {
+    use engine::filter::{format_time, FilterValue};
+    let mut m = serde_json::Map::new();
+    for &c in &ix.stored {
+        let text = row.get(c).cloned().flatten();
+        let kind = ix.value_kinds.get(c).copied().flatten();
+        let value = match (text, kind) {
+            (None, _) => Value::Null,
+            (Some(t), Some(k)) => match k.parse(&t) {
+                Ok(FilterValue::Int(i)) => json!(i),
+                Ok(FilterValue::Float(x)) => json!(x),
+                Ok(FilterValue::Bool(b)) => json!(b),
+                Ok(FilterValue::Time(us)) => json!(format_time(us)),
+                Ok(FilterValue::Text(_)) | Err(_) => Value::String(t),
+            },
+            (Some(t), None) => Value::String(t),
+        };
+        m.insert(ix.column_name(c).to_owned(), value);
+    }
+    Value::Object(m)
+}

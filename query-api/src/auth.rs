@@ -1,0 +1,83 @@
+//! Who may call: API keys compared in constant time against every configured key (no early
+//! exit), scopes (read, admin), and a token bucket per key (per client address when the API
+//! is open).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, StatusCode};
+use subtle::ConstantTimeEq;
+
+use crate::config::Scope;
+use crate::{ApiError, AppState};
+
+/// Checks the caller's key (constant-time against every configured key) and scope, then its
+/// rate bucket. Without configured keys (`auth.open`), buckets are per client address.
+pub(crate) fn authorize(
+    s: &AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    need: Scope,
+) -> Result<(), ApiError> {
+    let cfg = &s.inner.config;
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let bucket = if cfg.auth.keys.is_empty() {
+        peer.map(|p| p.ip().to_string()).unwrap_or_default()
+    } else {
+        let Some(presented) = presented else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "authorization",
+                "an API key is required (Authorization: Bearer <key>, or X-API-Key)",
+            ));
+        };
+        let mut found: Option<Scope> = None;
+        for k in &cfg.auth.keys {
+            if bool::from(k.key.as_bytes().ct_eq(presented.as_bytes())) {
+                found = Some(k.scope);
+            }
+        }
+        match found {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "authorization",
+                    "unknown API key",
+                ))
+            }
+            Some(Scope::Read) if need == Scope::Admin => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "authorization",
+                    "this key has read scope; the route needs admin",
+                ))
+            }
+            Some(_) => presented.to_owned(),
+        }
+    };
+    let (rate, burst) = (cfg.limits.rate_per_sec, cfg.limits.burst);
+    let mut buckets = s.inner.buckets.lock().unwrap();
+    let now = Instant::now();
+    let (tokens, last) = buckets.entry(bucket).or_insert((burst, now));
+    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+    *last = now;
+    if *tokens < 1.0 {
+        let wait = ((1.0 - *tokens) / rate).ceil().max(1.0) as u64;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "",
+            format!("rate limit of {rate} requests/s exceeded"),
+        )
+        .retry_after(wait));
+    }
+    *tokens -= 1.0;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Operations: the search page, liveness, readiness, per-shard status, the index list and
+//! Prometheus metrics, all from the shards' typed `/status`.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::auth::authorize;
+use crate::config::Scope;
+use crate::{ApiError, AppState};
+
+/// `GET /`: the search page (plain HTML and JS, nothing fetched from elsewhere): search box,
+/// region selector, hits with highlighted snippets and distances, a world plot to search near
+/// a point, and a freshness badge following the change stream.
+pub(crate) async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../assets/index.html"))
+}
+
+/// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 once every shard is reachable, snapshotted and streaming.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = Object), (status = 503, description = "Not ready; per shard why", body = Object)))]
+pub(crate) async fn readyz(State(s): State<AppState>) -> Response {
+    let statuses = s.shard_statuses().await;
+    let shards: Vec<Value> = statuses
+        .iter()
+        .map(|(url, v)| match v {
+            Ok(v) => json!({"shard": url, "reachable": true, "ready": v.ready()}),
+            Err(_) => json!({"shard": url, "reachable": false, "ready": false}),
+        })
+        .collect();
+    let ready = statuses
+        .iter()
+        .all(|(_, v)| v.as_ref().is_ok_and(|v| v.ready()));
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"ready": ready, "shards": shards}))).into_response()
+}
+
+/// `GET /v1/status`: per shard and partition, applied LSN, lag, documents, rejected rows and
+/// the replication slot's `wal_status` (admin scope).
+#[utoipa::path(get, path = "/v1/status", tag = "operations",
+    responses(
+        (status = 200, description = "Per shard: reachable, slot, lag; per partition: LSN, lag, documents, rejected rows", body = Object),
+        (status = 401, description = "No or unknown API key", body = wire::ErrorResponse),
+        (status = 429, description = "Rate limited (see Retry-After)", body = wire::ErrorResponse),
+        (status = 403, description = "Key lacks admin scope", body = wire::ErrorResponse),
+    ),
+    security((), ("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn status(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, Some(peer), Scope::Admin)?;
+    let shards: Vec<Value> = s
+        .shard_statuses()
+        .await
+        .into_iter()
+        .map(|(url, v)| match v {
+            Ok(v) => json!({
+                "shard": url, "reachable": true, "ready": v.ready(),
+                "slot": v.slot,
+                "slot_wal_status": v.slot_status.as_ref().and_then(|s| s.wal_status.clone()),
+                "applied_lsn": v.applied_lsn, "lag_bytes": v.lag_bytes, "lag_ms": v.lag_ms,
+                "rejected_rows": v.rejected_rows,
+                "partitions": v.partitions.iter().map(|p| json!({
+                    "index": p.index, "region": p.region, "documents": p.documents,
+                    "applied_lsn": p.applied_lsn, "lag_bytes": p.lag_bytes, "lag_ms": p.lag_ms,
+                    "rejected_rows": p.rejected_rows,
+                })).collect::<Vec<_>>(),
+            }),
+            Err(e) => {
+                tracing::warn!(shard = %url, error = %e, "shard status failed");
+                json!({"shard": url, "reachable": false})
+            }
+        })
+        .collect();
+    Ok(Json(json!({"shards": shards})))
+}
+
+/// `GET /v1/indexes`: each index with its partitions (shard, region, documents, LSN, lag).
+#[utoipa::path(get, path = "/v1/indexes", tag = "operations",
+    responses(
+        (status = 200, description = "Indexes and their partitions", body = Object),
+        (status = 401, description = "No or unknown API key", body = wire::ErrorResponse),
+        (status = 429, description = "Rate limited (see Retry-After)", body = wire::ErrorResponse),
+    ),
+    security((), ("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn indexes(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let mut by_index: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for (url, v) in s.shard_statuses().await {
+        let Ok(v) = v else { continue };
+        for p in v.partitions {
+            by_index.entry(p.index).or_default().push(
+                json!({"shard": url, "region": p.region, "documents": p.documents,
+                       "applied_lsn": p.applied_lsn, "lag_ms": p.lag_ms}),
+            );
+        }
+    }
+    let list: Vec<Value> = by_index
+        .into_iter()
+        .map(|(name, partitions)| json!({"name": name, "partitions": partitions}))
+        .collect();
+    Ok(Json(json!({"indexes": list})))
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus metrics", content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics_text(State(s): State<AppState>) -> Response {
+    let Some(h) = &s.inner.prometheus else {
+        return (StatusCode::NOT_FOUND, "metrics are off").into_response();
+    };
+    // Per shard and partition, as of this scrape: reachable, documents, lag, rejects.
+    for (url, v) in s.shard_statuses().await {
+        metrics::gauge!("query_api_shard_up", "shard" => url.clone())
+            .set(f64::from(u8::from(v.is_ok())));
+        let Ok(v) = v else { continue };
+        for p in v.partitions {
+            let labels = [
+                ("shard", url.clone()),
+                ("index", p.index),
+                ("region", p.region),
+            ];
+            metrics::gauge!("query_api_partition_documents", &labels).set(p.documents as f64);
+            metrics::gauge!("query_api_partition_lag_ms", &labels).set(p.lag_ms as f64);
+            metrics::gauge!("query_api_partition_lag_bytes", &labels).set(p.lag_bytes as f64);
+            metrics::gauge!("query_api_partition_rejected_rows", &labels)
+                .set(p.rejected_rows as f64);
+        }
+    }
+    h.render().into_response()
+}

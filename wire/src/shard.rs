@@ -1,0 +1,274 @@
+//! The shard protocol: what query-api asks an indexer shard and what the shard answers, on its
+//! internal endpoint. Both ends serialize and parse these types; none of them is public API
+//! (the public answers are built from them in query-api).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{FacetBucket, FieldError, Hit, Lsn, SearchRequest};
+
+/// The paths of the shard endpoint. Every name, key or position is a percent-encoded query
+/// value: never a path segment (URL parsers resolve `..`, even encoded), so no value can
+/// reach another route.
+pub mod path {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+    use crate::Lsn;
+
+    /// Everything but RFC 3986's unreserved characters is encoded.
+    const VALUE: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+
+    fn query(pairs: &[(&str, &str)]) -> String {
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, VALUE)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    pub const SEARCH: &str = "/internal/search";
+    pub const STATUS: &str = "/status";
+
+    pub fn wait(lsn: Lsn, timeout_ms: u64) -> String {
+        format!("/internal/wait?lsn={lsn}&timeout_ms={timeout_ms}")
+    }
+
+    pub fn dump(index: &str) -> String {
+        format!("/internal/dump?{}", query(&[("index", index)]))
+    }
+
+    pub fn document(index: &str, key: &str) -> String {
+        format!(
+            "/internal/document?{}",
+            query(&[("index", index), ("key", key)])
+        )
+    }
+
+    /// The feed of `index`, after `since` (a position `LSN:n`, or an LSN) when given.
+    pub fn changes(index: &str, since: Option<&str>) -> String {
+        match since {
+            Some(s) => format!(
+                "/internal/changes?{}",
+                query(&[("index", index), ("since", s)])
+            ),
+            None => format!("/internal/changes?{}", query(&[("index", index)])),
+        }
+    }
+}
+
+/// `POST /internal/search`: the public request (its paging set by query-api) plus the index,
+/// in one flat JSON object.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardSearchRequest<'a> {
+    pub index: &'a str,
+    #[serde(flatten)]
+    pub search: &'a SearchRequest,
+}
+
+/// Parses a shard search body: the index name, then the request; a malformed body names the
+/// field at fault by its JSON path, as for the public request.
+pub fn parse_shard_search(bytes: &[u8]) -> Result<(String, SearchRequest), FieldError> {
+    let mut body: Value = crate::parse(bytes)?;
+    let index = match body.as_object_mut().and_then(|o| o.remove("index")) {
+        Some(Value::String(name)) => name,
+        _ => return Err(FieldError::new("index", "index: a string is required")),
+    };
+    Ok((index, crate::parse_value(body)?))
+}
+
+/// A shard's answer to a search: its hits (already the page asked for), and how fresh it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardSearchResponse {
+    pub applied_lsn: Lsn,
+    pub lag_ms: u64,
+    pub lag_bytes: u64,
+    pub hits: Vec<Hit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facets: Option<BTreeMap<String, Vec<FacetBucket>>>,
+}
+
+/// `GET /internal/wait?lsn=…&timeout_ms=…`: 200 when reached, 409 when not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitResponse {
+    pub requested_lsn: Lsn,
+    pub applied_lsn: Lsn,
+    pub reached: bool,
+}
+
+/// Every error a shard answers: the request field at fault (empty if none) and a message;
+/// a change feed asked from too far back adds where it is complete from (410).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardError {
+    pub error: ShardErrorDetail,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_after: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardErrorDetail {
+    pub field: String,
+    pub message: String,
+}
+
+impl ShardError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> ShardError {
+        ShardError {
+            error: ShardErrorDetail {
+                field: field.into(),
+                message: message.into(),
+            },
+            complete_after: None,
+        }
+    }
+}
+
+/// `GET /internal/documents/{index}/{key}`: one document's stored fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DocumentResponse {
+    pub key: String,
+    pub region: String,
+    pub fields: Value,
+    pub applied_lsn: Lsn,
+}
+
+/// `GET /internal/dump/{index}`: every document as (key, content hash in hex), per region.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DumpResponse {
+    pub applied_lsn: Lsn,
+    pub durable_lsn: Lsn,
+    pub partitions: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// One change of the feed (`/internal/changes/{index}`, the `data` of a `change` event).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeData {
+    pub index: String,
+    /// None for TRUNCATE.
+    pub key: Option<String>,
+    /// `upsert`, `delete` or `truncate`.
+    pub op: String,
+    /// Where the document now lives (upsert).
+    pub region: Option<String>,
+    pub lsn: Lsn,
+}
+
+/// `GET /status`: the shard's stream, snapshot, slot, freshness and partitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub slot: String,
+    /// `streaming`, `reconnecting in … ms`, …
+    pub stream: String,
+    pub last_error: Option<String>,
+    pub reconnects: u64,
+    pub snapshot: SnapshotProgress,
+    pub applied_lsn: Lsn,
+    pub server_wal_end: Lsn,
+    pub lag_bytes: u64,
+    pub lag_ms: u64,
+    pub slot_status: Option<SlotStatus>,
+    pub rows_applied: u64,
+    pub transactions_applied: u64,
+    pub rejected_rows: u64,
+    pub rejected_rows_without_partition: u64,
+    pub recent_rejections: Vec<RejectionReport>,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+impl ShardStatus {
+    /// Snapshot done (or resumed) and the stream live.
+    pub fn ready(&self) -> bool {
+        matches!(self.snapshot.state.as_str(), "done" | "resumed") && self.stream == "streaming"
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SnapshotProgress {
+    /// `pending`, `copying`, `done` or `resumed` (restarted from a checkpoint, nothing copied).
+    pub state: String,
+    pub rows: u64,
+    pub rows_per_sec: f64,
+    pub seconds: f64,
+    pub lsn: Option<Lsn>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SlotStatus {
+    pub wal_status: Option<String>,
+    pub safe_wal_size: Option<i64>,
+    pub confirmed_flush_lsn: Option<String>,
+    pub restart_lsn: Option<String>,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RejectionReport {
+    pub index: String,
+    pub key: String,
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub index: String,
+    pub region: String,
+    pub documents: u64,
+    /// Written and searchable, not yet in a durable commit (scanned by every query).
+    pub fresh_documents: u64,
+    pub checkpoint_lsn: Lsn,
+    pub applied_lsn: Lsn,
+    pub lag_bytes: u64,
+    pub lag_ms: u64,
+    pub rejected_rows: u64,
+    pub vectors_pending_graph: Option<u64>,
+    pub graph_points: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_keys_are_query_values_only() {
+        assert_eq!(
+            path::document("places", "../../status?x=1&y=2#z"),
+            "/internal/document?index=places&key=..%2F..%2Fstatus%3Fx%3D1%26y%3D2%23z"
+        );
+        assert_eq!(path::dump("café"), "/internal/dump?index=caf%C3%A9");
+        assert_eq!(
+            path::changes("p", Some("0/1:2")),
+            "/internal/changes?index=p&since=0%2F1%3A2"
+        );
+    }
+
+    #[test]
+    fn a_shard_search_carries_the_index_beside_the_request() {
+        let req: SearchRequest = crate::parse(br#"{"q": "x", "limit": 3}"#).unwrap();
+        let body = serde_json::to_vec(&ShardSearchRequest {
+            index: "places",
+            search: &req,
+        })
+        .unwrap();
+        let (index, again) = parse_shard_search(&body).unwrap();
+        assert_eq!(index, "places");
+        assert_eq!(format!("{req:?}"), format!("{again:?}"));
+        assert_eq!(
+            parse_shard_search(br#"{"q": "x"}"#).unwrap_err().field,
+            "index"
+        );
+        assert_eq!(
+            parse_shard_search(br#"{"index": "p", "bogus": 1}"#)
+                .unwrap_err()
+                .field,
+            "bogus"
+        );
+    }
+}
