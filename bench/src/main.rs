@@ -7,6 +7,9 @@
 //!
 //! Data: the dev set (../shared/data/dev: 30k GeoNames cities, 384-d MiniLM embeddings);
 //! above 30k rows, seeded copies (`e2e::dev_data::Scaled` documents how).
+//!
+//! Long (~1,100 lines): the harness is one linear program (set up, ingest, freshness, queries,
+//! recall, footprint, restart, report), each phase a function below; splitting it is open work.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,10 @@
 //! readers costs O(1)). A tantivy commit costs ~10 ms whatever its size (every new segment
 //! allocates and scans a large term table), so commits are batched on a timer, while readers
 //! see committed segments overlaid with the fresh layer at once.
+//!
+//! Long (~800 lines) on purpose: the tantivy writer and reader, the fresh layer and the derived
+//! structures (R-tree, vector store, graph queue) change together at each commit, and one
+//! invariant (a commit covers exactly the fresh entries it drops) holds across all of them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

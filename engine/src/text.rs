@@ -10,6 +10,9 @@
 //! the implicit AND (`cafe OR bar paris` = `(cafe OR bar) AND paris`). Words match across
 //! all text fields with their configured boosts (the best field counts, plus a tenth of the
 //! others: a disjunction-max, as Elasticsearch's `best_fields`).
+//!
+//! Long (~700 lines with tests) on purpose: the query language's parser, its lowering to tantivy
+//! and the exact scorer for fresh documents must agree clause by clause.
 
 use std::collections::HashMap;
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
@@ -115,7 +116,8 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
             .await
         {
             Ok(_) => return Ok(()),
-            Err(e) if attempt < 49 && e.to_string().contains("is active") => {
+            // "replication slot … is active for PID …": a previous walsender still holds it.
+            Err(e) if attempt < 49 && e.code() == Some(&SqlState::OBJECT_IN_USE) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(e.into()),

@@ -2,7 +2,7 @@
 //! query files with exact answers), loaded into a `places` table with COPY.
 
 use std::io::{BufRead, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -98,6 +98,26 @@ pub fn copy_lines(embeddings: bool) -> Result<Vec<String>> {
 }
 
 /// Creates `places` and COPYs the dev rows into it; returns the row count.
+/// Writes an indexer config over the dev `places` table at `url`: its own `slot`, data in
+/// `data`, the `[apply]` lines given, and the `[[index]]` lines after name, table and region.
+pub fn write_config(
+    path: &Path,
+    url: &str,
+    slot: &str,
+    data: &Path,
+    apply: &str,
+    index: &str,
+) -> Result<()> {
+    let text = format!(
+        "[source]\ndatabase_url = \"{url}\"\npublication = \"p\"\nslot = \"{slot}\"\n\
+         [storage]\ndata_dir = \"{}\"\n[apply]\n{apply}\n\
+         [[index]]\nname = \"places\"\ntable = \"places\"\nregion = \"region\"\n{index}\n",
+        data.display()
+    );
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
 pub async fn load(client: &Client, embeddings: bool) -> Result<usize> {
     let lines = copy_lines(embeddings)?;
     client.batch_execute(PLACES).await?;
@@ -121,19 +141,44 @@ pub fn queries(file: &str) -> Result<Vec<serde_json::Value>> {
 /// The dev rows as COPY lines (as `copy_lines(true)`), scaled to `target` rows, a chunk at a
 /// time: the 30k real rows first (or the first `target` of them), then copies. Copy c of row
 /// r: id + c·10⁹; latitude and longitude each moved by a uniform ±0.5° (clamped); name and
-/// body unchanged; the embedding 0.75 of row r's + 0.25 of a random other row's + uniform
-/// ±0.02 noise per dimension, renormalised (new directions between real ones, not clusters of
-/// near-copies). Seeded xorshift: every run makes the same rows.
+/// body unchanged; the embedding by `Scaling`. Seeded xorshift: every run makes the same rows.
 pub struct Scaled {
     base: Vec<String>,
     parsed: Vec<(Vec<String>, Vec<f32>)>,
     rng: u64,
     made: usize,
     target: usize,
+    scaling: Scaling,
+}
+
+/// How a copy's embedding is made from its real row's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scaling {
+    /// 0.75 of row r's + 0.25 of a random other row's + uniform ±0.02 noise per dimension,
+    /// renormalised: new directions between real ones, not clusters of near-copies.
+    Mix,
+    /// Row r's + uniform ±0.05 noise, renormalised: tight clusters of near-copies (33 per
+    /// real row at 1M), which HNSW links to themselves.
+    Perturb,
+}
+
+impl Scaling {
+    /// `BENCH_SCALING=perturb`, else `Mix`.
+    pub fn from_env() -> Scaling {
+        match std::env::var("BENCH_SCALING").as_deref() {
+            Ok("perturb") => Scaling::Perturb,
+            _ => Scaling::Mix,
+        }
+    }
 }
 
 impl Scaled {
+    /// `target` rows scaled by mixing embeddings.
     pub fn new(target: usize) -> Result<Scaled> {
+        Self::with(target, Scaling::Mix)
+    }
+
+    pub fn with(target: usize, scaling: Scaling) -> Result<Scaled> {
         let base = copy_lines(true)?;
         let parsed = base
             .iter()
@@ -157,7 +202,12 @@ impl Scaled {
             rng: 0x2545_F491_4F6C_DD1D,
             made: 0,
             target,
+            scaling,
         })
+    }
+
+    pub fn scaling(&self) -> Scaling {
+        self.scaling
     }
 
     fn next(&mut self) -> f64 {
@@ -181,12 +231,19 @@ impl Scaled {
             let noise: Vec<f64> = (0..self.parsed[i].1.len()).map(|_| self.next()).collect();
             let (dlat, dlon) = (self.next() - 0.5, self.next() - 0.5);
             let (cols, v) = &self.parsed[i];
-            let mut w: Vec<f32> = v
-                .iter()
-                .zip(&self.parsed[other].1)
-                .zip(&noise)
-                .map(|((x, y), e)| 0.75 * x + 0.25 * y + ((e - 0.5) * 0.04) as f32)
-                .collect();
+            let mut w: Vec<f32> = match self.scaling {
+                Scaling::Mix => v
+                    .iter()
+                    .zip(&self.parsed[other].1)
+                    .zip(&noise)
+                    .map(|((x, y), e)| 0.75 * x + 0.25 * y + ((e - 0.5) * 0.04) as f32)
+                    .collect(),
+                Scaling::Perturb => v
+                    .iter()
+                    .zip(&noise)
+                    .map(|(x, e)| x + ((e - 0.5) * 0.1) as f32)
+                    .collect(),
+            };
             let norm = w.iter().map(|x| x * x).sum::<f32>().sqrt();
             w.iter_mut().for_each(|x| *x /= norm);
             let id: i64 = cols[0].parse()?;

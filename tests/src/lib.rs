@@ -2,6 +2,9 @@
 //! binaries (as the unprivileged `postgres` user when running as root), a fresh database per
 //! test, and the real `indexer` binary run as a child process that tests can kill -9.
 //! Everything waits on conditions with deadlines; nothing sleeps a fixed time to "let it work".
+//!
+//! Long (~700 lines): the one harness every test and the demo share (Postgres server, the two
+//! services as child processes, waits), kept in one place so no test copies it.
 
 pub mod compose;
 pub mod dev_data;
@@ -13,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
@@ -402,41 +405,22 @@ impl QueryApi {
             "query-api.log{}",
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let log_file = std::fs::File::create(&log)?;
-        let child = Command::new(query_api_bin())
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--addr-file",
-                addr_file.to_str().unwrap(),
-            ])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--addr-file",
+            addr_file.to_str().unwrap(),
+        ];
+        let child = spawn_logged(&query_api_bin(), &args, env, &log)?;
         let mut api = QueryApi {
             child: Some(child),
             log,
             url: String::new(),
         };
-        let addr = eventually("query-api address file", Duration::from_secs(30), || {
-            let exited = api.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            let (log, addr_file) = (api.log.clone(), addr_file.clone());
-            async move {
-                if let Some(status) = exited {
-                    bail!(
-                        "query-api exited with {status}: {}",
-                        std::fs::read_to_string(log).unwrap_or_default()
-                    );
-                }
-                Ok(std::fs::read_to_string(&addr_file).ok())
-            }
-        })
-        .await?;
+        let child = api.child.as_mut().expect("just spawned");
+        let addr = wait_addr_file("query-api", child, &api.log, &addr_file, 30).await?;
         api.url = format!("http://{addr}");
         Ok(api)
     }
@@ -457,6 +441,46 @@ impl Drop for QueryApi {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Starts `bin` with `args` and `env` (and `RUST_LOG=info`), its output in the file `log`.
+fn spawn_logged(bin: &Path, args: &[&str], env: &[(&str, String)], log: &Path) -> Result<Child> {
+    let log_file = std::fs::File::create(log)?;
+    Ok(Command::new(bin)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()?)
+}
+
+/// Waits until a service writes its listening address to `addr_file` (up to `seconds`);
+/// fails at once with its log if it exits first.
+async fn wait_addr_file(
+    what: &str,
+    child: &mut Child,
+    log: &Path,
+    addr_file: &Path,
+    seconds: u64,
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{what} exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if let Ok(addr) = std::fs::read_to_string(addr_file) {
+            return Ok(addr);
+        }
+        if Instant::now() > deadline {
+            bail!("{what} wrote no address file within {seconds} s");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -491,21 +515,8 @@ impl Indexer {
     ) -> Result<Indexer> {
         let mut ix = Self::spawn_with_env(config, data_dir, listen, env)?;
         let addr_file = data_dir.join(indexer::ADDR_FILE);
-        let addr = eventually("indexer address file", Duration::from_secs(60), || {
-            let exited = ix.exited();
-            let log = ix.log.clone();
-            let addr_file = addr_file.clone();
-            async move {
-                if let Some(status) = exited {
-                    bail!(
-                        "indexer exited with {status}: {}",
-                        std::fs::read_to_string(log).unwrap_or_default()
-                    );
-                }
-                Ok(std::fs::read_to_string(&addr_file).ok())
-            }
-        })
-        .await?;
+        let child = ix.child.as_mut().expect("just spawned");
+        let addr = wait_addr_file("indexer", child, &ix.log, &addr_file, 60).await?;
         ix.url = format!("http://{addr}");
         Ok(ix)
     }
@@ -530,21 +541,14 @@ impl Indexer {
         std::fs::create_dir_all(data_dir)?;
         let log =
             data_dir.with_extension(format!("log{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
-        let log_file = std::fs::File::create(&log)?;
-        let child = Command::new(indexer_bin())
-            .args([
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                listen,
-            ])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
+        let args = [
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            listen,
+        ];
+        let child = spawn_logged(&indexer_bin(), &args, env, &log)?;
         Ok(Indexer {
             child: Some(child),
             config: config.to_owned(),
@@ -575,6 +579,25 @@ impl Indexer {
             .await?
             .json()
             .await?)
+    }
+
+    /// `POST /internal/search` on the shard endpoint: the status and the JSON answer.
+    pub async fn search(&self, body: &Value) -> Result<(reqwest::StatusCode, Value)> {
+        let resp = self
+            .http
+            .post(format!("{}/internal/search", self.url))
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        Ok((status, resp.json().await?))
+    }
+
+    /// `search`, which must succeed.
+    pub async fn search_ok(&self, body: &Value) -> Result<Value> {
+        let (status, v) = self.search(body).await?;
+        ensure!(status.is_success(), "{status}: {v}");
+        Ok(v)
     }
 
     /// Waits until the snapshot is done (or resumed) and the stream is live.

@@ -16,11 +16,7 @@ use crate::common::Fixture;
 const READ: &str = "read-key-0123456789";
 const ADMIN: &str = "admin-key-0123456789";
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use e2e::free_port;
 
 fn api_config(f: &Fixture, shard: &str, extra: &str) -> Result<std::path::PathBuf> {
     let path = f
@@ -158,6 +154,24 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
         .get("/v1/indexes/places/documents/9001", Some(READ))
         .await?;
     assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    // Ids and index names are data, never URL text: none reaches another shard route.
+    for id in [
+        "..%2F..%2Fstatus",
+        "..%2F..%2Fstatus%3Fx=1",
+        "..%2F..%2Finternal%2Fdump%3Findex=places",
+        "a%23b",
+    ] {
+        let (st, v) = c
+            .get(&format!("/v1/indexes/places/documents/{id}"), Some(READ))
+            .await?;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{id}: {v}");
+        assert_eq!(v["error"]["field"], "id", "{id}: {v}");
+    }
+    let (st, v) = c
+        .get("/v1/indexes/..%2Fstatus/documents/1", Some(READ))
+        .await?;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["error"]["field"], "index", "{v}");
 
     // A future LSN: a distinct status and how far each shard got.
     let (st, v) = c
@@ -438,11 +452,7 @@ async fn read_events(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_stream_delivers_each_change_once_in_order_and_resumes() -> Result<()> {
-    let f = Fixture::new().await?;
-    f.insert_range(1, 10).await?;
-    let config = f.config("", "")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (f, _config, mut ix) = Fixture::indexed(10, "", "").await?;
     let api = QueryApi::start(&api_config(&f, &ix.url, "")?, f.dir.path()).await?;
     let http = reqwest::Client::new();
     let open = |last: Option<String>| {

@@ -21,22 +21,13 @@ async fn snapshot_with_concurrent_writes_equals_table() -> Result<()> {
         status["snapshot"]["rows"].as_u64().unwrap() >= 19_000,
         "{status}"
     );
-    let report = f.assert_equal(&config, &ix).await?;
-    assert!(
-        report.lines[0].contains(&format!("{} rows", f.count().await?)),
-        "{:?}",
-        report.lines
-    );
+    f.assert_every_row(&config, &ix).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_change_is_applied() -> Result<()> {
-    let f = Fixture::new().await?;
-    f.insert_range(1, 100).await?;
-    let config = f.config("", "")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (f, config, mut ix) = Fixture::indexed(100, "", "").await?;
     let c = &f.client;
 
     // A 20+ KB incompressible body is stored out of line (TOAST); updating another column
@@ -86,11 +77,7 @@ async fn every_kind_of_change_is_applied() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_changes_of_unconfigured_columns_do_not_stop_the_stream() -> Result<()> {
-    let f = Fixture::new().await?;
-    f.insert_range(1, 50).await?;
-    let config = f.config("", "")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (f, config, ix) = Fixture::indexed(50, "", "").await?;
     f.client
         .batch_execute(
             "ALTER TABLE places ADD COLUMN extra int;
@@ -113,11 +100,7 @@ async fn schema_changes_of_unconfigured_columns_do_not_stop_the_stream() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rows_are_reported_and_the_stream_goes_on() -> Result<()> {
-    let f = Fixture::new().await?;
-    f.insert_range(1, 10).await?;
-    let config = f.config("", "max_text_bytes = 4096")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (f, config, ix) = Fixture::indexed(10, "", "max_text_bytes = 4096").await?;
     f.client
         .batch_execute(
             "INSERT INTO places VALUES (1001, 'asia', 'dim', 'wrong dimension', 1, 1, 1, '{1,2}');
@@ -173,11 +156,7 @@ async fn bad_rows_are_reported_and_the_stream_goes_on() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_slot_confirms_wal_of_unpublished_tables() -> Result<()> {
-    let f = Fixture::new().await?;
-    f.insert_range(1, 10).await?;
-    let config = f.config("", "")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (f, _config, ix) = Fixture::indexed(10, "", "").await?;
     let before: String = f
         .client
         .query_one(

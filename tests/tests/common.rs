@@ -28,6 +28,21 @@ impl Fixture {
         Self::on(PgServer::shared()).await
     }
 
+    /// A fixture whose table holds rows 1..=`rows`, and a ready indexer over it (its config
+    /// with `extra_source` and `extra_apply`).
+    pub async fn indexed(
+        rows: i64,
+        extra_source: &str,
+        extra_apply: &str,
+    ) -> Result<(Fixture, PathBuf, Indexer)> {
+        let f = Fixture::new().await?;
+        f.insert_range(1, rows).await?;
+        let config = f.config(extra_source, extra_apply)?;
+        let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+        ix.wait_ready().await?;
+        Ok((f, config, ix))
+    }
+
     pub async fn on(pg: &'static PgServer) -> Result<Fixture> {
         let db = pg.fresh_db().await?;
         let client = pg.connect(&db).await?;
@@ -134,6 +149,22 @@ filter_fields = ["population"]
                 .cloned()
                 .collect::<Vec<_>>()
                 .join("\n")
+        );
+        Ok(report)
+    }
+
+    /// `assert_equal`, and the index holds as many documents as the table has rows.
+    pub async fn assert_every_row(
+        &self,
+        config: &std::path::Path,
+        indexer: &Indexer,
+    ) -> Result<indexer::verify::Report> {
+        let report = self.assert_equal(config, indexer).await?;
+        let rows = self.count().await?;
+        assert!(
+            report.lines[0].contains(&format!("{rows} rows")),
+            "{:?}",
+            report.lines
         );
         Ok(report)
     }

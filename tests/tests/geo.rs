@@ -12,14 +12,7 @@ use serde_json::{json, Value};
 use crate::common::uniq_name;
 
 async fn search(ix: &Indexer, body: Value) -> Result<Value> {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/internal/search", ix.url))
-        .json(&body)
-        .send()
-        .await?;
-    let status = resp.status();
-    let v: Value = resp.json().await?;
-    anyhow::ensure!(status.is_success(), "{status}: {v}");
+    let v = ix.search_ok(&body).await?;
     Ok(v)
 }
 
@@ -101,23 +94,18 @@ async fn geo_is_exact_on_dev_data_through_updates_restarts_and_kill9() -> Result
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("geo.toml");
     let slot = uniq_name("geo");
-    let write_config = |commit_ms: u64| -> Result<()> {
-        std::fs::write(
+    let data = dir.path().join("data");
+    let write_config = |commit_ms: u64| {
+        dev_data::write_config(
             &config,
-            format!(
-                "[source]\ndatabase_url = \"{}\"\npublication = \"p\"\nslot = \"{}\"\n[storage]\ndata_dir = \"{}\"\n\
-                 [apply]\nwriter_memory_mb = 16\ncommit_interval_ms = {commit_ms}\n\
-                 [[index]]\nname = \"places\"\ntable = \"places\"\nregion = \"region\"\ntext_fields = [\"name\"]\n\
-                 geo = {{ lat = \"lat\", lon = \"lon\" }}\n",
-                pg.url(&db),
-                slot,
-                dir.path().join("data").display()
-            ),
-        )?;
-        Ok(())
+            &pg.url(&db),
+            &slot,
+            &data,
+            &format!("writer_memory_mb = 16\ncommit_interval_ms = {commit_ms}"),
+            "text_fields = [\"name\"]\ngeo = { lat = \"lat\", lon = \"lon\" }",
+        )
     };
     write_config(60_000)?;
-    let data = dir.path().join("data");
     let mut ix = Indexer::start(&config, &data).await?;
     ix.wait_ready().await?;
 

@@ -31,12 +31,7 @@ async fn kill9_during_writes_loses_nothing() -> Result<()> {
     assert!(txs > 10, "writer made {txs} transactions");
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
     ix.wait_ready().await?;
-    let report = f.assert_equal(&config, &ix).await?;
-    assert!(
-        report.lines[0].contains(&format!("{} rows", f.count().await?)),
-        "{:?}",
-        report.lines
-    );
+    f.assert_every_row(&config, &ix).await?;
     Ok(())
 }
 
@@ -45,11 +40,7 @@ async fn kill9_during_writes_loses_nothing() -> Result<()> {
 /// fault replays from the durable checkpoint and the index equals the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_stops_the_process_and_a_restart_recovers() -> Result<()> {
-    let f = Fixture::new().await?;
-    f.insert_range(1, 300).await?;
-    let config = f.config("", "commit_interval_ms = 50")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (f, config, mut ix) = Fixture::indexed(300, "", "commit_interval_ms = 50").await?;
     assert!(ix.stop()?.success());
     let mut next = 301;
     for fault in ["panic", "error"] {
@@ -124,11 +115,7 @@ async fn restart_resumes_without_copying() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> {
-    let f = Fixture::new().await?;
-    f.insert_range(1, 300).await?;
-    let config = f.config("", "")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (f, config, mut ix) = Fixture::indexed(300, "", "").await?;
     assert!(ix.stop()?.success());
     // The walsender of the stopped indexer may take a moment to let go of the slot.
     let (client, slot) = (&f.client, &f.slot);
@@ -210,11 +197,7 @@ async fn invalidated_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_lost_while_streaming_is_rebuilt_in_process() -> Result<()> {
-    let f = Fixture::new().await?;
-    f.insert_range(1, 500).await?;
-    let config = f.config("on_slot_loss = \"resnapshot\"", "")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (f, config, mut ix) = Fixture::indexed(500, "on_slot_loss = \"resnapshot\"", "").await?;
     let endpoint = ix.url.clone();
 
     // Cut the walsender and drop the slot before the indexer reconnects (it backs off 100 ms).

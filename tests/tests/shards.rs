@@ -16,11 +16,7 @@ use crate::common::Fixture;
 
 const ADMIN: &str = "admin-key-0123456789";
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use e2e::free_port;
 
 /// A query-api config over `shards` (url, regions), one admin key, no practical rate limit.
 fn api_config(f: &Fixture, shards: &[(&str, &[&str])]) -> Result<PathBuf> {

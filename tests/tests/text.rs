@@ -18,14 +18,7 @@ struct Answer {
 }
 
 async fn search(ix: &Indexer, body: Value) -> Result<Answer> {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/internal/search", ix.url))
-        .json(&body)
-        .send()
-        .await?;
-    let status = resp.status();
-    let v: Value = resp.json().await?;
-    anyhow::ensure!(status.is_success(), "{status}: {v}");
+    let v = ix.search_ok(&body).await?;
     let hits = v["hits"].as_array().cloned().unwrap_or_default();
     Ok(Answer {
         ids: hits
@@ -79,20 +72,16 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
         .await?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("text.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\ndatabase_url = \"{}\"\npublication = \"p\"\nslot = \"{}\"\n[storage]\ndata_dir = \"{}\"\n\
-             [apply]\nwriter_memory_mb = 32\ncommit_interval_ms = 60000\n\
-             [[index]]\nname = \"places\"\ntable = \"places\"\nregion = \"region\"\n\
-             text_fields = [{{ column = \"name\", boost = 2.0 }}, \"body\"]\ngeo = {{ lat = \"lat\", lon = \"lon\" }}\n\
-             filter_fields = [\"population\", \"country_code\", \"founded\"]\nstored_fields = [\"name\", \"population\", \"founded\"]\n",
-            pg.url(&db),
-            uniq_name("text"),
-            dir.path().join("data").display()
-        ),
-    )?;
     let data = dir.path().join("data");
+    dev_data::write_config(
+        &config,
+        &pg.url(&db),
+        &uniq_name("text"),
+        &data,
+        "writer_memory_mb = 32\ncommit_interval_ms = 60000",
+        "text_fields = [{ column = \"name\", boost = 2.0 }, \"body\"]\ngeo = { lat = \"lat\", lon = \"lon\" }\n\
+         filter_fields = [\"population\", \"country_code\", \"founded\"]\nstored_fields = [\"name\", \"population\", \"founded\"]",
+    )?;
     let mut ix = Indexer::start(&config, &data).await?;
     ix.wait_ready().await?;
 
@@ -163,13 +152,10 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
     }
 
     // Bad queries name the field.
-    let bad: Value = reqwest::Client::new()
-        .post(format!("{}/internal/search", ix.url))
-        .json(&json!({"index": "places", "text": {"q": "nope:paris"}}))
-        .send()
+    let bad: Value = ix
+        .search(&json!({"index": "places", "text": {"q": "nope:paris"}}))
         .await?
-        .json()
-        .await?;
+        .1;
     assert_eq!(bad["error"]["field"], "text.q", "{bad}");
     assert!(bad["error"]["message"]
         .as_str()
@@ -290,13 +276,7 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
             .collect();
         assert!(!want.is_empty());
         assert_eq!(big_near.ids, want, "{round}: geo + filter");
-        let bad: Value = reqwest::Client::new()
-            .post(format!("{}/internal/search", ix.url))
-            .json(&json!({"index": "places", "filter": {"and": [{"range": {"population": {"gte": "many"}}}]}}))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let bad: Value = ix.search(&json!({"index": "places", "filter": {"and": [{"range": {"population": {"gte": "many"}}}]}})).await?.1;
         assert_eq!(
             bad["error"]["field"], "filter.and[0].range.population.gte",
             "{bad}"
@@ -353,13 +333,7 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
         let mut want: Vec<(String, u64)> = counts.into_iter().collect();
         want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         want.truncate(5);
-        let resp: Value = reqwest::Client::new()
-            .post(format!("{}/internal/search", ix.url))
-            .json(&json!({"index": "places", "text": {"q": "city"}, "facets": [{"field": "country_code", "size": 5}], "limit": 1}))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let resp: Value = ix.search(&json!({"index": "places", "text": {"q": "city"}, "facets": [{"field": "country_code", "size": 5}], "limit": 1})).await?.1;
         let got: Vec<(String, u64)> = resp["facets"]["country_code"]
             .as_array()
             .unwrap_or_else(|| panic!("no facets: {resp}"))

@@ -17,14 +17,9 @@ async fn knn(
     regions: &[&str],
     exact: bool,
 ) -> Result<Vec<(i64, f64)>> {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/internal/search", ix.url))
-        .json(&json!({"index": "places", "regions": regions, "vector": {"values": values, "k": k, "exact": exact}, "limit": k}))
-        .send()
+    let v = ix
+        .search_ok(&json!({"index": "places", "regions": regions, "vector": {"values": values, "k": k, "exact": exact}, "limit": k}))
         .await?;
-    let status = resp.status();
-    let v: Value = resp.json().await?;
-    anyhow::ensure!(status.is_success(), "{status}: {v}");
     Ok(v["hits"]
         .as_array()
         .unwrap()
@@ -118,20 +113,16 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
     dev_data::load(&client, true).await?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("vector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\ndatabase_url = \"{}\"\npublication = \"p\"\nslot = \"{}\"\n[storage]\ndata_dir = \"{}\"\n\
-             [apply]\nwriter_memory_mb = 32\ncommit_interval_ms = 60000\n\
-             [[index]]\nname = \"places\"\ntable = \"places\"\nregion = \"region\"\n\
-             vector = {{ column = \"embedding\", dimension = 384, metric = \"cosine\" }}\ngeo = {{ lat = \"lat\", lon = \"lon\" }}\n\
-             filter_fields = [\"country_code\", \"population\"]\n",
-            pg.url(&db),
-            uniq_name("vec"),
-            dir.path().join("data").display()
-        ),
-    )?;
     let data = dir.path().join("data");
+    dev_data::write_config(
+        &config,
+        &pg.url(&db),
+        &uniq_name("vec"),
+        &data,
+        "writer_memory_mb = 32\ncommit_interval_ms = 60000",
+        "vector = { column = \"embedding\", dimension = 384, metric = \"cosine\" }\n\
+         geo = { lat = \"lat\", lon = \"lon\" }\nfilter_fields = [\"country_code\", \"population\"]",
+    )?;
     let mut ix = Indexer::start(&config, &data).await?;
     ix.wait_ready().await?;
 
@@ -208,7 +199,6 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
     // 1b. Geo-filtered vector queries (geo filters, the vector ranks): exact when the filter
     //     is selective or `exact` is set; the graph with a post-filter otherwise.
     let rows = table(&client).await?;
-    let http = reqwest::Client::new();
     let mut wide_recall = 0.0;
     let sample: Vec<&Value> = queries.iter().step_by(10).collect();
     for q in &sample {
@@ -226,13 +216,7 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
         ] {
             let body = json!({"index": "places", "geo": {"within": {"lat": lat, "lon": lon, "radius_m": radius_m}},
                               "vector": {"values": v, "k": 10, "exact": exact}, "limit": 10});
-            let resp: Value = http
-                .post(format!("{}/internal/search", ix.url))
-                .json(&body)
-                .send()
-                .await?
-                .json()
-                .await?;
+            let resp = ix.search(&body).await?.1;
             let got: Vec<i64> = resp["hits"]
                 .as_array()
                 .unwrap()
@@ -282,13 +266,10 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
                 }),
             ),
         ] {
-            let resp: Value = http
-                .post(format!("{}/internal/search", ix.url))
-                .json(&json!({"index": "places", "vector": {"values": v, "k": 10}, "filter": filter, "limit": 10}))
-                .send()
+            let resp = ix
+                .search(&json!({"index": "places", "vector": {"values": v, "k": 10}, "filter": filter, "limit": 10}))
                 .await?
-                .json()
-                .await?;
+                .1;
             let got: Vec<i64> = resp["hits"]
                 .as_array()
                 .unwrap_or_else(|| panic!("{resp}"))
@@ -304,13 +285,7 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
         wide_recall >= 0.9,
         "geo-filtered graph mode recall@10 {wide_recall}"
     );
-    let bad: Value = http
-        .post(format!("{}/internal/search", ix.url))
-        .json(&json!({"index": "places", "geo": {"nearest": {"lat": 0.0, "lon": 0.0, "k": 5}}, "vector": {"values": embedding(&queries[0]), "k": 5}}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let bad: Value = ix.search(&json!({"index": "places", "geo": {"nearest": {"lat": 0.0, "lon": 0.0, "k": 5}}, "vector": {"values": embedding(&queries[0]), "k": 5}})).await?.1;
     assert_eq!(bad["error"]["field"], "geo.nearest", "{bad}");
 
     // 2. Changes: new embeddings, region moves, deletes, rows without a vector. Answered from

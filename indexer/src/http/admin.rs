@@ -253,7 +253,7 @@ pub(super) async fn document(State(s): State<HttpState>, p: Params<DocumentParam
         Ok(ix) => ix.clone(),
         Err(r) => return r.into_response(),
     };
-    let Some(view) = s.view.load() else {
+    let Some((view, applied_lsn)) = s.view() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
     };
     let found = run_blocking("document lookup", move || {
@@ -266,7 +266,7 @@ pub(super) async fn document(State(s): State<HttpState>, p: Params<DocumentParam
                     key,
                     region: region.clone(),
                     fields: fields_json(&ix, &row),
-                    applied_lsn: view.applied,
+                    applied_lsn,
                 }));
             }
         }

@@ -53,6 +53,17 @@ impl HttpState {
         }
     }
 
+    /// The current read view and the LSN it answers for: at least the view's own, and at least
+    /// what the shard reported applied before the view was taken. The latter can be ahead: an
+    /// idle keepalive advances it once everything forwarded is searchable, without a new view
+    /// (answers then said less than the `/internal/wait` that preceded them).
+    fn view(&self) -> Option<(Arc<engine::shard::ShardView>, wire::Lsn)> {
+        let floor = self.stats.applied();
+        let view = self.view.load()?;
+        let applied = view.applied.max(floor);
+        Some((view, applied))
+    }
+
     /// The index of that name, or a 404 naming the field.
     fn index(&self, name: &str) -> Result<&ResolvedIndex, Refusal> {
         self.indexes

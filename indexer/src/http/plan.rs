@@ -1,43 +1,12 @@
 //! Validates a shard search request and decides how to answer it: which engine searches,
 //! with which filters, sort and facets. Errors name the request field (422).
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use engine::partition::Fields;
 use serde_json::Value;
 
-use super::error;
 use crate::catalog::ResolvedIndex;
+use wire::{FieldError, MAX_FACET_SIZE, MAX_HITS, MAX_K};
 use wire::{GeoRequest, HybridRequest, SortOrder};
-use wire::{MAX_FACET_SIZE, MAX_HITS, MAX_K};
-
-/// A request field that fails validation: 422 with the field named.
-pub(super) struct FieldError {
-    field: std::borrow::Cow<'static, str>,
-    message: String,
-}
-
-impl FieldError {
-    fn new(field: &'static str, message: impl Into<String>) -> FieldError {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    fn owned(field: String, message: String) -> FieldError {
-        FieldError {
-            field: field.into(),
-            message,
-        }
-    }
-}
-
-impl IntoResponse for FieldError {
-    fn into_response(self) -> Response {
-        error(StatusCode::UNPROCESSABLE_ENTITY, &self.field, self.message)
-    }
-}
 
 fn check_lat(field: &'static str, v: f64) -> Result<f64, FieldError> {
     if v.is_finite() && (-90.0..=90.0).contains(&v) {
@@ -217,14 +186,14 @@ pub(super) fn plan(
     }
     let ranked_elsewhere = |what: &str| -> Result<(), FieldError> {
         if sort.is_some() {
-            return Err(FieldError::owned(
-                "sort".into(),
+            return Err(FieldError::new(
+                "sort",
                 format!("sort applies to text or filter searches, not {what}"),
             ));
         }
         if !facet_list.is_empty() {
-            return Err(FieldError::owned(
-                "facets".into(),
+            return Err(FieldError::new(
+                "facets",
                 format!("facets apply to text or filter searches, not {what}"),
             ));
         }
@@ -234,7 +203,7 @@ pub(super) fn plan(
         None => None,
         Some(v) => Some(
             engine::filter::Filter::parse(v, &fields.filters, "filter")
-                .map_err(|e| FieldError::owned(e.path, e.message))?,
+                .map_err(|e| FieldError::new(e.path, e.message))?,
         ),
     };
     if hybrid.is_some() && (text.is_none() || vector.is_none()) {

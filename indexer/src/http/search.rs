@@ -77,9 +77,9 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
     let fields = &s.fields[ix.ordinal];
     let query = match plan(&ix, fields, parts, req.limit, req.offset) {
         Ok(q) => q,
-        Err(e) => return e.into_response(),
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.message),
     };
-    let Some(view) = s.view.load() else {
+    let Some((view, applied_lsn)) = s.view() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
     };
     if let Some(r) = req
@@ -204,7 +204,7 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
             }
         };
         Ok(ShardSearchResponse {
-            applied_lsn: view.applied,
+            applied_lsn,
             lag_ms,
             lag_bytes,
             hits,

@@ -1,6 +1,8 @@
 //! `POST|GET /v1/indexes/{index}/search`: validation, read-your-writes waits, fan-out to the
 //! shards owning the regions asked for, one global merge (hybrid fused here when several shards
 //! answer), freshness, and opaque cursors for the next page.
+//!
+//! Long (~600 lines with tests): the GET form's parameter parsing lives beside the search it feeds.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -7,8 +7,8 @@
 //!
 //! ROWS (default: the 30k dev rows) scales the set up: copy c of dev row r gets id
 //! `r.id + c * 10^9`, its latitude and longitude shifted by up to ±0.5° (clamped), and its
-//! embedding perturbed by deterministic noise of amplitude 0.05 per component, then
-//! renormalised; text and region are kept. Seeded, so every run builds the same set.
+//! embedding made by `dev_data::Scaling` (`BENCH_SCALING=mix`, the default, or `perturb`);
+//! text and region are kept. Seeded, so every run builds the same set.
 //!
 //! Figures come from this run only.
 
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
+use e2e::dev_data::{Scaled, Scaling};
 use engine::document::{MapLimits, RawRow};
 use engine::schema::Metric;
 use engine::schema::{GeoSpec, ResolvedIndex, TextSpec, VectorSpec};
@@ -84,38 +85,25 @@ fn base_rows() -> Result<Vec<RawRow>> {
     Ok(base)
 }
 
-/// The dev rows, then scaled copies until `target` rows, made a chunk at a time (a 1M-row
-/// run never holds all rows in memory). Copy c of row r: id + c·10⁹; latitude and longitude
-/// each moved by a uniform ±0.5°; name and body unchanged; the embedding, by default
-/// (`BENCH_SCALING=mix`), 0.75 of row r's plus 0.25 of a random other row's plus uniform
-/// ±0.02 noise per dimension, renormalised — new directions between real ones, not clusters
-/// of near-copies; with `BENCH_SCALING=perturb`, row r's plus uniform ±0.05 noise,
-/// renormalised (33 tight copies per real row at 1M). Seeded xorshift: every run makes the
-/// same rows.
+/// The dev rows, then scaled copies until `target` rows (`dev_data::Scaled`, by
+/// `BENCH_SCALING`), made a chunk at a time (a 1M-row run never holds all rows in memory).
 struct Rows {
+    /// The real rows (queries are made from their points).
     base: Vec<RawRow>,
-    vectors: Vec<Vec<f32>>,
-    mix: bool,
+    scaled: Scaled,
+    parser: indexer::copy::CopyTextParser,
     target: usize,
-    made: usize,
-    rng: u64,
 }
 
 impl Rows {
     fn new(target: usize) -> Result<Rows> {
         let base = base_rows()?;
-        let vectors = base
-            .iter()
-            .map(|r| engine::document::parse_vector(r[8].as_deref().unwrap(), 384))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(anyhow::Error::msg)?;
+        let target = target.max(base.len());
         Ok(Rows {
-            target: target.max(base.len()),
             base,
-            vectors,
-            mix: std::env::var("BENCH_SCALING").as_deref() != Ok("perturb"),
-            made: 0,
-            rng: 0x2545_F491_4F6C_DD1D,
+            scaled: Scaled::with(target, Scaling::from_env())?,
+            parser: indexer::copy::CopyTextParser::new(9),
+            target,
         })
     }
 
@@ -123,50 +111,12 @@ impl Rows {
         self.target
     }
 
-    fn next(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64 // [0, 1)
-    }
-
     fn chunk(&mut self, n: usize) -> Result<Vec<RawRow>> {
         let mut out = Vec::with_capacity(n);
-        while out.len() < n && self.made < self.target {
-            let (copy, i) = (self.made / self.base.len(), self.made % self.base.len());
-            let mut r = self.base[i].clone();
-            if copy > 0 {
-                let id: u64 = r[0].as_deref().unwrap().parse()?;
-                r[0] = Some((id + copy as u64 * 1_000_000_000).to_string());
-                let lat: f64 = r[6].as_deref().unwrap().parse()?;
-                let lon: f64 = r[7].as_deref().unwrap().parse()?;
-                r[6] = Some((lat + self.next() - 0.5).clamp(-90.0, 90.0).to_string());
-                r[7] = Some((lon + self.next() - 0.5).clamp(-180.0, 180.0).to_string());
-                let mut v: Vec<f32> = if self.mix {
-                    let other = (self.next() * self.base.len() as f64) as usize;
-                    let (a, b) = (self.vectors[i].clone(), self.vectors[other].clone());
-                    a.iter()
-                        .zip(&b)
-                        .map(|(x, y)| 0.75 * x + 0.25 * y + ((self.next() - 0.5) * 0.04) as f32)
-                        .collect()
-                } else {
-                    let a = self.vectors[i].clone();
-                    a.iter()
-                        .map(|x| x + ((self.next() - 0.5) * 0.1) as f32)
-                        .collect()
-                };
-                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                v.iter_mut().for_each(|x| *x /= n);
-                r[8] = Some(format!(
-                    "{{{}}}",
-                    v.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ));
-            }
-            out.push(r);
-            self.made += 1;
+        for line in self.scaled.chunk(n)? {
+            self.parser
+                .feed(line.as_bytes(), &mut out)
+                .map_err(anyhow::Error::msg)?;
         }
         Ok(out)
     }
@@ -296,7 +246,7 @@ fn main() -> Result<()> {
     let build = t.elapsed().as_secs_f64();
     let (graphed, graph_secs, dump_secs) = build_graphs(&mut shard)?;
     let mut out = vec![
-        format!("documents: {n} (dev set: 30k GeoNames cities, 384-d MiniLM embeddings, text name+body, geo; above 30k scaled by {}, as described in the source)", if rows.mix { "mixing embeddings (BENCH_SCALING=mix)" } else { "perturbing copies (BENCH_SCALING=perturb)" }),
+        format!("documents: {n} (dev set: 30k GeoNames cities, 384-d MiniLM embeddings, text name+body, geo; above 30k scaled by {}, as described in the source)", if rows.scaled.scaling() == Scaling::Mix { "mixing embeddings (BENCH_SCALING=mix)" } else { "perturbing copies (BENCH_SCALING=perturb)" }),
         format!("index build (map, tantivy, commit, R-tree, vector store): {build:.2} s = {:.0} docs/s", n as f64 / build),
         format!("HNSW build (M=16, ef_construction=100, one thread, as the indexer builds it): {graphed} vectors in {graph_secs:.2} s = {:.0} vectors/s; dumping the graphs {dump_secs:.2} s", graphed as f64 / graph_secs),
     ];
@@ -304,10 +254,7 @@ fn main() -> Result<()> {
         eprintln!("- {line}");
     }
     let v = view.load().unwrap();
-    let scope = Scope {
-        index: 0,
-        regions: vec![],
-    };
+    let scope = Scope::all(0);
 
     // Geo: radius 10 km and 100 km around 500 rows; nearest 10.
     for radius_m in [10_000.0, 100_000.0] {
@@ -366,20 +313,7 @@ fn main() -> Result<()> {
             &fields.text,
         )?;
         let t = Instant::now();
-        search::text(
-            &v,
-            &scope,
-            &search::TextSearch {
-                query,
-                limit: 10,
-                offset: 0,
-                filter: None,
-                fields_filter: None,
-                highlight: true,
-                sort: None,
-                facets: vec![],
-            },
-        )?;
+        search::text(&v, &scope, &search::TextSearch::top(query, 10))?;
         by_kind
             .entry(q["kind"].as_str().unwrap_or("?").to_owned())
             .or_default()
@@ -407,14 +341,8 @@ fn main() -> Result<()> {
                 &v,
                 &scope,
                 &search::TextSearch {
-                    query: query.clone(),
-                    limit: 10,
-                    offset: 0,
-                    filter: None,
                     fields_filter: Some(big.clone()),
-                    highlight: true,
-                    sort: None,
-                    facets: vec![],
+                    ..search::TextSearch::top(query.clone(), 10)
                 },
             )?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);

@@ -1,0 +1,102 @@
+//! Hybrid search: the text and vector branches fused by reciprocal rank fusion.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::shard::ShardView;
+
+/// Reciprocal rank fusion of a text and a vector ranking.
+#[derive(Clone, Copy, Debug)]
+pub struct Fusion {
+    /// The RRF constant: a hit at rank r (from 1) of a branch adds `weight / (k + r)`.
+    pub k: f64,
+    pub text_weight: f64,
+    pub vector_weight: f64,
+    /// How deep each branch is read (at least the page asked for).
+    pub window: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct HybridHit {
+    pub key: String,
+    pub region: String,
+    pub score: f64,
+    /// Rank (from 1) in each branch, when the hit is in its window: for debugging.
+    pub text_rank: Option<usize>,
+    pub vector_rank: Option<usize>,
+    pub text_score: Option<f32>,
+    pub vector_score: Option<f64>,
+    /// From the text branch (absent for vector-only hits).
+    pub highlights: Vec<(String, String)>,
+}
+
+/// The fused hit of `key`, created empty on first sight.
+fn hit_of<'a>(
+    fused: &'a mut HashMap<String, HybridHit>,
+    key: &str,
+    region: &str,
+) -> &'a mut HybridHit {
+    fused.entry(key.to_owned()).or_insert_with(|| HybridHit {
+        key: key.to_owned(),
+        region: region.to_owned(),
+        score: 0.0,
+        text_rank: None,
+        vector_rank: None,
+        text_score: None,
+        vector_score: None,
+        highlights: Vec::new(),
+    })
+}
+
+/// Text and vector branches over the same scope (both honour the text search's geo filter),
+/// fused by RRF; ties by key.
+pub fn hybrid(
+    view: &ShardView,
+    scope: &Scope,
+    text_search: &TextSearch,
+    vector_query: &VectorQuery,
+    fusion: &Fusion,
+    offset: usize,
+    limit: usize,
+) -> tantivy::Result<Vec<HybridHit>> {
+    let window = fusion.window.max(offset + limit);
+    let text_branch = text(
+        view,
+        scope,
+        &TextSearch {
+            query: text_search.query.clone(),
+            limit: window,
+            offset: 0,
+            filter: text_search.filter.clone(),
+            fields_filter: text_search.fields_filter.clone(),
+            highlight: text_search.highlight,
+            sort: None,
+            facets: Vec::new(),
+        },
+    )?;
+    let vector_branch = vector(
+        view,
+        scope,
+        &VectorQuery {
+            k: window,
+            ..vector_query.clone()
+        },
+    )?;
+    let mut fused: HashMap<String, HybridHit> = HashMap::new();
+    for (rank, h) in text_branch.hits.into_iter().enumerate() {
+        let e = hit_of(&mut fused, &h.key, &h.region);
+        e.score += fusion.text_weight / (fusion.k + rank as f64 + 1.0);
+        e.text_rank = Some(rank + 1);
+        e.text_score = h.score;
+        e.highlights = h.highlights;
+    }
+    for (rank, h) in vector_branch.into_iter().enumerate() {
+        let e = hit_of(&mut fused, &h.key, &h.region);
+        e.score += fusion.vector_weight / (fusion.k + rank as f64 + 1.0);
+        e.vector_rank = Some(rank + 1);
+        e.vector_score = Some(h.score);
+    }
+    let mut hits: Vec<HybridHit> = fused.into_values().collect();
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.key.cmp(&b.key)));
+    Ok(hits.into_iter().skip(offset).take(limit).collect())
+}

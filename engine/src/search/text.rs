@@ -1,0 +1,375 @@
+//! Full-text search: tantivy over committed segments, our exact BM25 over fresh documents,
+//! one set of statistics; sort by a filter field, facets.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::document::RawRow;
+use crate::fields::{self, add_counts, FacetCollector, FacetCounts, Key, SortCollector};
+use crate::filter::Filter;
+use crate::geo::haversine_m;
+use crate::shard::ShardView;
+use crate::text::{Statistics, TextQuery};
+
+/// A full-text query over a scope, optionally among documents within a radius or box.
+pub struct TextSearch {
+    pub query: TextQuery,
+    /// Hits wanted (after `offset`).
+    pub limit: usize,
+    pub offset: usize,
+    /// Only documents passing this geo filter (`Nearest` is not a filter); hits then carry
+    /// their distance from its centre.
+    pub filter: Option<GeoQuery>,
+    /// Only documents passing this structured filter.
+    pub fields_filter: Option<Filter>,
+    /// Highlighted snippets (HTML, matches in `<b>`) per text field.
+    pub highlight: bool,
+    /// Order by a filter field instead of by score.
+    pub sort: Option<SortBy>,
+    /// Value counts over the whole matching set: (filter field position, how many values).
+    pub facets: Vec<(usize, usize)>,
+}
+
+impl TextSearch {
+    /// The first `limit` hits of `query` by score, highlighted; no filter, sort or facets.
+    pub fn top(query: TextQuery, limit: usize) -> TextSearch {
+        TextSearch {
+            query,
+            limit,
+            offset: 0,
+            filter: None,
+            fields_filter: None,
+            highlight: true,
+            sort: None,
+            facets: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SortBy {
+    /// Position in `Fields::filters`.
+    pub field: usize,
+    pub descending: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TextHit {
+    pub key: String,
+    pub region: String,
+    /// BM25 with per-field boosts; comparable across the partitions of one answer. None
+    /// when sorted by a field (segments are then not scored).
+    pub score: Option<f32>,
+    /// The sort field's value, when sorted by one.
+    pub sort_value: Option<Key>,
+    /// The configured columns' values (the document store).
+    pub row: RawRow,
+    /// (text field name, snippet HTML) for fields with a match, when asked.
+    pub highlights: Vec<(String, String)>,
+    pub distance_m: Option<f64>,
+}
+
+/// The answer to a text search: the page of hits and how many documents matched in all.
+pub struct TextAnswer {
+    pub hits: Vec<TextHit>,
+    pub total: u64,
+    /// Per requested facet: (value, count), most frequent first.
+    pub facets: Vec<Vec<(Key, u64)>>,
+}
+
+enum Source {
+    Committed(tantivy::DocAddress),
+    Fresh(std::sync::Arc<crate::document::Document>),
+}
+
+struct Candidate<'a> {
+    score: Option<f32>,
+    sort_key: Option<Key>,
+    key: Option<String>,
+    partition: &'a crate::shard::PartitionView,
+    region: &'a str,
+    source: Source,
+}
+
+/// BM25-ranked hits over every partition in scope, with one set of statistics (committed
+/// plus fresh) so scores compare across partitions and do not change when a document's
+/// commit moves it from the fresh layer to the segments. Ties by key.
+pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Result<TextAnswer> {
+    use tantivy::collector::Count;
+    use tantivy::query::{BooleanQuery, Occur, Query, TermSetQuery};
+
+    let parts: Vec<(&str, &crate::shard::PartitionView)> = view
+        .partitions
+        .iter()
+        .filter(|((index, region), _)| scope.covers(*index, region))
+        .map(|((_, region), p)| (region.as_str(), p))
+        .collect();
+    let allowed: Vec<Option<std::collections::HashSet<String>>> = parts
+        .iter()
+        .map(|(_, p)| search.filter.as_ref().map(|f| geo_allowed(p, f)))
+        .collect();
+    let fields_filter = match (parts.first(), &search.fields_filter) {
+        (Some((_, p)), Some(f)) => Some(f.to_tantivy(&p.fields.filters)),
+        _ => None,
+    };
+
+    // Statistics: committed segments of every partition, plus the fresh documents.
+    // (term, text field position, token) of every BM25 term of the query.
+    let terms: Vec<(tantivy::Term, usize, String)> = match parts.first() {
+        None => Vec::new(),
+        Some((_, p)) => search
+            .query
+            .terms()
+            .into_iter()
+            .filter_map(|term| {
+                let field = p.fields.text.iter().position(|t| t.field == term.field())?;
+                let text = term.value().as_str()?.to_owned();
+                Some((term, field, text))
+            })
+            .collect(),
+    };
+    let mut stats = Statistics {
+        searchers: parts.iter().map(|(_, p)| &p.searcher).collect(),
+        fresh_docs: 0,
+        fresh_tokens: HashMap::new(),
+        fresh_doc_freq: HashMap::new(),
+    };
+    for (_, p) in &parts {
+        for e in p.fresh.docs.values() {
+            let Some(tokens) = e.tokens(&p.fields) else {
+                continue;
+            };
+            stats.fresh_docs += 1;
+            for (t, toks) in p.fields.text.iter().zip(tokens) {
+                *stats.fresh_tokens.entry(t.field).or_default() += toks.len() as u64;
+            }
+            for (term, field, text) in &terms {
+                if tokens[*field].iter().any(|t| t == text) {
+                    *stats.fresh_doc_freq.entry(term.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    let mut query = search.query.clone();
+    query.prepare(&stats)?;
+    let tq = query.to_tantivy();
+    let want = search.offset + search.limit;
+
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut total = 0u64;
+    let mut facet_counts: FacetCounts = vec![HashMap::new(); search.facets.len()];
+    let facet_fields = |p: &crate::shard::PartitionView| -> Vec<crate::filter::FilterField> {
+        search
+            .facets
+            .iter()
+            .map(|&(f, _)| p.fields.filters[f].clone())
+            .collect()
+    };
+    for ((region, p), allowed) in parts.iter().zip(&allowed) {
+        if !p.fresh.truncated {
+            let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, tq.box_clone())];
+            if !p.fresh.docs.is_empty() {
+                let shadowed = p
+                    .fresh
+                    .docs
+                    .keys()
+                    .map(|k| tantivy::Term::from_field_text(p.fields.key, k));
+                clauses.push((Occur::MustNot, Box::new(TermSetQuery::new(shadowed))));
+            }
+            if let Some(keys) = allowed {
+                let keys = keys
+                    .iter()
+                    .map(|k| tantivy::Term::from_field_text(p.fields.key, k));
+                clauses.push((Occur::Must, Box::new(TermSetQuery::new(keys))));
+            }
+            if let Some(f) = &fields_filter {
+                clauses.push((Occur::Must, f.box_clone()));
+            }
+            let q = BooleanQuery::new(clauses);
+            let facets = FacetCollector {
+                fields: facet_fields(p),
+            };
+            let (found, count, counts) = match search.sort {
+                None => {
+                    let (top, count, counts) = p.searcher.search_with_statistics_provider(
+                        &q,
+                        &(crate::fields::TopByScore { limit: want }, Count, facets),
+                        &stats,
+                    )?;
+                    let found: Vec<(Option<f32>, Option<Key>, tantivy::DocAddress)> = top
+                        .into_iter()
+                        .map(|(score, addr)| (Some(score), None, addr))
+                        .collect();
+                    (found, count, counts)
+                }
+                Some(sort) => {
+                    let sorter = SortCollector {
+                        field: p.fields.filters[sort.field].clone(),
+                        descending: sort.descending,
+                        limit: want,
+                    };
+                    let (top, count, counts) = p.searcher.search(&q, &(sorter, Count, facets))?;
+                    let found = top
+                        .into_iter()
+                        .map(|(key, addr)| (None, key, addr))
+                        .collect();
+                    (found, count, counts)
+                }
+            };
+            total += count as u64;
+            add_counts(&mut facet_counts, counts);
+            for (score, sort_key, addr) in found {
+                candidates.push(Candidate {
+                    score,
+                    sort_key,
+                    key: Some(committed_key(&p.searcher, addr)?),
+                    partition: p,
+                    region,
+                    source: Source::Committed(addr),
+                });
+            }
+        }
+        for (key, e) in &p.fresh.docs {
+            let (Some(doc), Some(tokens)) = (&e.doc, e.tokens(&p.fields)) else {
+                continue;
+            };
+            if allowed.as_ref().is_some_and(|a| !a.contains(key))
+                || search
+                    .fields_filter
+                    .as_ref()
+                    .is_some_and(|f| !f.matches(&doc.filters))
+            {
+                continue;
+            }
+            if let Some(score) = query.score(tokens) {
+                total += 1;
+                for (counts, &(f, _)) in facet_counts.iter_mut().zip(&search.facets) {
+                    if let Some(v) = &doc.filters[f] {
+                        *counts.entry(Key::of(v)).or_default() += 1;
+                    }
+                }
+                candidates.push(Candidate {
+                    score: Some(score),
+                    sort_key: search
+                        .sort
+                        .and_then(|s| doc.filters[s.field].as_ref().map(Key::of)),
+                    key: Some(key.clone()),
+                    partition: p,
+                    region,
+                    source: Source::Fresh(doc.clone()),
+                });
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&candidates[a], &candidates[b]);
+        let first = match search.sort {
+            Some(s) => fields::compare(&a.sort_key, &b.sort_key, s.descending),
+            None => b.score.unwrap_or(0.0).total_cmp(&a.score.unwrap_or(0.0)),
+        };
+        first.then_with(|| a.key.cmp(&b.key))
+    });
+    let centre = search.filter.as_ref().map(|f| match f {
+        GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
+        GeoQuery::BBox(b) => b.centre(),
+    });
+    // Snippet generators per text field, weighting terms by the shared statistics (tantivy's
+    // own `create` drops terms no committed segment has, so fresh-only words would not be
+    // highlighted).
+    let mut generators: HashMap<usize, tantivy::snippet::SnippetGenerator> = HashMap::new();
+    let mut hits = Vec::new();
+    for &i in order.iter().skip(search.offset).take(search.limit) {
+        let c = &candidates[i];
+        let row = match &c.source {
+            Source::Committed(addr) => {
+                let doc: tantivy::TantivyDocument = c.partition.searcher.doc(*addr)?;
+                crate::partition::decode_source(&doc, &c.partition.fields).unwrap_or_default()
+            }
+            Source::Fresh(d) => d.raw.clone(),
+        };
+        let mut highlights = Vec::new();
+        if search.highlight {
+            for (fi, t) in c.partition.fields.text.iter().enumerate() {
+                let Some(text) = row.get(t.column).and_then(|v| v.as_deref()) else {
+                    continue;
+                };
+                let generator = match generators.entry(fi) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let mut weights = std::collections::BTreeMap::new();
+                        for (term, f, token) in &terms {
+                            if *f == fi {
+                                let df =
+                                    tantivy::query::Bm25StatisticsProvider::doc_freq(&stats, term)?;
+                                weights.insert(token.clone(), 1.0 / (1.0 + df as f32));
+                            }
+                        }
+                        v.insert(tantivy::snippet::SnippetGenerator::new(
+                            weights,
+                            t.analyzer(),
+                            t.field,
+                            160,
+                        ))
+                    }
+                };
+                let snippet = generator.snippet(text);
+                if !snippet.highlighted().is_empty() {
+                    highlights.push((t.name.clone(), snippet.to_html()));
+                }
+            }
+        }
+        let distance_m = match (centre, c.point()) {
+            (Some((lat, lon)), Some((dlat, dlon))) => Some(haversine_m(lat, lon, dlat, dlon)),
+            _ => None,
+        };
+        hits.push(TextHit {
+            key: c.key.clone().unwrap_or_default(),
+            region: c.region.to_owned(),
+            score: c.score,
+            sort_value: c.sort_key.clone(),
+            row,
+            highlights,
+            distance_m,
+        });
+    }
+    let facets = facet_counts
+        .iter()
+        .zip(&search.facets)
+        .map(|(counts, &(_, size))| fields::top_values(counts, size))
+        .collect();
+    Ok(TextAnswer {
+        hits,
+        total,
+        facets,
+    })
+}
+
+/// The key of a committed document, from the `_key` fast field.
+fn committed_key(
+    searcher: &tantivy::Searcher,
+    addr: tantivy::DocAddress,
+) -> tantivy::Result<String> {
+    let segment = searcher.segment_reader(addr.segment_ord);
+    let mut key = String::new();
+    if let Some(keys) = segment.fast_fields().str("_key")? {
+        if let Some(ord) = keys.term_ords(addr.doc_id).next() {
+            keys.ord_to_str(ord, &mut key)?;
+        }
+    }
+    Ok(key)
+}
+
+impl Candidate<'_> {
+    /// The document's point, for distances: from the fresh document, or from the committed
+    /// R-tree (which holds every committed document the fresh layer does not shadow).
+    fn point(&self) -> Option<(f64, f64)> {
+        match &self.source {
+            Source::Fresh(d) => d.geo,
+            Source::Committed(_) => {
+                let key = self.key.as_deref()?;
+                self.partition.geo.as_ref()?.get(key)
+            }
+        }
+    }
+}
