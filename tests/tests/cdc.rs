@@ -12,8 +12,11 @@ async fn snapshot_with_concurrent_writes_equals_table() -> Result<()> {
     let f = Fixture::new().await?;
     f.insert_range(1, 20_000).await?;
     let config = f.config("", "")?;
-    let writer = Writer::start(f.pg, &f.db, 1, 25_000, 7).await?;
+    // The writer starts as soon as the indexer's endpoint is up, before its slot exists: its
+    // changes land before, during and after the snapshot, while the copy still finds most rows
+    // (started earlier, a slow start-up on a loaded machine let it delete too many first).
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    let writer = Writer::start(f.pg, &f.db, 1, 25_000, 7).await?;
     let status = ix.wait_ready().await?;
     let txs = writer.stop().await?;
     assert!(txs > 0, "the writer ran during the snapshot");
