@@ -101,11 +101,17 @@ fn keys(v: &Value) -> Vec<String> {
 }
 
 /// RRF of two ranked key lists, as the API documents it: Σ weight / (k + rank), ties by key.
-fn rrf(text: &[String], vector: &[String], k: f64, limit: usize) -> Vec<(String, f64)> {
+fn rrf(
+    text: &[String],
+    vector: &[String],
+    k: f64,
+    weights: (f64, f64),
+    limit: usize,
+) -> Vec<(String, f64)> {
     let mut scores: std::collections::BTreeMap<String, f64> = Default::default();
-    for list in [text, vector] {
+    for (list, weight) in [(text, weights.0), (vector, weights.1)] {
         for (i, key) in list.iter().enumerate() {
-            *scores.entry(key.clone()).or_default() += 1.0 / (k + i as f64 + 1.0);
+            *scores.entry(key.clone()).or_default() += weight / (k + i as f64 + 1.0);
         }
     }
     let mut out: Vec<(String, f64)> = scores.into_iter().collect();
@@ -114,8 +120,18 @@ fn rrf(text: &[String], vector: &[String], k: f64, limit: usize) -> Vec<(String,
     out
 }
 
-/// The hybrid answer equals the RRF of the same API's text-only and vector-only answers.
+/// The hybrid answer equals the RRF of the same API's text-only and vector-only answers, with
+/// equal and with unequal weights; every hit's ranks and branch scores point back into them.
 async fn assert_hybrid_is_rrf(api: &Api, regions: &[&str]) -> Result<()> {
+    assert_hybrid_is_weighted_rrf(api, regions, (1.0, 1.0)).await?;
+    assert_hybrid_is_weighted_rrf(api, regions, (2.0, 0.5)).await
+}
+
+async fn assert_hybrid_is_weighted_rrf(
+    api: &Api,
+    regions: &[&str],
+    (wt, wv): (f64, f64),
+) -> Result<()> {
     let window = 40;
     let q = json!({"q": "place", "operator": "or"});
     let vector = json!({"values": [1.0, 3.0, 0.5, -1.0], "k": window, "exact": true});
@@ -129,10 +145,10 @@ async fn assert_hybrid_is_rrf(api: &Api, regions: &[&str]) -> Result<()> {
     let fused = api
         .ok(
             json!({"text": q, "vector": vector, "regions": regions, "limit": 10,
-                   "hybrid": {"k": 60.0, "window": window}}),
+                   "hybrid": {"k": 60.0, "window": window, "weights": {"text": wt, "vector": wv}}}),
         )
         .await?;
-    let want = rrf(&keys(&text_only), &keys(&vector_only), 60.0, 10);
+    let want = rrf(&keys(&text_only), &keys(&vector_only), 60.0, (wt, wv), 10);
     let got: Vec<(String, f64)> = hits(&fused)
         .iter()
         .map(|h| {
@@ -158,13 +174,33 @@ async fn assert_hybrid_is_rrf(api: &Api, regions: &[&str]) -> Result<()> {
             keys(&vector_only)
         );
     }
-    // Each hit says where it ranked in each branch.
-    let h = &hits(&fused)[0];
-    let tr = h["ranks"]["text"].as_u64();
-    let vr = h["ranks"]["vector"].as_u64();
-    ensure!(tr.is_some() || vr.is_some(), "{h}");
-    if let Some(r) = tr {
-        ensure!(keys(&text_only)[r as usize - 1] == h["key"], "{h}");
+    // Each hit says where it ranked in each branch, with that branch's score: the branch
+    // answers' own, or absent when the hit is not in that branch's window.
+    for h in hits(&fused) {
+        let mut found = false;
+        for (branch, answer) in [("text", &text_only), ("vector", &vector_only)] {
+            let listed = hits(answer).iter().position(|b| b["key"] == h["key"]);
+            let rank = h["ranks"][branch].as_u64();
+            ensure!(
+                rank == listed.map(|i| i as u64 + 1),
+                "{regions:?} {branch}: rank {rank:?}, listed at {listed:?}: {h}"
+            );
+            if let Some(i) = listed {
+                found = true;
+                let (got, want) = (
+                    h["branch_scores"][branch].as_f64(),
+                    hits(answer)[i]["score"].as_f64(),
+                );
+                ensure!(
+                    got.zip(want)
+                        .is_some_and(|(g, w)| (g - w).abs() <= 1e-6 * w.abs().max(1.0)),
+                    "{regions:?} {branch}: branch score {got:?} != {want:?}: {h}"
+                );
+            } else {
+                ensure!(h["branch_scores"][branch].is_null(), "{h}");
+            }
+        }
+        ensure!(found, "a fused hit from neither branch: {h}");
     }
     Ok(())
 }
