@@ -11,6 +11,9 @@
 //! namespaces, columns, types, origins, message prefixes) are copied into `String`s.
 //! The streaming and two-phase messages of protocol versions 2 and 3 are not
 //! supported and decode as [`DecodeError::UnknownTag`].
+//!
+//! Long (~610 lines) on purpose: one message format, decoded and encoded side by side so each
+//! message's two directions can be read (and changed) together; tests in `pgoutput/tests.rs`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 

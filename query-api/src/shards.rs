@@ -110,21 +110,16 @@ impl AppState {
                 .send()
                 .await
                 .map_err(|e| CallError::Failed(e.to_string()))?;
-            let status =
-                StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let status = resp.status();
             let bytes = resp
                 .bytes()
                 .await
                 .map_err(|e| CallError::Failed(e.to_string()))?;
-            let bad =
-                |e: serde_json::Error| CallError::Failed(format!("{status}: bad answer: {e}"));
             if status.is_success() || also.contains(&status) {
-                serde_json::from_slice(&bytes).map_err(bad)
-            } else if status.is_client_error() {
-                let error = serde_json::from_slice(&bytes).map_err(bad)?;
-                Err(CallError::Rejected { status, error })
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| CallError::Failed(format!("{status}: bad answer: {e}")))
             } else {
-                Err(CallError::Failed(format!("status {status}")))
+                Err(refused(status, &bytes))
             }
         };
         tokio::time::timeout(deadline, exchange)
@@ -195,22 +190,38 @@ impl AppState {
         since: Option<&str>,
     ) -> Result<reqwest::Response, CallError> {
         let url = format!("{}{}", self.shard_url(shard), path::changes(index, since));
-        let resp = tokio::time::timeout(self.shard_timeout(), self.inner.http.get(url).send())
-            .await
-            .map_err(|_| CallError::Failed("timed out".into()))?
-            .map_err(|e| CallError::Failed(e.to_string()))?;
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        if status.is_success() {
-            return Ok(resp);
-        }
-        if status.is_client_error() {
-            let error = tokio::time::timeout(self.shard_timeout(), resp.json::<ShardError>())
+        let open = async {
+            let resp = self
+                .inner
+                .http
+                .get(url)
+                .send()
                 .await
-                .map_err(|_| CallError::Failed("timed out".into()))?
-                .map_err(|e| CallError::Failed(format!("{status}: bad answer: {e}")))?;
-            return Err(CallError::Rejected { status, error });
-        }
-        Err(CallError::Failed(format!("status {status}")))
+                .map_err(|e| CallError::Failed(e.to_string()))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| CallError::Failed(e.to_string()))?;
+            Err(refused(status, &bytes))
+        };
+        tokio::time::timeout(self.shard_timeout(), open)
+            .await
+            .unwrap_or_else(|_| Err(CallError::Failed("timed out".into())))
+    }
+}
+
+/// A shard's answer other than success: a 4xx carries its error naming the field; anything
+/// else is a failure of the shard.
+fn refused(status: StatusCode, bytes: &[u8]) -> CallError {
+    if !status.is_client_error() {
+        return CallError::Failed(format!("status {status}"));
+    }
+    match serde_json::from_slice::<ShardError>(bytes) {
+        Ok(error) => CallError::Rejected { status, error },
+        Err(e) => CallError::Failed(format!("{status}: bad answer: {e}")),
     }
 }
