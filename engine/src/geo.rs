@@ -203,7 +203,13 @@ impl GeoIndex {
     }
 
     /// Every point within `radius_m` of (lat, lon), with its distance, in no order.
-    pub fn within(&self, lat: f64, lon: f64, radius_m: f64, mut visit: impl FnMut(&str, f64)) {
+    pub fn within<'a>(
+        &'a self,
+        lat: f64,
+        lon: f64,
+        radius_m: f64,
+        mut visit: impl FnMut(&'a str, f64),
+    ) {
         for e in self
             .tree
             .locate_within_distance(to_xyz(lat, lon), chord2_for(radius_m))
@@ -216,7 +222,7 @@ impl GeoIndex {
     }
 
     /// Every point inside the box, with its distance from (lat, lon), in no order.
-    pub fn in_bbox(&self, b: &BBox, from: (f64, f64), mut visit: impl FnMut(&str, f64)) {
+    pub fn in_bbox<'a>(&'a self, b: &BBox, from: (f64, f64), mut visit: impl FnMut(&'a str, f64)) {
         for e in self.tree.locate_in_envelope(b.envelope()) {
             if b.contains(e.lat, e.lon) {
                 visit(&e.key, haversine_m(from.0, from.1, e.lat, e.lon));

@@ -17,6 +17,7 @@ pub mod filter;
 pub mod geo;
 pub mod graph;
 pub mod partition;
+pub mod rows;
 pub mod schema;
 pub mod search;
 pub mod shard;

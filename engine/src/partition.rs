@@ -43,6 +43,13 @@ pub struct Fields {
     pub key: Field,
     /// The configured column values as a JSON array (the document store).
     pub source: Field,
+    /// The same without the vector column, columnar (`rows.rs`: what hits read).
+    pub row: Field,
+    /// Position of the vector column in a row, if the index has one.
+    pub vector_column: Option<usize>,
+    /// Whether `row` holds every column an answer returns (false when the vector column is
+    /// a stored field: hits then read `_source`).
+    pub rows_carry_stored: bool,
     /// One per `ResolvedIndex::text` entry.
     pub text: Vec<TextField>,
     pub lat: Option<Field>,
@@ -58,6 +65,7 @@ impl Fields {
         let mut b = Schema::builder();
         let key = b.add_text_field("_key", STRING | STORED | FAST);
         let source = b.add_bytes_field("_source", STORED);
+        let row = b.add_bytes_field(crate::rows::ROW_FIELD, FAST);
         let text = ix
             .text
             .iter()
@@ -111,6 +119,9 @@ impl Fields {
             Fields {
                 key,
                 source,
+                row,
+                vector_column: ix.vector.map(|v| v.column),
+                rows_carry_stored: ix.vector.is_none_or(|v| !ix.stored.contains(&v.column)),
                 text,
                 lat,
                 lon,
@@ -697,6 +708,10 @@ impl Partition {
         doc.add_bytes(
             self.fields.source,
             &serde_json::to_vec(&d.raw).expect("row serializes"),
+        );
+        doc.add_bytes(
+            self.fields.row,
+            &crate::rows::row_bytes(&self.fields, &d.raw),
         );
         for (t, &ok) in self.fields.text.iter().zip(&d.text_ok) {
             if let (true, Some(text)) = (ok, &d.raw[t.column]) {

@@ -40,11 +40,24 @@ pub fn score(metric: Metric, q: &[f32], q_inv_norm: f64, v: &[f32], v_inv_norm: 
     }
 }
 
+/// In f64, over eight independent sums (one chain of dependent additions would leave the
+/// multipliers idle and the loop unvectorised): deterministic for given inputs.
 fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum()
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += f64::from(x[i]) * f64::from(y[i]);
+        }
+    }
+    let mut tail = 0f64;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += f64::from(*x) * f64::from(*y);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 pub fn inv_norm(v: &[f32]) -> f64 {
@@ -211,6 +224,28 @@ impl VectorStore {
         if c.gens[i] != id as u32 {
             return None;
         }
+        let key = c.keys[i].as_ref()?;
+        Some((
+            key,
+            &c.data[i * self.dim..(i + 1) * self.dim],
+            c.inv_norm[i],
+        ))
+    }
+
+    /// Slots in use or free: every slot number is below this.
+    pub fn slot_count(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    /// The slot of `key`'s current vector.
+    pub fn slot_of(&self, key: &str) -> Option<u32> {
+        self.slots.get(key).copied()
+    }
+
+    /// The live vector in a slot: key, vector and 1/|v|.
+    pub fn by_slot(&self, slot: u32) -> Option<(&Arc<str>, &[f32], f64)> {
+        let c = self.chunks.get(slot as usize / CHUNK)?;
+        let i = slot as usize % CHUNK;
         let key = c.keys[i].as_ref()?;
         Some((
             key,

@@ -211,6 +211,52 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
             assert_eq!(got.total as usize, want.len(), "{round} {word}: total");
             answers.push(got.ids);
         }
+        // Top-k without counting (block-max WAND may skip): the same pages as counting, with
+        // a lower bound of the total marked "gte"; `track_total_hits` counts exactly.
+        let city = oracle(&client, "city").await?;
+        assert!(city.len() > 100, "{}", city.len());
+        for offset in [0, 10, 90] {
+            let page = |track: bool| {
+                json!({"index": "places", "text": {"q": "city"}, "limit": 10, "offset": offset,
+                       "track_total_hits": track})
+            };
+            let (quick, counted) = (
+                ix.search_ok(&page(false)).await?,
+                ix.search_ok(&page(true)).await?,
+            );
+            let keys = |v: &Value| -> Vec<Value> {
+                v["hits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| json!([h["key"], h["score"]]))
+                    .collect()
+            };
+            assert_eq!(keys(&quick), keys(&counted), "{round} offset {offset}");
+            assert_eq!(keys(&quick).len(), 10, "{round} offset {offset}");
+            assert_eq!(counted["total"], json!(city.len()), "{round}");
+            assert_eq!(counted["total_relation"], "eq", "{round}");
+            let bound = quick["total"].as_u64().unwrap();
+            if quick["total_relation"] == "eq" {
+                // Exact when no segment's top filled (nothing could be skipped).
+                assert_eq!(bound, city.len() as u64, "{round}: {quick}");
+            } else {
+                assert_eq!(quick["total_relation"], "gte", "{round}: {quick}");
+                assert!(
+                    (offset as u64 + 10..=city.len() as u64).contains(&bound),
+                    "{round}: lower bound {bound} of {}",
+                    city.len()
+                );
+            }
+            if offset == 0 {
+                assert_eq!(
+                    quick["total_relation"],
+                    "gte",
+                    "{round}: the top 10 of {}",
+                    city.len()
+                );
+            }
+        }
         // Structured filters, alone, with text and with geo, equal SQL.
         let sql_ids = |sql: String| {
             let client = &client;

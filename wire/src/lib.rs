@@ -59,6 +59,12 @@ pub struct SearchRequest {
     /// Value counts of filter fields over the whole matching set (text and filter searches).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub facets: Vec<FacetRequest>,
+    /// Count every match, so `total` is exact. Without it, text searches stop counting where
+    /// ranking no longer needs to look (block-max WAND skips whole blocks of weak matches) and
+    /// `total` is then a lower bound, marked `total_relation: "gte"` (like Elasticsearch's
+    /// `track_total_hits`). Facets and sorting by a field count every match anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track_total_hits: bool,
     #[serde(default = "default_limit")]
     #[schema(minimum = 1, maximum = 10000, default = 10)]
     pub limit: usize,
@@ -281,13 +287,36 @@ pub enum GeoRequest {
     },
 }
 
+/// Whether a total is exact or a lower bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TotalRelation {
+    Eq,
+    Gte,
+}
+
+impl TotalRelation {
+    /// The relation of a sum of totals: exact only when every part is.
+    pub fn and(self, other: TotalRelation) -> TotalRelation {
+        if self == TotalRelation::Eq && other == TotalRelation::Eq {
+            TotalRelation::Eq
+        } else {
+            TotalRelation::Gte
+        }
+    }
+}
+
 /// A search answer.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 pub struct SearchResponse {
     pub hits: Vec<Hit>,
-    /// How many documents match (text and filter searches).
+    /// How many documents match (text and filter searches): exact, or a lower bound when
+    /// `total_relation` is `"gte"` (see `track_total_hits`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+    /// `"eq"`: `total` is exact; `"gte"`: at least `total` documents match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_relation: Option<TotalRelation>,
     /// Per requested facet field: its most frequent values.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facets: Option<BTreeMap<String, Vec<FacetBucket>>>,

@@ -92,6 +92,8 @@ pub struct ShardSearchResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_relation: Option<crate::TotalRelation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facets: Option<BTreeMap<String, Vec<FacetBucket>>>,
 }
 

@@ -1,7 +1,5 @@
 //! Geo searches: radius, box and nearest over the R-tree plus the fresh layer, exact.
 
-use std::cmp::Ordering;
-
 use super::*;
 use crate::filter::Filter;
 use crate::geo::{haversine_m, BBox};
@@ -23,26 +21,19 @@ pub struct GeoHit {
     pub distance_m: f64,
 }
 
-fn order(a: &GeoHit, b: &GeoHit) -> Ordering {
-    a.distance_m
-        .total_cmp(&b.distance_m)
-        .then_with(|| a.key.cmp(&b.key))
-}
-
 /// Hits sorted by distance (then key), at most `limit`.
 pub fn geo(view: &ShardView, scope: &Scope, query: &GeoQuery, limit: usize) -> Vec<GeoHit> {
     geo_where(view, scope, query, limit, None).expect("no filter, no index reads")
 }
 
 /// `geo`, among documents passing a structured filter.
-pub fn geo_where(
-    view: &ShardView,
+pub fn geo_where<'v>(
+    view: &'v ShardView,
     scope: &Scope,
     query: &GeoQuery,
     limit: usize,
     filter: Option<&Filter>,
 ) -> tantivy::Result<Vec<GeoHit>> {
-    let mut hits = Vec::new();
     let (lat, lon) = match query {
         GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
         GeoQuery::BBox(b) => b.centre(),
@@ -51,42 +42,33 @@ pub fn geo_where(
         GeoQuery::Nearest { k, .. } => (*k).min(limit),
         _ => limit,
     };
+    // (distance, key, region) borrowed from the view: only the page's hits become owned.
+    let mut found: Vec<(f64, &str, &str)> = Vec::new();
     for ((index, region), p) in &view.partitions {
         if !scope.covers(*index, region) {
             continue;
         }
         let allowed = filter.map(|f| filter_allowed(p, f)).transpose()?;
         let passes = |key: &str| allowed.as_ref().is_none_or(|a| a.contains(key));
-        let mut push = |key: &str, distance_m: f64| {
-            if !passes(key) {
-                return;
-            }
-            hits.push(GeoHit {
-                key: key.to_owned(),
-                region: region.clone(),
-                distance_m,
-            })
-        };
+        let unshadowed =
+            |key: &str| (p.fresh.docs.is_empty() && !p.fresh.truncated) || !p.fresh.shadows(key);
         // Committed points, unless the fresh layer shadows them.
         if let Some(g) = &p.geo {
+            let mut take = |k: &'v str, d: f64| {
+                if unshadowed(k) && passes(k) {
+                    found.push((d, k, region));
+                }
+            };
             match query {
-                GeoQuery::Within { radius_m, .. } => g.within(lat, lon, *radius_m, |k, d| {
-                    if !p.fresh.shadows(k) {
-                        push(k, d)
-                    }
-                }),
-                GeoQuery::BBox(b) => g.in_bbox(b, (lat, lon), |k, d| {
-                    if !p.fresh.shadows(k) {
-                        push(k, d)
-                    }
-                }),
+                GeoQuery::Within { radius_m, .. } => g.within(lat, lon, *radius_m, &mut take),
+                GeoQuery::BBox(b) => g.in_bbox(b, (lat, lon), &mut take),
                 GeoQuery::Nearest { .. } => {
                     for (k, d) in g
                         .nearest(lat, lon)
-                        .filter(|(k, _)| !p.fresh.shadows(k) && passes(k))
+                        .filter(|(k, _)| unshadowed(k) && passes(k))
                         .take(want)
                     {
-                        push(k, d);
+                        found.push((d, k, region));
                     }
                 }
             }
@@ -102,12 +84,25 @@ pub fn geo_where(
                 GeoQuery::BBox(b) => b.contains(dlat, dlon),
                 GeoQuery::Nearest { .. } => true,
             };
-            if keep {
-                push(key, d);
+            if keep && passes(key) {
+                found.push((d, key, region));
             }
         }
     }
-    hits.sort_by(order);
-    hits.truncate(want);
-    Ok(hits)
+    let by_distance = |a: &(f64, &str, &str), b: &(f64, &str, &str)| {
+        a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1))
+    };
+    if found.len() > want && want > 0 {
+        found.select_nth_unstable_by(want - 1, by_distance);
+    }
+    found.truncate(want);
+    found.sort_by(by_distance);
+    Ok(found
+        .into_iter()
+        .map(|(distance_m, key, region)| GeoHit {
+            key: key.to_owned(),
+            region: region.to_owned(),
+            distance_m,
+        })
+        .collect())
 }

@@ -26,7 +26,7 @@ pub struct HybridHit {
     pub vector_rank: Option<usize>,
     pub text_score: Option<f32>,
     pub vector_score: Option<f64>,
-    /// From the text branch (absent for vector-only hits).
+    /// From the text branch (absent for vector-only hits), for the page's hits only.
     pub highlights: Vec<(String, String)>,
 }
 
@@ -69,9 +69,13 @@ pub fn hybrid(
             offset: 0,
             filter: text_search.filter.clone(),
             fields_filter: text_search.fields_filter.clone(),
-            highlight: text_search.highlight,
+            // Keys and scores only: rows and snippets for the page's hits alone, below.
+            highlight: false,
             sort: None,
             facets: Vec::new(),
+            count: false,
+            rows: false,
+            only: None,
         },
     )?;
     let vector_branch = vector(
@@ -88,7 +92,6 @@ pub fn hybrid(
         e.score += fusion.text_weight / (fusion.k + rank as f64 + 1.0);
         e.text_rank = Some(rank + 1);
         e.text_score = h.score;
-        e.highlights = h.highlights;
     }
     for (rank, h) in vector_branch.into_iter().enumerate() {
         let e = hit_of(&mut fused, &h.key, &h.region);
@@ -98,5 +101,42 @@ pub fn hybrid(
     }
     let mut hits: Vec<HybridHit> = fused.into_values().collect();
     hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.key.cmp(&b.key)));
-    Ok(hits.into_iter().skip(offset).take(limit).collect())
+    let mut page: Vec<HybridHit> = hits.into_iter().skip(offset).take(limit).collect();
+    if text_search.highlight {
+        let only: std::collections::HashSet<String> = page
+            .iter()
+            .filter(|h| h.text_rank.is_some())
+            .map(|h| h.key.clone())
+            .collect();
+        if !only.is_empty() {
+            let highlighted = text(
+                view,
+                scope,
+                &TextSearch {
+                    query: text_search.query.clone(),
+                    limit: only.len(),
+                    offset: 0,
+                    filter: text_search.filter.clone(),
+                    fields_filter: text_search.fields_filter.clone(),
+                    highlight: true,
+                    sort: None,
+                    facets: Vec::new(),
+                    count: false,
+                    rows: true,
+                    only: Some(only),
+                },
+            )?;
+            let mut by_key: HashMap<String, Vec<(String, String)>> = highlighted
+                .hits
+                .into_iter()
+                .map(|h| (h.key, h.highlights))
+                .collect();
+            for h in &mut page {
+                if let Some(snippets) = by_key.remove(&h.key) {
+                    h.highlights = snippets;
+                }
+            }
+        }
+    }
+    Ok(page)
 }

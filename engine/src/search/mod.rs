@@ -9,13 +9,14 @@
 
 mod geo;
 mod hybrid;
+mod pruned;
 mod text;
 mod vector;
 
 pub use geo::{geo, geo_where, GeoHit, GeoQuery};
 pub use hybrid::{hybrid, Fusion, HybridHit};
 pub use text::{text, SortBy, TextAnswer, TextHit, TextSearch};
-pub use vector::{vector, VectorHit, VectorQuery, EXACT_FILTER_MAX};
+pub use vector::{vector, VectorHit, VectorQuery, DEFAULT_EF, EXACT_FILTER_MAX};
 
 use crate::document::RawRow;
 use crate::filter::Filter;
@@ -50,40 +51,9 @@ pub fn filter_allowed(
     filter: &Filter,
 ) -> tantivy::Result<std::collections::HashSet<String>> {
     let mut allowed = std::collections::HashSet::new();
-    if !p.fresh.truncated {
-        let q = filter.to_tantivy(&p.fields.filters);
-        let docs = p
-            .searcher
-            .search(&*q, &tantivy::collector::DocSetCollector)?;
-        // Keys by segment: term ordinals first, then one sorted pass over each segment's key
-        // dictionary (a lookup per document costs ~20 µs: 0.5 s for 20k documents).
-        let mut ords: std::collections::HashMap<u32, Vec<u64>> = Default::default();
-        for addr in docs {
-            ords.entry(addr.segment_ord)
-                .or_default()
-                .push(addr.doc_id as u64);
-        }
-        for (segment_ord, docs) in ords {
-            let segment = p.searcher.segment_reader(segment_ord);
-            let Some(keys) = segment.fast_fields().str("_key")? else {
-                continue;
-            };
-            let mut term_ords: Vec<u64> = docs
-                .iter()
-                .filter_map(|&d| keys.term_ords(d as tantivy::DocId).next())
-                .collect();
-            term_ords.sort_unstable();
-            term_ords.dedup();
-            keys.dictionary()
-                .sorted_ords_to_term_cb(&term_ords, |bytes| {
-                    if let Ok(key) = std::str::from_utf8(bytes) {
-                        if !p.fresh.docs.contains_key(key) {
-                            allowed.insert(key.to_owned());
-                        }
-                    }
-                })?;
-        }
-    }
+    visit_filtered(p, filter, |key| {
+        allowed.insert(key.to_owned());
+    })?;
     for (key, e) in &p.fresh.docs {
         if e.doc.as_ref().is_some_and(|d| filter.matches(&d.filters)) {
             allowed.insert(key.clone());
@@ -92,19 +62,49 @@ pub fn filter_allowed(
     Ok(allowed)
 }
 
-/// Keys passing both optional filters (None: no restriction).
-pub(crate) fn allowed_keys(
+/// Visits the key of every committed document of a partition that passes a structured filter
+/// and that the fresh layer does not shadow (fresh documents are the caller's to check).
+pub(crate) fn visit_filtered(
     p: &crate::shard::PartitionView,
-    geo: Option<&GeoQuery>,
-    fields: Option<&Filter>,
-) -> tantivy::Result<Option<std::collections::HashSet<String>>> {
-    let g = geo.map(|g| geo_allowed(p, g));
-    let f = fields.map(|f| filter_allowed(p, f)).transpose()?;
-    Ok(match (g, f) {
-        (None, None) => None,
-        (Some(a), None) | (None, Some(a)) => Some(a),
-        (Some(a), Some(b)) => Some(a.intersection(&b).cloned().collect()),
-    })
+    filter: &Filter,
+    mut visit: impl FnMut(&str),
+) -> tantivy::Result<()> {
+    if p.fresh.truncated {
+        return Ok(());
+    }
+    let q = filter.to_tantivy(&p.fields.filters);
+    let docs = p
+        .searcher
+        .search(&*q, &tantivy::collector::DocSetCollector)?;
+    // Keys by segment: term ordinals first, then one sorted pass over each segment's key
+    // dictionary (a lookup per document costs ~20 µs: 0.5 s for 20k documents).
+    let mut ords: std::collections::HashMap<u32, Vec<u64>> = Default::default();
+    for addr in docs {
+        ords.entry(addr.segment_ord)
+            .or_default()
+            .push(addr.doc_id as u64);
+    }
+    for (segment_ord, docs) in ords {
+        let segment = p.searcher.segment_reader(segment_ord);
+        let Some(keys) = segment.fast_fields().str("_key")? else {
+            continue;
+        };
+        let mut term_ords: Vec<u64> = docs
+            .iter()
+            .filter_map(|&d| keys.term_ords(d as tantivy::DocId).next())
+            .collect();
+        term_ords.sort_unstable();
+        term_ords.dedup();
+        keys.dictionary()
+            .sorted_ords_to_term_cb(&term_ords, |bytes| {
+                if let Ok(key) = std::str::from_utf8(bytes) {
+                    if !p.fresh.shadows(key) {
+                        visit(key);
+                    }
+                }
+            })?;
+    }
+    Ok(())
 }
 
 /// Keys of a partition that pass a geo filter: committed (unless shadowed) and fresh.
@@ -113,39 +113,53 @@ pub(crate) fn geo_allowed(
     filter: &GeoQuery,
 ) -> std::collections::HashSet<String> {
     let mut allowed = std::collections::HashSet::new();
-    let (lat, lon) = match filter {
-        GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
-        GeoQuery::BBox(b) => b.centre(),
-    };
-    if let Some(g) = &p.geo {
-        let mut take = |k: &str, _d: f64| {
-            if !p.fresh.shadows(k) {
-                allowed.insert(k.to_owned());
-            }
-        };
-        match filter {
-            GeoQuery::Within { radius_m, .. } => g.within(lat, lon, *radius_m, &mut take),
-            GeoQuery::BBox(b) => g.in_bbox(b, (lat, lon), &mut take),
-            GeoQuery::Nearest { .. } => {}
-        }
-    }
+    visit_geo(p, filter, |k| {
+        allowed.insert(k.to_owned());
+    });
     for (key, e) in &p.fresh.docs {
-        let Some((dlat, dlon)) = e.doc.as_ref().and_then(|d| d.geo) else {
-            continue;
-        };
-        let pass = match filter {
-            GeoQuery::Within { radius_m, .. } => haversine_m(lat, lon, dlat, dlon) <= *radius_m,
-            GeoQuery::BBox(b) => b.contains(dlat, dlon),
-            GeoQuery::Nearest { .. } => false,
-        };
-        if pass {
+        if e.doc.as_ref().is_some_and(|d| geo_passes(filter, d.geo)) {
             allowed.insert(key.clone());
         }
     }
     allowed
 }
 
-/// The row of `key` in a partition as readers see it: the fresh layer, else committed.
+/// Visits the key of every committed document of a partition that passes a geo filter and
+/// that the fresh layer does not shadow (`Nearest` is not a filter: none pass).
+pub(crate) fn visit_geo(
+    p: &crate::shard::PartitionView,
+    filter: &GeoQuery,
+    mut visit: impl FnMut(&str),
+) {
+    let Some(g) = &p.geo else { return };
+    let mut take = |k: &str, _d: f64| {
+        if !p.fresh.shadows(k) {
+            visit(k);
+        }
+    };
+    match filter {
+        GeoQuery::Within {
+            lat, lon, radius_m, ..
+        } => g.within(*lat, *lon, *radius_m, &mut take),
+        GeoQuery::BBox(b) => g.in_bbox(b, b.centre(), &mut take),
+        GeoQuery::Nearest { .. } => {}
+    }
+}
+
+/// Whether a point passes a geo filter (`Nearest` is not a filter: none pass).
+pub(crate) fn geo_passes(filter: &GeoQuery, point: Option<(f64, f64)>) -> bool {
+    let Some((dlat, dlon)) = point else {
+        return false;
+    };
+    match filter {
+        GeoQuery::Within { lat, lon, radius_m } => haversine_m(*lat, *lon, dlat, dlon) <= *radius_m,
+        GeoQuery::BBox(b) => b.contains(dlat, dlon),
+        GeoQuery::Nearest { .. } => false,
+    }
+}
+
+/// The row of `key` in a partition as readers see it: the fresh layer, else committed (without
+/// the vector column unless it is a stored field: see `rows.rs`).
 pub fn row_of(p: &crate::shard::PartitionView, key: &str) -> tantivy::Result<Option<RawRow>> {
     if let Some(e) = p.fresh.docs.get(key) {
         return Ok(e.doc.as_ref().map(|d| d.raw.clone()));
@@ -153,6 +167,6 @@ pub fn row_of(p: &crate::shard::PartitionView, key: &str) -> tantivy::Result<Opt
     if p.fresh.truncated {
         return Ok(None);
     }
-    crate::partition::lookup(&p.searcher, &p.fields, key)
+    crate::rows::row_of_key(&p.searcher, &p.fields, key)
         .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::pruned::PrunedTop;
 use super::*;
 use crate::document::RawRow;
 use crate::fields::{self, add_counts, FacetCollector, FacetCounts, Key, SortCollector};
@@ -28,6 +29,13 @@ pub struct TextSearch {
     pub sort: Option<SortBy>,
     /// Value counts over the whole matching set: (filter field position, how many values).
     pub facets: Vec<(usize, usize)>,
+    /// Count every match (an exact `total`); otherwise ranking may skip weak matches and the
+    /// total is a lower bound. Facets and field sorts count every match anyway.
+    pub count: bool,
+    /// Fetch each hit's row (and highlights); false: keys and scores only.
+    pub rows: bool,
+    /// Only documents with these keys.
+    pub only: Option<std::collections::HashSet<String>>,
 }
 
 impl TextSearch {
@@ -42,6 +50,9 @@ impl TextSearch {
             highlight: true,
             sort: None,
             facets: Vec::new(),
+            count: true,
+            rows: true,
+            only: None,
         }
     }
 }
@@ -62,7 +73,8 @@ pub struct TextHit {
     pub score: Option<f32>,
     /// The sort field's value, when sorted by one.
     pub sort_value: Option<Key>,
-    /// The configured columns' values (the document store).
+    /// The configured columns' values (without the vector column: `rows.rs`); empty when
+    /// the search asked for keys only.
     pub row: RawRow,
     /// (text field name, snippet HTML) for fields with a match, when asked.
     pub highlights: Vec<(String, String)>,
@@ -73,6 +85,8 @@ pub struct TextHit {
 pub struct TextAnswer {
     pub hits: Vec<TextHit>,
     pub total: u64,
+    /// Whether `total` is exact (else a lower bound: see `TextSearch::count`).
+    pub total_exact: bool,
     /// Per requested facet: (value, count), most frequent first.
     pub facets: Vec<Vec<(Key, u64)>>,
 }
@@ -106,7 +120,15 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
         .collect();
     let allowed: Vec<Option<std::collections::HashSet<String>>> = parts
         .iter()
-        .map(|(_, p)| search.filter.as_ref().map(|f| geo_allowed(p, f)))
+        .map(|(_, p)| {
+            let geo = search.filter.as_ref().map(|f| geo_allowed(p, f));
+            match (geo, &search.only) {
+                (None, None) => None,
+                (Some(a), None) => Some(a),
+                (None, Some(only)) => Some(only.clone()),
+                (Some(a), Some(only)) => Some(a.intersection(only).cloned().collect()),
+            }
+        })
         .collect();
     let fields_filter = match (parts.first(), &search.fields_filter) {
         (Some((_, p)), Some(f)) => Some(f.to_tantivy(&p.fields.filters)),
@@ -157,6 +179,7 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
 
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut total = 0u64;
+    let mut total_exact = true;
     let mut facet_counts: FacetCounts = vec![HashMap::new(); search.facets.len()];
     let facet_fields = |p: &crate::shard::PartitionView| -> Vec<crate::filter::FilterField> {
         search
@@ -185,14 +208,33 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
             if let Some(f) = &fields_filter {
                 clauses.push((Occur::Must, f.box_clone()));
             }
-            let q = BooleanQuery::new(clauses);
+            // A lone query keeps its own form, so block-max WAND can drive it.
+            let q: Box<dyn Query> = if clauses.len() == 1 {
+                clauses.pop().expect("one").1
+            } else {
+                Box::new(BooleanQuery::new(clauses))
+            };
             let facets = FacetCollector {
                 fields: facet_fields(p),
             };
             let (found, count, counts) = match search.sort {
+                None if !search.count && search.facets.is_empty() => {
+                    let top = p.searcher.search_with_statistics_provider(
+                        &*q,
+                        &PrunedTop { limit: want },
+                        &stats,
+                    )?;
+                    total_exact &= top.exact;
+                    let found: Vec<(Option<f32>, Option<Key>, tantivy::DocAddress)> = top
+                        .hits
+                        .into_iter()
+                        .map(|(score, addr)| (Some(score), None, addr))
+                        .collect();
+                    (found, top.seen as usize, Vec::new())
+                }
                 None => {
                     let (top, count, counts) = p.searcher.search_with_statistics_provider(
-                        &q,
+                        &*q,
                         &(crate::fields::TopByScore { limit: want }, Count, facets),
                         &stats,
                     )?;
@@ -208,7 +250,7 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
                         descending: sort.descending,
                         limit: want,
                     };
-                    let (top, count, counts) = p.searcher.search(&q, &(sorter, Count, facets))?;
+                    let (top, count, counts) = p.searcher.search(&*q, &(sorter, Count, facets))?;
                     let found = top
                         .into_iter()
                         .map(|(key, addr)| (None, key, addr))
@@ -217,12 +259,17 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
                 }
             };
             total += count as u64;
-            add_counts(&mut facet_counts, counts);
-            for (score, sort_key, addr) in found {
+            if !counts.is_empty() {
+                add_counts(&mut facet_counts, counts);
+            }
+            let addrs: Vec<tantivy::DocAddress> = found.iter().map(|f| f.2).collect();
+            let keys = crate::rows::keys_at(&p.searcher, &addrs)
+                .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
+            for ((score, sort_key, addr), key) in found.into_iter().zip(keys) {
                 candidates.push(Candidate {
                     score,
                     sort_key,
-                    key: Some(committed_key(&p.searcher, addr)?),
+                    key: Some(key),
                     partition: p,
                     region,
                     source: Source::Committed(addr),
@@ -282,14 +329,15 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
     for &i in order.iter().skip(search.offset).take(search.limit) {
         let c = &candidates[i];
         let row = match &c.source {
+            _ if !search.rows => RawRow::default(),
             Source::Committed(addr) => {
-                let doc: tantivy::TantivyDocument = c.partition.searcher.doc(*addr)?;
-                crate::partition::decode_source(&doc, &c.partition.fields).unwrap_or_default()
+                crate::rows::row_at(&c.partition.searcher, &c.partition.fields, *addr)
+                    .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?
             }
             Source::Fresh(d) => d.raw.clone(),
         };
         let mut highlights = Vec::new();
-        if search.highlight {
+        if search.highlight && search.rows {
             for (fi, t) in c.partition.fields.text.iter().enumerate() {
                 let Some(text) = row.get(t.column).and_then(|v| v.as_deref()) else {
                     continue;
@@ -341,23 +389,9 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
     Ok(TextAnswer {
         hits,
         total,
+        total_exact,
         facets,
     })
-}
-
-/// The key of a committed document, from the `_key` fast field.
-fn committed_key(
-    searcher: &tantivy::Searcher,
-    addr: tantivy::DocAddress,
-) -> tantivy::Result<String> {
-    let segment = searcher.segment_reader(addr.segment_ord);
-    let mut key = String::new();
-    if let Some(keys) = segment.fast_fields().str("_key")? {
-        if let Some(ord) = keys.term_ords(addr.doc_id).next() {
-            keys.ord_to_str(ord, &mut key)?;
-        }
-    }
-    Ok(key)
 }
 
 impl Candidate<'_> {

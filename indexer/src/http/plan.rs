@@ -126,6 +126,8 @@ pub(super) struct Parts {
     pub filter: Option<Value>,
     pub sort: Option<wire::SortRequest>,
     pub facets: Vec<wire::FacetRequest>,
+    /// Count every match (`track_total_hits`).
+    pub count: bool,
 }
 
 /// The position of a filter field named in `sort` or `facets`.
@@ -163,6 +165,7 @@ pub(super) fn plan(
         filter,
         sort,
         facets,
+        count,
     } = parts;
     let sort = match sort {
         None => None,
@@ -279,6 +282,9 @@ pub(super) fn plan(
                 highlight: false,
                 sort,
                 facets: facet_list,
+                count,
+                rows: true,
+                only: None,
             }),
             None => {
                 return Err(FieldError::new(
@@ -317,6 +323,9 @@ pub(super) fn plan(
             highlight,
             sort,
             facets: facet_list,
+            count,
+            rows: true,
+            only: None,
         }),
         (Some((query, highlight)), Some(v)) => {
             ranked_elsewhere("hybrid searches")?;
@@ -355,6 +364,9 @@ pub(super) fn plan(
                     highlight,
                     sort: None,
                     facets: Vec::new(),
+                    count: false,
+                    rows: true,
+                    only: None,
                 },
                 engine::search::VectorQuery {
                     k: v.k,

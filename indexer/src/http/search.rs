@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use wire::shard::ShardSearchResponse;
-use wire::{BranchRanks, BranchScores, FacetBucket, Hit};
+use wire::{BranchRanks, BranchScores, FacetBucket, Hit, TotalRelation};
 
 use super::plan::{plan, Parts, Planned};
 use super::{blocking, error, fields_json, HttpState};
@@ -73,6 +73,7 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
         filter: req.filter,
         sort: req.sort,
         facets: req.facets,
+        count: req.track_total_hits,
     };
     let fields = &s.fields[ix.ordinal];
     let query = match plan(&ix, fields, parts, req.limit, req.offset) {
@@ -121,6 +122,7 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
                 .unwrap_or(Value::Null))
         };
         let mut total = None;
+        let mut total_relation = None;
         let mut facets = None;
         let hits: Vec<Hit> = match &query {
             Planned::Geo(q, f) => {
@@ -149,6 +151,11 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
             Planned::Text(q) => {
                 let answer = engine::search::text(&view, &scope, q)?;
                 total = Some(answer.total);
+                total_relation = Some(if answer.total_exact {
+                    TotalRelation::Eq
+                } else {
+                    TotalRelation::Gte
+                });
                 if !q.facets.is_empty() {
                     facets = Some(
                         q.facets
@@ -209,6 +216,7 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
             lag_bytes,
             hits,
             total,
+            total_relation,
             facets,
         })
     })

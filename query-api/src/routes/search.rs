@@ -13,8 +13,8 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use wire::shard::ShardSearchResponse;
 use wire::{
-    Freshness, Hit, Lsn, MissingShard, SearchRequest, SearchResponse, ShardFreshness, MAX_HITS,
-    MAX_K,
+    Freshness, Hit, Lsn, MissingShard, SearchRequest, SearchResponse, ShardFreshness,
+    TotalRelation, MAX_HITS, MAX_K,
 };
 
 use crate::auth::authorize;
@@ -440,6 +440,15 @@ async fn search(
         .iter()
         .filter_map(|a| a.body.total)
         .reduce(|a, b| a + b);
+    // A sum is exact only when every shard counted every match (a shard answering without a
+    // relation predates it and counted).
+    let total_relation = total.map(|_| {
+        answers
+            .iter()
+            .filter(|a| a.body.total.is_some())
+            .map(|a| a.body.total_relation.unwrap_or(TotalRelation::Eq))
+            .fold(TotalRelation::Eq, TotalRelation::and)
+    });
     let facets = merge_facets(&req, answers.iter().filter_map(|a| a.body.facets.as_ref()));
     let mut hits: Vec<Hit> = answers
         .iter_mut()
@@ -453,7 +462,7 @@ async fn search(
     let next = (offset + limit) as u64;
     let more = hits.len() == limit
         && next < MAX_HITS as u64
-        && total.is_none_or(|t| next < t)
+        && (total_relation != Some(TotalRelation::Eq) || total.is_none_or(|t| next < t))
         && hit_cap(&req).is_none_or(|k| next < k);
     let next_cursor = more.then(|| {
         Cursor {
@@ -466,6 +475,7 @@ async fn search(
     Ok(SearchResponse {
         hits,
         total,
+        total_relation,
         facets,
         freshness,
         partial: !missing.is_empty(),
