@@ -63,17 +63,37 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     sum8(a, b, |x, y| x * y)
 }
 
-/// Scale of the 8-bit components of unit vectors in a cosine graph.
+/// The largest 8-bit component of a quantised vector.
 const Q: f32 = 127.0;
 
-/// A unit vector as 8-bit components (`round(x · 127)`): a quarter of the memory of f32,
-/// and integer dot products. Only for ordering candidates: hits are rescored from the f32
-/// store.
+/// Bytes after the components of a quantised vector: the inverse of its scale (f32, LE).
+const SCALE_BYTES: usize = 4;
+
+/// A unit vector as 8-bit components scaled so the largest is ±127, followed by the scale's
+/// inverse: a quarter of the memory of f32, and integer dot products. A fixed scale of 127
+/// would leave 384-d embeddings (components within ±0.25) about four bits each, and the graph
+/// then navigates and orders by noise (recall@10 0.39 at ef 10 on the dev set, pgvector's f32
+/// graph 0.80). Only for ordering candidates: hits are rescored from the f32 store.
 fn quantize(v: &[f32]) -> Vec<i8> {
-    unit(v)
+    let u = unit(v);
+    let max = u.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = if max > 0.0 { Q / max } else { 1.0 };
+    let mut q: Vec<i8> = u
         .iter()
-        .map(|x| (x * Q).round().clamp(-Q, Q) as i8)
-        .collect()
+        .map(|x| (x * scale).round().clamp(-Q, Q) as i8)
+        .collect();
+    q.extend((1.0 / scale).to_le_bytes().map(|b| b as i8));
+    q
+}
+
+/// The components and the scale's inverse of a quantised vector.
+fn components(q: &[i8]) -> (&[i8], f32) {
+    let (c, s) = q.split_at(q.len().saturating_sub(SCALE_BYTES));
+    let inv = match s {
+        [a, b, c, d] => f32::from_le_bytes([*a as u8, *b as u8, *c as u8, *d as u8]),
+        _ => 0.0,
+    };
+    (c, inv)
 }
 
 /// Cosine distance between unit vectors: `1 - a·b`, clamped at 0 against rounding.
@@ -97,6 +117,7 @@ pub struct UnitCosineI8;
 
 impl Distance<i8> for UnitCosineI8 {
     fn eval(&self, a: &[i8], b: &[i8]) -> f32 {
+        let ((a, inv_a), (b, inv_b)) = (components(a), components(b));
         let mut acc = [0i32; 16];
         let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
         let tail: i32 = ca
@@ -110,7 +131,7 @@ impl Distance<i8> for UnitCosineI8 {
                 acc[i] += i32::from(x[i]) * i32::from(y[i]);
             }
         }
-        let dot = (acc.iter().sum::<i32>() + tail) as f32 / (Q * Q);
+        let dot = (acc.iter().sum::<i32>() + tail) as f32 * inv_a * inv_b;
         (1.0 - dot).max(0.0)
     }
 }
@@ -186,7 +207,8 @@ struct DumpMeta {
 /// The graph kind for a metric and dimension, as named in dumps.
 fn kind_name(m: Metric, dim: usize) -> &'static str {
     match m {
-        Metric::Cosine if dim >= QUANTIZE_FROM_DIM => "cosine_i8",
+        // (`cosine_i8` dumps had a fixed scale: not reloaded, rebuilt.)
+        Metric::Cosine if dim >= QUANTIZE_FROM_DIM => "cosine_i8_scaled",
         Metric::Cosine => "cosine",
         Metric::L2 => "l2",
         Metric::Dot => "dot",
@@ -543,7 +565,7 @@ mod tests {
         let (a, b) = (&items[0].vector, &items[1].vector);
         let exact = 1.0 - dot8(&unit(a), &unit(b));
         let approx = UnitCosineI8.eval(&quantize(a), &quantize(b));
-        assert!((exact - approx).abs() < 0.01, "{exact} vs {approx}");
+        assert!((exact - approx).abs() < 0.005, "{exact} vs {approx}");
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Vector kNN: graph candidates rescored exactly, the exact tier for what the graph lacks,
 //! and the fresh layer; exact search under selective filters.
 //!
-//! The search effort `ef` is the query's, not each partition's: a partition searches its graph
-//! with its share of `ef` by size (never below `k` or an eighth of `ef`), so a global query
-//! costs about what one graph over all the documents would, and partitions run in parallel
-//! while cores are idle. Filters become a bitset over the store's slots; candidates are store
+//! The search breadth `ef` is the query's, not each partition's: every partition is searched
+//! first at `max(k, ef / 2n)`, then the partitions holding the provisional top k are searched
+//! again with `ef` shared by their part of it; so a global query costs about 1.5 times one
+//! graph over all the documents, and partitions run in parallel while cores are idle. Filters become a bitset over the store's slots; candidates are store
 //! ids, so the hot loop neither allocates nor hashes a key.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,30 +63,62 @@ pub fn vector(
         .collect();
     let q_inv = vector::inv_norm(&query.values);
     let ef = query.ef.unwrap_or(DEFAULT_EF).max(query.k);
-    let all: usize = parts.iter().map(|(_, _, s)| s.len()).sum::<usize>().max(1);
-    let share = |store: &VectorStore| -> usize {
-        let by_size = (ef as f64 * store.len() as f64 / all as f64).ceil() as usize;
-        by_size.max(ef / 8).max(query.k).min(ef)
+    let n = parts.len();
+    let search = |(i, ef): (usize, usize)| {
+        let (_, p, store) = parts[i];
+        partition(p, store, query, q_inv, ef)
     };
-    let search = |&(_, p, store): &(&str, &PartitionView, &VectorStore)| {
-        partition(p, store, query, q_inv, share(store))
+    let run = |jobs: Vec<(usize, usize)>| -> Vec<tantivy::Result<Searched>> {
+        let running = RUNNING.fetch_add(1, Ordering::Relaxed) + 1;
+        let idle_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) > running;
+        let out = if idle_cores && jobs.len() > 1 {
+            use rayon::prelude::*;
+            jobs.into_par_iter().map(search).collect()
+        } else {
+            jobs.into_iter().map(search).collect()
+        };
+        RUNNING.fetch_sub(1, Ordering::Relaxed);
+        out
     };
-
-    let running = RUNNING.fetch_add(1, Ordering::Relaxed) + 1;
-    let idle_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) > running;
-    let answers: Vec<tantivy::Result<Vec<Scored>>> = if idle_cores && parts.len() > 1 {
-        use rayon::prelude::*;
-        parts.par_iter().map(search).collect()
+    // A first look at every partition at a small breadth, then the query's breadth spent
+    // where the provisional top k lies (a query about one region's places finds them all
+    // there; sharing `ef` by size would starve that region's graph).
+    let first = if n > 1 {
+        (ef / n).max(query.k).min(ef)
     } else {
-        parts.iter().map(search).collect()
+        ef
     };
-    RUNNING.fetch_sub(1, Ordering::Relaxed);
+    let mut answers = run((0..n).map(|i| (i, first)).collect());
+    if first < ef {
+        let mut provisional: Vec<(f64, usize)> = Vec::new();
+        for (i, a) in answers.iter().enumerate() {
+            if let Ok(a) = a {
+                provisional.extend(a.hits.iter().map(|h| (h.score, i)));
+            }
+        }
+        provisional.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut share = vec![0usize; n];
+        for &(_, i) in provisional.iter().take(query.k) {
+            share[i] += 1;
+        }
+        let again: Vec<(usize, usize)> = share
+            .iter()
+            .enumerate()
+            .filter(|&(i, &c)| c > 0 && answers[i].as_ref().is_ok_and(|a| a.graph))
+            .map(|(i, &c)| (i, (ef * c).div_ceil(query.k).max(first)))
+            .filter(|&(_, e)| e > first)
+            .collect();
+        let redone = run(again.clone());
+        for ((i, _), answer) in again.into_iter().zip(redone) {
+            answers[i] = answer;
+        }
+    }
 
     let mut top = TopK::new(query.k);
     let mut regions: std::collections::HashMap<std::sync::Arc<str>, &str> =
         std::collections::HashMap::new();
     for (answer, (region, _, _)) in answers.into_iter().zip(&parts) {
-        for hit in answer? {
+        for hit in answer?.hits {
             if top.admits(hit.score) {
                 regions.insert(hit.key.clone(), region);
                 top.push(hit);
@@ -207,6 +239,12 @@ fn fresh_passes(query: &VectorQuery, doc: &crate::document::Document) -> bool {
             .is_none_or(|f| f.matches(&doc.filters))
 }
 
+/// A partition's best hits, and whether its graph found them (else the search was exact).
+struct Searched {
+    hits: Vec<Scored>,
+    graph: bool,
+}
+
 /// One partition's best `query.k` (committed and fresh), searching its graph at `ef`.
 fn partition(
     p: &PartitionView,
@@ -214,7 +252,7 @@ fn partition(
     query: &VectorQuery,
     q_inv: f64,
     ef: usize,
-) -> tantivy::Result<Vec<Scored>> {
+) -> tantivy::Result<Searched> {
     let metric = store.metric();
     let score = |v: &[f32], inv: f64| vector::score(metric, &query.values, q_inv, v, inv);
     let allowed = allowed_slots(p, store, query)?;
@@ -302,5 +340,8 @@ fn partition(
             );
         }
     }
-    Ok(top.into_sorted())
+    Ok(Searched {
+        hits: top.into_sorted(),
+        graph: use_graph,
+    })
 }
