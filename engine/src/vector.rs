@@ -183,9 +183,12 @@ impl VectorStore {
     }
 
     /// Sets the vector of `key` (of this store's dimension), or removes it; returns the id of
-    /// the new version.
+    /// the new version, or None when there is none: removed, or the same values as the
+    /// current version (an update of other columns keeps the vector's version, so the graph
+    /// keeps its point instead of gaining a tombstone).
     pub fn set(&mut self, key: &str, v: Option<&[f32]>) -> Option<u64> {
         match (self.slots.get(key).copied(), v) {
+            (Some(slot), Some(v)) if self.by_slot(slot).is_some_and(|(_, cur, _)| cur == v) => None,
             (Some(slot), Some(v)) => self.write(slot, key, Some(v)),
             (Some(slot), None) => {
                 self.write(slot, key, None);
@@ -355,6 +358,12 @@ mod tests {
         let mut s = VectorStore::new(2, Metric::Dot);
         let a1 = s.set("a", Some(&[1.0, 0.0])).unwrap();
         s.set("b", Some(&[0.0, 1.0]));
+        assert_eq!(
+            s.set("a", Some(&[1.0, 0.0])),
+            None,
+            "same values: no new version"
+        );
+        assert!(s.by_id(a1).is_some(), "the version stays current");
         let a2 = s.set("a", Some(&[0.0, 2.0])).unwrap();
         assert!(s.by_id(a1).is_none(), "a replaced version is a tombstone");
         assert_eq!(
