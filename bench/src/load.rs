@@ -133,7 +133,9 @@ pub struct PgWork {
     pub queries: Arc<Vec<PgQ>>,
 }
 
-/// Runs `work` from `c` connections (set up and prepared before the clock starts) for `budget`.
+/// Runs `work` from `c` connections for `budget`. The connections are set up, prepared and
+/// warmed (a backend's first query loads the extension and fills its caches) before the
+/// clock starts, as our HTTP client's pooled connections are.
 pub async fn pg_load(
     pg: &PgServer,
     db: &str,
@@ -141,15 +143,18 @@ pub async fn pg_load(
     c: usize,
     budget: Duration,
 ) -> Result<Lat> {
-    let mut clients = Vec::new();
-    for _ in 0..c {
+    let clients = futures_util::future::try_join_all((0..c).map(|i| async move {
         let client = pg.connect(db).await?;
         if !work.setup.is_empty() {
             client.batch_execute(&work.setup).await?;
         }
         let stmt = client.prepare(&work.sql).await?;
-        clients.push((client, stmt));
-    }
+        work.queries[i % work.queries.len()]
+            .run(&client, &stmt)
+            .await?;
+        anyhow::Ok((client, stmt))
+    }))
+    .await?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();

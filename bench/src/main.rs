@@ -122,10 +122,11 @@ async fn main() -> Result<()> {
     peers::build(&client, &ext, rows, &mut r).await?;
     if ext.pgvector.is_some() {
         let probe = vector::embedding(&work.vectors[0]);
-        peers::check_vector_plans(&pg, &db, &probe, vector::REGION, &mut r).await?;
+        peers::check_vector_plans(&pg, &db, &probe, vector::REGION, &vector::EFS, &mut r).await?;
     }
 
     // 4. The recall curve of both sides, which picks the breadths compared below.
+    ingest::graph_state(&indexed.ix, &mut r).await?;
     let peer_db = ext.pgvector.is_some().then_some((&pg, db.as_str()));
     let curves = vector::sweep(&http, &search_url, peer_db, &work.vectors, rows, &mut r).await?;
 

@@ -125,8 +125,8 @@ pub fn cells(w: &Workload, ext: &Extensions, curves: &[Curve]) -> Vec<Cell> {
         for target in TARGETS {
             let ours = vector::pick(&curve.ours, target);
             let name = match curve.case {
-                Case::Global => format!("vector k=10 (recall {target})"),
-                Case::Region => format!("vector k=10 in {} (recall {target})", vector::REGION),
+                Case::Global => format!("vector k=10, recall {target}"),
+                Case::Region => format!("vector k=10 in {}, recall {target}", vector::REGION),
             };
             let bodies = vs
                 .iter()

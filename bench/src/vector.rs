@@ -13,8 +13,23 @@ use crate::load::{search, Lat};
 use crate::peers::{vector_setup, vector_text, EF_SEARCH_MAX, VECTOR_REGION_SQL, VECTOR_SQL};
 use crate::report::Report;
 
-/// The breadths swept, both sides alike (pgvector's clamped at its ceiling).
-pub const EFS: [usize; 12] = [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512];
+/// The breadths swept, both sides alike, up to pgvector's ceiling.
+pub const EFS: [usize; 14] = [
+    10,
+    16,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    192,
+    256,
+    384,
+    512,
+    768,
+    EF_SEARCH_MAX,
+];
 /// The recall@10 targets the query phase compares at.
 pub const TARGETS: [f64; 2] = [0.95, 0.99];
 /// The region of the filtered case (6,879 of the dev set's 30k rows).
@@ -176,7 +191,6 @@ async fn pgvector_curve(
     } else {
         VECTOR_SQL
     };
-    let stmt = client.prepare(sql).await?;
     let texts: Vec<String> = vs.iter().map(|v| vector_text(v)).collect();
     let region = case.region().unwrap_or_default().to_owned();
     let mut points = Vec::new();
@@ -186,6 +200,9 @@ async fn pgvector_curve(
         client
             .batch_execute(&vector_setup(ef, case.region().is_some()))
             .await?;
+        // A statement per breadth: a cached generic plan is not planned again when
+        // `hnsw.ef_search` changes, and pgvector's costs depend on it.
+        let stmt = client.prepare(sql).await?;
         let (mut ms, mut sum) = (Vec::new(), 0.0);
         let started = Instant::now();
         for (text, want) in texts.iter().zip(exact) {
@@ -233,6 +250,8 @@ pub async fn sweep(
                 hit_keys(&search(http, url, &body(v, None, true, case)).await?)
             });
         }
+        // Warm-up at the widest breadth, not kept.
+        ours_at(http, url, &vs, &exact, Some(EFS[EFS.len() - 1]), case).await?;
         if case == Case::Global {
             let default = ours_at(http, url, &vs, &exact, None, case).await?;
             r.put(
@@ -240,8 +259,6 @@ pub async fn sweep(
                 json!({"recall": default.recall, "latency": default.lat.json()}),
             );
         }
-        // Warm-up at the widest breadth, not kept.
-        ours_at(http, url, &vs, &exact, Some(EFS[EFS.len() - 1]), case).await?;
         let mut ours = Vec::new();
         for ef in EFS {
             ours.push(ours_at(http, url, &vs, &exact, Some(ef), case).await?);

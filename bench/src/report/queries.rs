@@ -49,14 +49,19 @@ pub(super) fn section(md: &mut Vec<String>, j: &Figures) {
     let rounds = j.num("queries", "/rounds");
     let seconds = j.num("queries", "/seconds_per_load");
     let names = order(j);
+    let rounds_text = if rounds == 1.0 {
+        "one round".to_owned()
+    } else {
+        format!("{rounds} rounds")
+    };
     md.push(format!(
-        "## Queries over HTTP ({seconds} s per load; concurrency 1 and 32; {rounds} rounds)"
+        "## Queries over HTTP ({seconds} s per load; concurrency 1 and 32; {rounds_text})"
     ));
     md.push(String::new());
     md.push(format!(
         "Ours: client → query-api → indexer, JSON over HTTP/1.1, all regions unless named, top 10 with stored fields (text without snippets, like the Postgres queries). \
          Peers: prepared statements over Postgres's wire protocol, on a copy of the table with its own indexes, all built before the first load (our indexer and query-api stay up, idle, while a peer runs). \
-         Each query type runs {rounds} interleaved rounds — ours c=1, peer c=1, ours c=32, peer c=32 — after a short warm-up of each side; \
+         Each query type runs {rounds_text} of interleaved loads — ours c=1, peer c=1, ours c=32, peer c=32 — after a short warm-up of each side; \
          a figure is the median of the rounds, with their range (min–max) in brackets. Vector types at a recall run each side at its own breadth, the smallest reaching that recall@10 on the recall curve (see Vectors)."
     ));
     md.push(String::new());

@@ -74,10 +74,10 @@ pub(super) fn section(md: &mut Vec<String>, j: &Figures) {
         )
         .collect();
     for name in &names {
-        if name.starts_with("vector k=10 (recall") {
+        if name.starts_with("vector k=10, recall") {
             ratios.push((name.clone(), 1.5, true));
         } else if name.starts_with("vector k=10 in ") {
-            ratios.push((name.clone(), 1.5, name.ends_with("(recall 0.95)")));
+            ratios.push((name.clone(), 1.5, name.ends_with("recall 0.95")));
         }
     }
     for (name, aim, is_target) in ratios {
@@ -99,7 +99,7 @@ pub(super) fn section(md: &mut Vec<String>, j: &Figures) {
     for name in &names {
         let aim = if name.starts_with("text ") || name.starts_with("geo ") {
             0.5
-        } else if name.starts_with("vector k=10 (recall") || name.starts_with("vector k=10 in ") {
+        } else if name.starts_with("vector k=10, recall") || name.starts_with("vector k=10 in ") {
             1.5
         } else if name == "hybrid (RRF)" {
             3.0
