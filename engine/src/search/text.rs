@@ -262,14 +262,12 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
             if !counts.is_empty() {
                 add_counts(&mut facet_counts, counts);
             }
-            let addrs: Vec<tantivy::DocAddress> = found.iter().map(|f| f.2).collect();
-            let keys = crate::rows::keys_at(&p.searcher, &addrs)
-                .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
-            for ((score, sort_key, addr), key) in found.into_iter().zip(keys) {
+            for (score, sort_key, addr) in found {
                 candidates.push(Candidate {
                     score,
                     sort_key,
-                    key: Some(key),
+                    // Resolved below, for the candidates that can reach the page.
+                    key: None,
                     partition: p,
                     region,
                     source: Source::Committed(addr),
@@ -308,14 +306,27 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
             }
         }
     }
+    // Order by score (or sort value) first; keys, which break ties, are read only for the
+    // candidates that can reach the page: those ranked above its end, and those tied with it.
+    let first = |a: &Candidate, b: &Candidate| match search.sort {
+        Some(s) => fields::compare(&a.sort_key, &b.sort_key, s.descending),
+        None => b.score.unwrap_or(0.0).total_cmp(&a.score.unwrap_or(0.0)),
+    };
     let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| first(&candidates[a], &candidates[b]));
+    let end = search.offset + search.limit;
+    let reach = match order.get(end.saturating_sub(1)) {
+        Some(&edge) if end > 0 => order
+            .iter()
+            .position(|&i| first(&candidates[i], &candidates[edge]).is_gt())
+            .unwrap_or(order.len()),
+        _ => order.len(),
+    };
+    order.truncate(reach);
+    resolve_keys(&mut candidates, &order)?;
     order.sort_by(|&a, &b| {
         let (a, b) = (&candidates[a], &candidates[b]);
-        let first = match search.sort {
-            Some(s) => fields::compare(&a.sort_key, &b.sort_key, s.descending),
-            None => b.score.unwrap_or(0.0).total_cmp(&a.score.unwrap_or(0.0)),
-        };
-        first.then_with(|| a.key.cmp(&b.key))
+        first(a, b).then_with(|| a.key.cmp(&b.key))
     });
     let centre = search.filter.as_ref().map(|f| match f {
         GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
@@ -392,6 +403,39 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
         total_exact,
         facets,
     })
+}
+
+/// Reads the keys of the committed candidates at `at`: one sorted pass per segment.
+fn resolve_keys(candidates: &mut [Candidate], at: &[usize]) -> tantivy::Result<()> {
+    // By partition (its searcher): the positions and addresses still without a key.
+    let mut by_partition: Vec<(*const crate::shard::PartitionView, Vec<usize>)> = Vec::new();
+    for &i in at {
+        let c = &candidates[i];
+        if c.key.is_some() || !matches!(c.source, Source::Committed(_)) {
+            continue;
+        }
+        let p: *const crate::shard::PartitionView = c.partition;
+        match by_partition.iter_mut().find(|(q, _)| std::ptr::eq(*q, p)) {
+            Some((_, v)) => v.push(i),
+            None => by_partition.push((p, vec![i])),
+        }
+    }
+    for (_, positions) in by_partition {
+        let partition = candidates[positions[0]].partition;
+        let addrs: Vec<tantivy::DocAddress> = positions
+            .iter()
+            .filter_map(|&i| match candidates[i].source {
+                Source::Committed(addr) => Some(addr),
+                Source::Fresh(_) => None,
+            })
+            .collect();
+        let keys = crate::rows::keys_at(&partition.searcher, &addrs)
+            .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
+        for (i, key) in positions.into_iter().zip(keys) {
+            candidates[i].key = Some(key);
+        }
+    }
+    Ok(())
 }
 
 impl Candidate<'_> {

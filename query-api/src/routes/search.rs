@@ -293,9 +293,9 @@ async fn search(
             format!("at most {}", cfg.limits.max_wait_timeout_ms),
         ));
     }
-    let hash = search_hash(&req);
     let (limit, mut offset) = (req.limit, req.offset);
     if let Some(text) = req.cursor.take() {
+        let hash = search_hash(&req);
         let c = Cursor::decode(&text).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -468,7 +468,9 @@ async fn search(
         Cursor {
             offset: next,
             min_lsn: min_applied.0,
-            search: hash,
+            // Hashed only here and for a cursor given (a vector query's hash formats every
+            // value); the fields paging changes are not hashed, so it is the request's.
+            search: search_hash(&req),
         }
         .encode()
     });
