@@ -315,6 +315,10 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
         (json!({"vector": {"values": "abc"}}), "vector.values"),
         (json!({"text": {"q": "x"}, "limit": -1}), "limit"),
         (
+            json!({"text": {"q": "x"}, "track_total_hits": "yes"}),
+            "track_total_hits",
+        ),
+        (
             json!({"text": {"q": "x"}, "consistency": {"bogus": 1}}),
             "consistency.bogus",
         ),

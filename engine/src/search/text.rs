@@ -406,32 +406,28 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
 }
 
 /// Reads the keys of the committed candidates at `at`: one sorted pass per segment.
-fn resolve_keys(candidates: &mut [Candidate], at: &[usize]) -> tantivy::Result<()> {
+fn resolve_keys<'a>(candidates: &mut [Candidate<'a>], at: &[usize]) -> tantivy::Result<()> {
     // By partition (its searcher): the positions and addresses still without a key.
-    let mut by_partition: Vec<(*const crate::shard::PartitionView, Vec<usize>)> = Vec::new();
+    type Group<'a> = (
+        &'a crate::shard::PartitionView,
+        Vec<(usize, tantivy::DocAddress)>,
+    );
+    let mut groups: Vec<Group<'a>> = Vec::new();
     for &i in at {
-        let c = &candidates[i];
-        if c.key.is_some() || !matches!(c.source, Source::Committed(_)) {
+        let (c, p) = (&candidates[i], candidates[i].partition);
+        let (None, Source::Committed(addr)) = (&c.key, &c.source) else {
             continue;
-        }
-        let p: *const crate::shard::PartitionView = c.partition;
-        match by_partition.iter_mut().find(|(q, _)| std::ptr::eq(*q, p)) {
-            Some((_, v)) => v.push(i),
-            None => by_partition.push((p, vec![i])),
+        };
+        match groups.iter_mut().find(|(q, _)| std::ptr::eq(*q, p)) {
+            Some((_, g)) => g.push((i, *addr)),
+            None => groups.push((p, vec![(i, *addr)])),
         }
     }
-    for (_, positions) in by_partition {
-        let partition = candidates[positions[0]].partition;
-        let addrs: Vec<tantivy::DocAddress> = positions
-            .iter()
-            .filter_map(|&i| match candidates[i].source {
-                Source::Committed(addr) => Some(addr),
-                Source::Fresh(_) => None,
-            })
-            .collect();
+    for (partition, group) in groups {
+        let addrs: Vec<tantivy::DocAddress> = group.iter().map(|g| g.1).collect();
         let keys = crate::rows::keys_at(&partition.searcher, &addrs)
             .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
-        for (i, key) in positions.into_iter().zip(keys) {
+        for ((i, _), key) in group.into_iter().zip(keys) {
             candidates[i].key = Some(key);
         }
     }

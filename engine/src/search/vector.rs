@@ -162,6 +162,13 @@ impl Slots {
         }
     }
 
+    /// Sets the slot of `key`'s vector, if it has one.
+    fn mark(&mut self, store: &VectorStore, key: &str) {
+        if let Some(slot) = store.slot_of(key) {
+            self.set(slot);
+        }
+    }
+
     fn has(&self, slot: u32) -> bool {
         self.bits
             .get(slot as usize / 64)
@@ -190,39 +197,25 @@ impl Slots {
     }
 }
 
-/// Walks the keys passing one filter, calling the visitor with each.
-type KeyWalk<'a> = dyn FnMut(&mut dyn FnMut(&str)) -> tantivy::Result<()> + 'a;
-
 /// The committed slots of a partition passing the query's filters, if it has any.
 fn allowed_slots(
     p: &PartitionView,
     store: &VectorStore,
     query: &VectorQuery,
 ) -> tantivy::Result<Option<Slots>> {
-    let mark = |visit: &mut KeyWalk| {
+    let geo = query.filter.as_ref().map(|g| {
         let mut slots = Slots::new(store.slot_count());
-        visit(&mut |key: &str| {
-            if let Some(slot) = store.slot_of(key) {
-                slots.set(slot);
-            }
-        })?;
-        Ok::<_, tantivy::TantivyError>(slots)
+        visit_geo(p, g, |key| slots.mark(store, key));
+        slots
+    });
+    let fields = match &query.fields_filter {
+        Some(filter) => {
+            let mut slots = Slots::new(store.slot_count());
+            visit_filtered(p, filter, |key| slots.mark(store, key))?;
+            Some(slots)
+        }
+        None => None,
     };
-    let geo = query
-        .filter
-        .as_ref()
-        .map(|g| {
-            mark(&mut |f| {
-                visit_geo(p, g, f);
-                Ok(())
-            })
-        })
-        .transpose()?;
-    let fields = query
-        .fields_filter
-        .as_ref()
-        .map(|filter| mark(&mut |f| visit_filtered(p, filter, f)))
-        .transpose()?;
     Ok(match (geo, fields) {
         (None, None) => None,
         (Some(a), None) | (None, Some(a)) => Some(a),
