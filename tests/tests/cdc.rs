@@ -12,17 +12,37 @@ async fn snapshot_with_concurrent_writes_equals_table() -> Result<()> {
     let f = Fixture::new().await?;
     f.insert_range(1, 20_000).await?;
     let config = f.config("", "")?;
-    // The writer starts as soon as the indexer's endpoint is up, before its slot exists: its
-    // changes land before, during and after the snapshot, while the copy still finds most rows
-    // (started earlier, a slow start-up on a loaded machine let it delete too many first).
+    // The writer starts once the slot exists, so every change it makes lands during or after
+    // the snapshot (the copy reads the slot's exported snapshot): the copy must see exactly the
+    // 20,000 rows of that moment and the stream must bring everything after. (Started before
+    // the slot, a slow start-up under the parallel suite let it delete rows first, and a
+    // row-count floor on the copy failed.)
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    let client = &f.client;
+    let slot = &f.slot;
+    e2e::eventually(
+        "the indexer's slot to exist",
+        Duration::from_secs(60),
+        || async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[slot],
+                )
+                .await?
+                .get(0);
+            Ok((n > 0).then_some(()))
+        },
+    )
+    .await?;
     let writer = Writer::start(f.pg, &f.db, 1, 25_000, 7).await?;
     let status = ix.wait_ready().await?;
     let txs = writer.stop().await?;
     assert!(txs > 0, "the writer ran during the snapshot");
-    assert!(
-        status["snapshot"]["rows"].as_u64().unwrap() >= 19_000,
-        "{status}"
+    assert_eq!(
+        status["snapshot"]["rows"].as_u64(),
+        Some(20_000),
+        "the copy reads the slot's snapshot, untouched by later writes: {status}"
     );
     f.assert_every_row(&config, &ix).await?;
     Ok(())
