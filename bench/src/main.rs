@@ -3,10 +3,13 @@
 //! GIN + ts_rank_cd, PostGIS + GiST, pgvector HNSW when installed). Writes BENCHMARKS.md and
 //! the raw figures as BENCHMARKS.json; every figure comes from this run.
 //!
-//!   scripts/bench [--rows N] [--seconds S] [--rounds R] [--out PATH]
+//!   scripts/bench [--rows N] [--seconds S] [--rounds R] [--out PATH] [--only TEXT]
 //!
 //! N: 30000 (the dev set) by default, 1000000 scales it; S: seconds per load (3); R: rounds
-//! of interleaved loads per query type (3), reported as medians with their spread.
+//! of interleaved loads per query type (3), reported as medians with their spread. `--only`
+//! is for working on one query type: it runs the ingest and only the query types whose name
+//! contains TEXT (the recall curve only when a vector type is among them), prints the figures
+//! and writes no report.
 //!
 //! Data: the dev set (../shared/data/dev: 30k GeoNames cities, 384-d MiniLM embeddings);
 //! above 30k rows, seeded copies (`e2e::dev_data::Scaled` documents how).
@@ -44,6 +47,7 @@ struct Args {
     seconds: f64,
     rounds: usize,
     out: Option<PathBuf>,
+    only: Option<String>,
 }
 
 impl Args {
@@ -53,6 +57,7 @@ impl Args {
             seconds: 3.0,
             rounds: 3,
             out: None,
+            only: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -62,7 +67,10 @@ impl Args {
                 "--seconds" => a.seconds = value()?.parse()?,
                 "--rounds" => a.rounds = value()?.parse()?,
                 "--out" => a.out = Some(value()?.into()),
-                _ => bail!("unknown argument {flag}: --rows N --seconds S --rounds R --out PATH"),
+                "--only" => a.only = Some(value()?),
+                _ => bail!(
+                    "unknown argument {flag}: --rows N --seconds S --rounds R --out PATH --only TEXT"
+                ),
             }
         }
         ensure!(
@@ -115,7 +123,9 @@ async fn main() -> Result<()> {
         .build()?;
 
     // 2. Freshness: commit to searchable through the public API.
-    freshness::run(&pg, &db, &http, &api.url, &indexed.ix, &mut r).await?;
+    if args.only.is_none() {
+        freshness::run(&pg, &db, &http, &api.url, &indexed.ix, &mut r).await?;
+    }
 
     // 3. The peers' tables and indexes, all built before any query is measured.
     let work = queries::Workload::load()?;
@@ -128,7 +138,15 @@ async fn main() -> Result<()> {
     // 4. The recall curve of both sides, which picks the breadths compared below.
     ingest::graph_state(&indexed.ix, &mut r).await?;
     let peer_db = ext.pgvector.is_some().then_some((&pg, db.as_str()));
-    let curves = vector::sweep(&http, &search_url, peer_db, &work.vectors, rows, &mut r).await?;
+    let sweep = args
+        .only
+        .as_ref()
+        .is_none_or(|o| o.contains("vector") || "vector k=10".contains(o.as_str()));
+    let curves = if sweep {
+        vector::sweep(&http, &search_url, peer_db, &work.vectors, rows, &mut r).await?
+    } else {
+        Vec::new()
+    };
 
     // 5. Queries: each type in interleaved rounds against its peer.
     let loads = Loads {
@@ -142,7 +160,16 @@ async fn main() -> Result<()> {
         [indexed.ix.pid(), api.pid()].into_iter().flatten(),
         dir.path(),
     );
-    let cells = queries::cells(&work, &ext, &curves);
+    let mut cells = queries::cells(&work, &ext, &curves);
+    if let Some(only) = &args.only {
+        cells.retain(|c| c.name.contains(only.as_str()));
+        ensure!(
+            !cells.is_empty(),
+            "--only {only}: no query type has that in its name"
+        );
+        queries::run(&loads, &cells, args.rounds, &profiler, &mut r).await?;
+        return Ok(());
+    }
     queries::run(&loads, &cells, args.rounds, &profiler, &mut r).await?;
 
     // 6. Footprint and restart.

@@ -26,9 +26,16 @@ impl Profiler {
             .dir
             .join(format!("perf-{}.data", name.replace([' ', '/'], "_")));
         let pids: Vec<String> = self.pids.iter().map(u32::to_string).collect();
+        // BENCH_CALL_GRAPH=1 also records call stacks (DWARF), for `perf report` on the data
+        // files kept under BENCH_DIR; the flat figures stay the same.
+        let graph: &[&str] = match std::env::var_os("BENCH_CALL_GRAPH") {
+            Some(_) => &["--call-graph", "dwarf,32768"],
+            None => &[],
+        };
         let recorded = tokio::process::Command::new("perf")
             .args(["record", "-q", "-F", "499", "-p", &pids.join(","), "-o"])
             .arg(&data)
+            .args(graph)
             .args(["--", "sleep", &format!("{seconds}")])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -27,6 +27,8 @@ use std::time::Instant;
 
 use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 
+use crate::frozen_graph::FrozenGraph;
+use crate::kernels::{dot_f32 as dot8, dot_i8, squared_l2_f32};
 use crate::schema::Metric;
 pub use crate::vector::GraphItem;
 use crate::vector::VectorStore;
@@ -40,28 +42,13 @@ const MAX_CONNECTIONS: usize = 16;
 const EF_CONSTRUCTION: usize = 100;
 const MAX_LAYERS: usize = 16;
 
-/// Sums `term(a[i], b[i])` in eight lanes, so the compiler vectorises it.
-#[inline(always)]
-fn sum8(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| term(*x, *y))
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += term(x[i], y[i]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    sum8(a, b, |x, y| x * y)
-}
+/// The searchable copy is renewed after inserts when the new points are at least this
+/// fraction of it (a copy costs well under a thousandth of an insert per point, so this keeps
+/// copying to a few percent of the builder's time), or else this long after the last copy
+/// and twenty times as long as that copy took (the builder's idle tick). Until then the
+/// exact scanner covers the newer vectors.
+const FREEZE_FRACTION: usize = 256;
+const FREEZE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The largest 8-bit component of a quantised vector.
 const Q: f32 = 127.0;
@@ -118,20 +105,7 @@ pub struct UnitCosineI8;
 impl Distance<i8> for UnitCosineI8 {
     fn eval(&self, a: &[i8], b: &[i8]) -> f32 {
         let ((a, inv_a), (b, inv_b)) = (components(a), components(b));
-        let mut acc = [0i32; 16];
-        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-        let tail: i32 = ca
-            .remainder()
-            .iter()
-            .zip(cb.remainder())
-            .map(|(x, y)| i32::from(*x) * i32::from(*y))
-            .sum();
-        for (x, y) in ca.zip(cb) {
-            for i in 0..16 {
-                acc[i] += i32::from(x[i]) * i32::from(y[i]);
-            }
-        }
-        let dot = (acc.iter().sum::<i32>() + tail) as f32 * inv_a * inv_b;
+        let dot = dot_i8(a, b) as f32 * inv_a * inv_b;
         (1.0 - dot).max(0.0)
     }
 }
@@ -142,7 +116,7 @@ pub struct SquaredL2;
 
 impl Distance<f32> for SquaredL2 {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        sum8(a, b, |x, y| (x - y) * (x - y))
+        squared_l2_f32(a, b)
     }
 }
 
@@ -186,6 +160,31 @@ pub struct Graph {
     log: Mutex<Vec<(u64, Arc<str>, u64)>>,
     /// Points at the last dump, and when it was (or when the graph was created).
     dumped: Mutex<(usize, Instant)>,
+    /// What searches walk: a flat copy of the graph as of the last freeze (`frozen_graph`).
+    frozen: std::sync::RwLock<Arc<Frozen>>,
+    /// Points in the copy, when it was made and how long that took.
+    frozen_at: Mutex<(usize, Instant, std::time::Duration)>,
+    /// One past the last write inserted (the watermark the next copy will publish).
+    inserted: AtomicU64,
+}
+
+/// The searchable copy, per kind.
+enum Frozen {
+    Cosine(FrozenGraph<f32, UnitCosine>),
+    CosineI8(FrozenGraph<i8, UnitCosineI8>),
+    L2(FrozenGraph<f32, SquaredL2>),
+    Dot(FrozenGraph<f32, NegDot>),
+}
+
+impl Frozen {
+    fn of(kind: &Kind) -> Frozen {
+        match kind {
+            Kind::Cosine(h) => Frozen::Cosine(FrozenGraph::of(h, UnitCosine)),
+            Kind::CosineI8(h) => Frozen::CosineI8(FrozenGraph::of(h, UnitCosineI8)),
+            Kind::L2(h) => Frozen::L2(FrozenGraph::of(h, SquaredL2)),
+            Kind::Dot(h) => Frozen::Dot(FrozenGraph::of(h, NegDot)),
+        }
+    }
 }
 
 const ID_BITS: u32 = 56;
@@ -227,6 +226,7 @@ impl Graph {
             Metric::L2 => Kind::L2(Hnsw::new(m, cap, l, ef, SquaredL2)),
             Metric::Dot => Kind::Dot(Hnsw::new(m, cap, l, ef, NegDot)),
         };
+        let frozen = Frozen::of(&kind);
         Graph {
             kind,
             dim,
@@ -236,6 +236,9 @@ impl Graph {
             translate: HashMap::new(),
             log: Mutex::new(Vec::new()),
             dumped: Mutex::new((0, Instant::now())),
+            frozen: std::sync::RwLock::new(Arc::new(frozen)),
+            frozen_at: Mutex::new((0, Instant::now(), std::time::Duration::ZERO)),
+            inserted: AtomicU64::new(0),
         }
     }
 
@@ -353,6 +356,8 @@ impl Graph {
                 }
             }
         }
+        // Reloaded points are searchable at once: copy them now.
+        let frozen = Frozen::of(&kind);
         let graph = Graph {
             kind,
             dim,
@@ -362,6 +367,9 @@ impl Graph {
             translate,
             log: Mutex::new(log),
             dumped: Mutex::new((meta.points, Instant::now())),
+            frozen: std::sync::RwLock::new(Arc::new(frozen)),
+            frozen_at: Mutex::new((meta.points, Instant::now(), std::time::Duration::ZERO)),
+            inserted: AtomicU64::new(0),
         };
         Some((graph, have))
     }
@@ -393,20 +401,54 @@ impl Graph {
                 .push((gid, item.key.clone(), vector_hash(v)));
             self.points.fetch_add(1, Ordering::Relaxed);
         }
-        self.graphed.fetch_max(seq_end, Ordering::AcqRel);
+        self.inserted.fetch_max(seq_end, Ordering::AcqRel);
+        let (at, _, _) = *self.frozen_at.lock().unwrap();
+        if (self.points() - at) * FREEZE_FRACTION >= at {
+            self.freeze();
+        }
     }
 
-    /// Candidate store ids, closest first (callers validate and rescore them).
+    /// Makes the searchable copy hold every point inserted, and publishes the watermark of
+    /// what it holds. Call from the thread that inserts (the builder, or tests).
+    pub fn freeze(&self) {
+        let started = Instant::now();
+        let points = self.points();
+        let inserted = self.inserted.load(Ordering::Acquire);
+        let frozen = Arc::new(Frozen::of(&self.kind));
+        *self.frozen.write().unwrap_or_else(|e| e.into_inner()) = frozen;
+        *self.frozen_at.lock().unwrap() = (points, Instant::now(), started.elapsed());
+        self.graphed.fetch_max(inserted, Ordering::AcqRel);
+    }
+
+    /// Freezes inserts still waiting for a copy, unless the last copy is too recent for its
+    /// cost (the builder calls this when idle). Returns whether it copied.
+    pub fn freeze_if_due(&self) -> bool {
+        let (_, when, took) = *self.frozen_at.lock().unwrap();
+        let due = when.elapsed() >= FREEZE_AFTER.max(took * 20);
+        if due && self.inserted.load(Ordering::Acquire) > self.graphed() {
+            self.freeze();
+            return true;
+        }
+        false
+    }
+
+    /// Candidate store ids, closest first (callers validate and rescore them), from the
+    /// searchable copy: points inserted after it are not among them (`graphed`).
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<u64> {
-        let hits = match &self.kind {
-            Kind::Cosine(h) => h.search(&unit(query), k, ef.max(k)),
-            Kind::CosineI8(h) => h.search(&quantize(query), k, ef.max(k)),
-            Kind::L2(h) => h.search(query, k, ef.max(k)),
-            Kind::Dot(h) => h.search(query, k, ef.max(k)),
+        let frozen = self
+            .frozen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let hits = match &*frozen {
+            Frozen::Cosine(f) => f.search(&unit(query), k, ef),
+            Frozen::CosineI8(f) => f.search(&quantize(query), k, ef),
+            Frozen::L2(f) => f.search(query, k, ef),
+            Frozen::Dot(f) => f.search(query, k, ef),
         };
         hits.into_iter()
-            .filter_map(|n| {
-                let gid = n.d_id as u64;
+            .filter_map(|d_id| {
+                let gid = d_id as u64;
                 if gid >> ID_BITS == self.epoch {
                     Some(gid & ID_MASK)
                 } else {
@@ -506,6 +548,12 @@ mod tests {
             1,
             &AtomicBool::new(false),
         );
+        // One new point in 300 is not worth a new copy yet: searches do not see it, and the
+        // watermark says so (the exact scanner covers it), until the builder's tick copies.
+        assert_eq!(g2.graphed(), 0);
+        assert_ne!(g2.search(&[1000.0, 0.0], 1, 64), [id5]);
+        g2.freeze();
+        assert_eq!(g2.graphed(), 1);
         assert_eq!(g2.search(&[1000.0, 0.0], 1, 64), [id5]);
     }
 

@@ -10,6 +10,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use crate::kernels::dot_f64 as dot;
 use crate::schema::Metric;
 
 const CHUNK: usize = 1024;
@@ -38,26 +39,6 @@ pub fn score(metric: Metric, q: &[f32], q_inv_norm: f64, v: &[f32], v_inv_norm: 
             .sum::<f64>()
             .sqrt(),
     }
-}
-
-/// In f64, over eight independent sums (one chain of dependent additions would leave the
-/// multipliers idle and the loop unvectorised): deterministic for given inputs.
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += f64::from(x[i]) * f64::from(y[i]);
-        }
-    }
-    let mut tail = 0f64;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += f64::from(*x) * f64::from(*y);
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 pub fn inv_norm(v: &[f32]) -> f64 {

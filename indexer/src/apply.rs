@@ -133,12 +133,15 @@ impl Applier {
                         Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "vector graph dump failed"),
                     }
                 };
+                // Searches walk a copy of each graph that the builder renews after its
+                // inserts (`Graph::freeze`); the one-second tick renews copies left behind.
                 loop {
-                    match graph_rx.recv_timeout(Duration::from_secs(10)) {
+                    match graph_rx.recv_timeout(Duration::from_secs(1)) {
                         Ok(_) if builder_stopping.load(Ordering::Acquire) => {}
                         Ok(job) => {
                             let (dir, graph) = (job.dir.clone(), job.graph.clone());
                             job.run(&builder_stopping);
+                            graph.freeze_if_due();
                             if graph.wants_dump() {
                                 dump(&dir, &graph);
                             }
@@ -146,6 +149,7 @@ impl Applier {
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                             for (dir, g) in &latest {
+                                g.freeze_if_due();
                                 if g.wants_dump() {
                                     dump(dir, g);
                                 }

@@ -150,12 +150,7 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
             })
             .collect(),
     };
-    let mut stats = Statistics {
-        searchers: parts.iter().map(|(_, p)| &p.searcher).collect(),
-        fresh_docs: 0,
-        fresh_tokens: HashMap::new(),
-        fresh_doc_freq: HashMap::new(),
-    };
+    let mut stats = Statistics::new(parts.iter().map(|(_, p)| &p.searcher).collect());
     for (_, p) in &parts {
         for e in p.fresh.docs.values() {
             let Some(tokens) = e.tokens(&p.fields) else {
