@@ -196,6 +196,22 @@ async fn assert_hybrid_is_weighted_rrf(
                         .is_some_and(|(g, w)| (g - w).abs() <= 1e-6 * w.abs().max(1.0)),
                     "{regions:?} {branch}: branch score {got:?} != {want:?}: {h}"
                 );
+                // The same stored fields as the branch's hit, and the text branch's snippets.
+                let theirs = &hits(answer)[i];
+                ensure!(
+                    h["fields"] == theirs["fields"] && !h["fields"].is_null(),
+                    "{regions:?} {branch}: fields {} != {}",
+                    h["fields"],
+                    theirs["fields"]
+                );
+                if branch == "text" {
+                    ensure!(
+                        h["highlights"] == theirs["highlights"] && h["highlights"].is_object(),
+                        "{regions:?}: highlights {} != the text branch's {}",
+                        h["highlights"],
+                        theirs["highlights"]
+                    );
+                }
             } else {
                 ensure!(h["branch_scores"][branch].is_null(), "{h}");
             }

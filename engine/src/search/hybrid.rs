@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::document::RawRow;
 use crate::shard::ShardView;
 
 /// Reciprocal rank fusion of a text and a vector ranking.
@@ -28,6 +29,9 @@ pub struct HybridHit {
     pub vector_score: Option<f64>,
     /// From the text branch (absent for vector-only hits), for the page's hits only.
     pub highlights: Vec<(String, String)>,
+    /// The document's row (without the vector column), for the page's hits; None when it
+    /// is gone from the view.
+    pub row: Option<RawRow>,
 }
 
 /// The fused hit of `key`, created empty on first sight.
@@ -45,6 +49,7 @@ fn hit_of<'a>(
         text_score: None,
         vector_score: None,
         highlights: Vec::new(),
+        row: None,
     })
 }
 
@@ -75,7 +80,6 @@ pub fn hybrid(
             facets: Vec::new(),
             count: false,
             rows: false,
-            only: None,
         },
     )?;
     let vector_branch = vector(
@@ -102,40 +106,30 @@ pub fn hybrid(
     let mut hits: Vec<HybridHit> = fused.into_values().collect();
     hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.key.cmp(&b.key)));
     let mut page: Vec<HybridHit> = hits.into_iter().skip(offset).take(limit).collect();
-    if text_search.highlight {
-        let only: std::collections::HashSet<String> = page
-            .iter()
-            .filter(|h| h.text_rank.is_some())
-            .map(|h| h.key.clone())
-            .collect();
-        if !only.is_empty() {
-            let highlighted = text(
-                view,
-                scope,
-                &TextSearch {
-                    query: text_search.query.clone(),
-                    limit: only.len(),
-                    offset: 0,
-                    filter: text_search.filter.clone(),
-                    fields_filter: text_search.fields_filter.clone(),
-                    highlight: true,
-                    sort: None,
-                    facets: Vec::new(),
-                    count: false,
-                    rows: true,
-                    only: Some(only),
-                },
-            )?;
-            let mut by_key: HashMap<String, Vec<(String, String)>> = highlighted
-                .hits
-                .into_iter()
-                .map(|h| (h.key, h.highlights))
-                .collect();
-            for h in &mut page {
-                if let Some(snippets) = by_key.remove(&h.key) {
-                    h.highlights = snippets;
-                }
-            }
+    // The page's rows, and snippets of the text query in those the text branch found: read
+    // for these hits alone (searching the text again for their keys cost a key-set query,
+    // its automaton over every segment and the rows twice).
+    let mut rows: Vec<(&crate::shard::PartitionView, RawRow)> = Vec::new();
+    let mut lit: Vec<usize> = Vec::new();
+    for (i, h) in page.iter_mut().enumerate() {
+        let Some(p) = view.partitions.get(&(scope.index, h.region.clone())) else {
+            continue;
+        };
+        let Some(row) = row_of(p, &h.key)? else {
+            continue;
+        };
+        h.row = Some(row.clone());
+        if text_search.highlight && h.text_rank.is_some() {
+            lit.push(i);
+            rows.push((p, row));
+        }
+    }
+    if !rows.is_empty() {
+        let refs: Vec<(&crate::shard::PartitionView, &RawRow)> =
+            rows.iter().map(|(p, r)| (*p, r)).collect();
+        let snippets = text::highlight_rows(view, scope, &text_search.query, &refs)?;
+        for (i, s) in lit.into_iter().zip(snippets) {
+            page[i].highlights = s;
         }
     }
     Ok(page)

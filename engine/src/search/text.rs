@@ -34,8 +34,6 @@ pub struct TextSearch {
     pub count: bool,
     /// Fetch each hit's row (and highlights); false: keys and scores only.
     pub rows: bool,
-    /// Only documents with these keys.
-    pub only: Option<std::collections::HashSet<String>>,
 }
 
 impl TextSearch {
@@ -52,7 +50,6 @@ impl TextSearch {
             facets: Vec::new(),
             count: true,
             rows: true,
-            only: None,
         }
     }
 }
@@ -120,53 +117,14 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
         .collect();
     let allowed: Vec<Option<std::collections::HashSet<String>>> = parts
         .iter()
-        .map(|(_, p)| {
-            let geo = search.filter.as_ref().map(|f| geo_allowed(p, f));
-            match (geo, &search.only) {
-                (None, None) => None,
-                (Some(a), None) => Some(a),
-                (None, Some(only)) => Some(only.clone()),
-                (Some(a), Some(only)) => Some(a.intersection(only).cloned().collect()),
-            }
-        })
+        .map(|(_, p)| search.filter.as_ref().map(|f| geo_allowed(p, f)))
         .collect();
     let fields_filter = match (parts.first(), &search.fields_filter) {
         (Some((_, p)), Some(f)) => Some(f.to_tantivy(&p.fields.filters)),
         _ => None,
     };
 
-    // Statistics: committed segments of every partition, plus the fresh documents.
-    // (term, text field position, token) of every BM25 term of the query.
-    let terms: Vec<(tantivy::Term, usize, String)> = match parts.first() {
-        None => Vec::new(),
-        Some((_, p)) => search
-            .query
-            .terms()
-            .into_iter()
-            .filter_map(|term| {
-                let field = p.fields.text.iter().position(|t| t.field == term.field())?;
-                let text = term.value().as_str()?.to_owned();
-                Some((term, field, text))
-            })
-            .collect(),
-    };
-    let mut stats = Statistics::new(parts.iter().map(|(_, p)| &p.searcher).collect());
-    for (_, p) in &parts {
-        for e in p.fresh.docs.values() {
-            let Some(tokens) = e.tokens(&p.fields) else {
-                continue;
-            };
-            stats.fresh_docs += 1;
-            for (t, toks) in p.fields.text.iter().zip(tokens) {
-                *stats.fresh_tokens.entry(t.field).or_default() += toks.len() as u64;
-            }
-            for (term, field, text) in &terms {
-                if tokens[*field].iter().any(|t| t == text) {
-                    *stats.fresh_doc_freq.entry(term.clone()).or_default() += 1;
-                }
-            }
-        }
-    }
+    let (stats, terms) = statistics(&parts, &search.query);
     let mut query = search.query.clone();
     query.prepare(&stats)?;
     let tq = query.to_tantivy();
@@ -327,10 +285,7 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
         GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
         GeoQuery::BBox(b) => b.centre(),
     });
-    // Snippet generators per text field, weighting terms by the shared statistics (tantivy's
-    // own `create` drops terms no committed segment has, so fresh-only words would not be
-    // highlighted).
-    let mut generators: HashMap<usize, tantivy::snippet::SnippetGenerator> = HashMap::new();
+    let mut highlighter = Highlighter::new(&stats, &terms);
     let mut hits = Vec::new();
     for &i in order.iter().skip(search.offset).take(search.limit) {
         let c = &candidates[i];
@@ -342,37 +297,11 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
             }
             Source::Fresh(d) => d.raw.clone(),
         };
-        let mut highlights = Vec::new();
-        if search.highlight && search.rows {
-            for (fi, t) in c.partition.fields.text.iter().enumerate() {
-                let Some(text) = row.get(t.column).and_then(|v| v.as_deref()) else {
-                    continue;
-                };
-                let generator = match generators.entry(fi) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        let mut weights = std::collections::BTreeMap::new();
-                        for (term, f, token) in &terms {
-                            if *f == fi {
-                                let df =
-                                    tantivy::query::Bm25StatisticsProvider::doc_freq(&stats, term)?;
-                                weights.insert(token.clone(), 1.0 / (1.0 + df as f32));
-                            }
-                        }
-                        v.insert(tantivy::snippet::SnippetGenerator::new(
-                            weights,
-                            t.analyzer(),
-                            t.field,
-                            160,
-                        ))
-                    }
-                };
-                let snippet = generator.snippet(text);
-                if !snippet.highlighted().is_empty() {
-                    highlights.push((t.name.clone(), snippet.to_html()));
-                }
-            }
-        }
+        let highlights = if search.highlight && search.rows {
+            highlighter.highlights(&c.partition.fields, &row)?
+        } else {
+            Vec::new()
+        };
         let distance_m = match (centre, c.point()) {
             (Some((lat, lon)), Some((dlat, dlon))) => Some(haversine_m(lat, lon, dlat, dlon)),
             _ => None,
@@ -398,6 +327,126 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
         total_exact,
         facets,
     })
+}
+
+/// (term, text field position, token) of every BM25 term of a query.
+type QueryTerms = Vec<(tantivy::Term, usize, String)>;
+
+/// One set of BM25 statistics over `parts` (committed segments plus fresh documents), and
+/// the query's terms.
+fn statistics<'a>(
+    parts: &[(&str, &'a crate::shard::PartitionView)],
+    query: &TextQuery,
+) -> (Statistics<'a>, QueryTerms) {
+    let terms: QueryTerms = match parts.first() {
+        None => Vec::new(),
+        Some((_, p)) => query
+            .terms()
+            .into_iter()
+            .filter_map(|term| {
+                let field = p.fields.text.iter().position(|t| t.field == term.field())?;
+                let text = term.value().as_str()?.to_owned();
+                Some((term, field, text))
+            })
+            .collect(),
+    };
+    let mut stats = Statistics::new(parts.iter().map(|(_, p)| &p.searcher).collect());
+    for (_, p) in parts {
+        for e in p.fresh.docs.values() {
+            let Some(tokens) = e.tokens(&p.fields) else {
+                continue;
+            };
+            stats.fresh_docs += 1;
+            for (t, toks) in p.fields.text.iter().zip(tokens) {
+                *stats.fresh_tokens.entry(t.field).or_default() += toks.len() as u64;
+            }
+            for (term, field, text) in &terms {
+                if tokens[*field].iter().any(|t| t == text) {
+                    *stats.fresh_doc_freq.entry(term.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    (stats, terms)
+}
+
+/// Highlighted snippets (HTML, matches in `<b>`) of rows' text fields: one snippet generator
+/// per text field, weighting terms by the shared statistics (tantivy's own `create` drops
+/// terms no committed segment has, so fresh-only words would not be highlighted).
+struct Highlighter<'s, 'a> {
+    stats: &'s Statistics<'a>,
+    terms: &'s QueryTerms,
+    generators: HashMap<usize, tantivy::snippet::SnippetGenerator>,
+}
+
+impl<'s, 'a> Highlighter<'s, 'a> {
+    fn new(stats: &'s Statistics<'a>, terms: &'s QueryTerms) -> Highlighter<'s, 'a> {
+        Highlighter {
+            stats,
+            terms,
+            generators: HashMap::new(),
+        }
+    }
+
+    /// (text field name, snippet) for each text field of `row` with a match.
+    fn highlights(
+        &mut self,
+        fields: &crate::partition::Fields,
+        row: &RawRow,
+    ) -> tantivy::Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for (fi, t) in fields.text.iter().enumerate() {
+            let Some(text) = row.get(t.column).and_then(|v| v.as_deref()) else {
+                continue;
+            };
+            let generator = match self.generators.entry(fi) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let mut weights = std::collections::BTreeMap::new();
+                    for (term, f, token) in self.terms {
+                        if *f == fi {
+                            let df =
+                                tantivy::query::Bm25StatisticsProvider::doc_freq(self.stats, term)?;
+                            weights.insert(token.clone(), 1.0 / (1.0 + df as f32));
+                        }
+                    }
+                    v.insert(tantivy::snippet::SnippetGenerator::new(
+                        weights,
+                        t.analyzer(),
+                        t.field,
+                        160,
+                    ))
+                }
+            };
+            let snippet = generator.snippet(text);
+            if !snippet.highlighted().is_empty() {
+                out.push((t.name.clone(), snippet.to_html()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Snippets of `query` in the given rows of documents in `scope` (with the statistics a
+/// search of the scope would use): the page of a hybrid search, highlighted without
+/// searching the text again.
+pub fn highlight_rows(
+    view: &ShardView,
+    scope: &Scope,
+    query: &TextQuery,
+    rows: &[(&crate::shard::PartitionView, &RawRow)],
+) -> tantivy::Result<Vec<Vec<(String, String)>>> {
+    let parts: Vec<(&str, &crate::shard::PartitionView)> = view
+        .partitions
+        .iter()
+        .filter(|((index, region), _)| scope.covers(*index, region))
+        .map(|((_, region), p)| (region.as_str(), p))
+        .collect();
+    let (stats, terms) = statistics(&parts, query);
+    let mut highlighter = Highlighter::new(&stats, &terms);
+    rows.iter()
+        .map(|(p, row)| highlighter.highlights(&p.fields, row))
+        .collect()
 }
 
 /// Reads the keys of the committed candidates at `at`: one sorted pass per segment.

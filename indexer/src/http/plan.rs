@@ -284,7 +284,6 @@ pub(super) fn plan(
                 facets: facet_list,
                 count,
                 rows: true,
-                only: None,
             }),
             None => {
                 return Err(FieldError::new(
@@ -325,7 +324,6 @@ pub(super) fn plan(
             facets: facet_list,
             count,
             rows: true,
-            only: None,
         }),
         (Some((query, highlight)), Some(v)) => {
             ranked_elsewhere("hybrid searches")?;
@@ -366,7 +364,6 @@ pub(super) fn plan(
                     facets: Vec::new(),
                     count: false,
                     rows: true,
-                    only: None,
                 },
                 engine::search::VectorQuery {
                     k: v.k,

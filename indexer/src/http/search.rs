@@ -204,7 +204,11 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
                                 vector: h.vector_score,
                             }),
                             highlights: t.highlight.then(|| highlights(&h.highlights)).flatten(),
-                            ..hit(&h.key, &h.region, row(&h.region, &h.key)?)
+                            ..hit(
+                                &h.key,
+                                &h.region,
+                                h.row.as_ref().map_or(Value::Null, |r| fields_json(&ix, r)),
+                            )
                         })
                     })
                     .collect::<tantivy::Result<_>>()?
