@@ -140,7 +140,12 @@ impl AppState {
             index,
             search: &search,
         };
-        let url = format!("{}{}", self.shard_url(t.shard), path::SEARCH);
+        let Some(url) = self.inner.search_urls[t.shard].clone() else {
+            return Err(CallError::Failed(format!(
+                "shard URL {:?} does not parse",
+                self.shard_url(t.shard)
+            )));
+        };
         let req = self.inner.http.post(url).json(&body);
         self.call(req, self.shard_timeout(), &[]).await
     }
