@@ -23,6 +23,7 @@ pub mod rows;
 pub mod schema;
 pub mod search;
 pub mod shard;
+pub mod statistics;
 pub mod text;
 pub mod vector;
 

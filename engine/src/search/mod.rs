@@ -42,6 +42,18 @@ impl Scope {
     fn covers(&self, index: usize, region: &str) -> bool {
         index == self.index && (self.regions.is_empty() || self.regions.iter().any(|r| r == region))
     }
+
+    /// The view's partitions in scope, with their regions.
+    fn partitions<'v>(
+        &self,
+        view: &'v crate::shard::ShardView,
+    ) -> Vec<(&'v str, &'v crate::shard::PartitionView)> {
+        view.partitions
+            .iter()
+            .filter(|((index, region), _)| self.covers(*index, region))
+            .map(|((_, region), p)| (region.as_str(), p))
+            .collect()
+    }
 }
 
 /// Keys of a partition whose documents pass a structured filter: committed (unless

@@ -10,7 +10,8 @@ use crate::fields::{self, add_counts, FacetCollector, FacetCounts, Key, SortColl
 use crate::filter::Filter;
 use crate::geo::haversine_m;
 use crate::shard::ShardView;
-use crate::text::{Statistics, TextQuery};
+use crate::statistics::Statistics;
+use crate::text::TextQuery;
 
 /// A full-text query over a scope, optionally among documents within a radius or box.
 pub struct TextSearch {
@@ -109,12 +110,7 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
     use tantivy::collector::Count;
     use tantivy::query::{BooleanQuery, Occur, Query, TermSetQuery};
 
-    let parts: Vec<(&str, &crate::shard::PartitionView)> = view
-        .partitions
-        .iter()
-        .filter(|((index, region), _)| scope.covers(*index, region))
-        .map(|((_, region), p)| (region.as_str(), p))
-        .collect();
+    let parts = scope.partitions(view);
     let allowed: Vec<Option<std::collections::HashSet<String>>> = parts
         .iter()
         .map(|(_, p)| search.filter.as_ref().map(|f| geo_allowed(p, f)))
@@ -440,12 +436,7 @@ pub fn highlight_rows(
     query: &TextQuery,
     rows: &[(&crate::shard::PartitionView, &RawRow)],
 ) -> tantivy::Result<Vec<Vec<(String, String)>>> {
-    let parts: Vec<(&str, &crate::shard::PartitionView)> = view
-        .partitions
-        .iter()
-        .filter(|((index, region), _)| scope.covers(*index, region))
-        .map(|((_, region), p)| (region.as_str(), p))
-        .collect();
+    let parts = scope.partitions(view);
     let (stats, terms) = statistics(&parts, query);
     let mut highlighter = Highlighter::new(&stats, &terms);
     rows.iter()
