@@ -8,8 +8,11 @@
 //! read by ordinal; and a key's address comes from the key's term dictionary per segment, not
 //! a query.
 
+use std::sync::OnceLock;
+
+use tantivy::columnar::{BytesColumn, StrColumn};
 use tantivy::schema::IndexRecordOption;
-use tantivy::{DocAddress, DocSet, Searcher, Term, TERMINATED};
+use tantivy::{DocAddress, DocSet, Searcher, SegmentReader, Term, TERMINATED};
 
 use crate::document::RawRow;
 use crate::error::{Error, Result};
@@ -17,6 +20,54 @@ use crate::partition::Fields;
 
 /// The name of the columnar row field.
 pub const ROW_FIELD: &str = "_row";
+
+/// The name of the columnar key field.
+pub const KEY_FIELD: &str = "_key";
+
+/// One searcher's per-segment handles on the `_row` and `_key` columns, opened at a segment's
+/// first use and kept while that searcher serves: opening a segment's row column once per
+/// hit was a tenth of a geo query's shard CPU.
+pub struct Columns {
+    generation: u64,
+    rows: Vec<OnceLock<Option<BytesColumn>>>,
+    keys: Vec<OnceLock<Option<StrColumn>>>,
+}
+
+impl Columns {
+    pub fn new(searcher: &Searcher) -> Columns {
+        let segments = searcher.segment_readers().len();
+        Columns {
+            generation: searcher.generation().generation_id(),
+            rows: (0..segments).map(|_| OnceLock::new()).collect(),
+            keys: (0..segments).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Whether these handles belong to `searcher`'s segments.
+    pub fn fits(&self, searcher: &Searcher) -> bool {
+        self.generation == searcher.generation().generation_id()
+    }
+
+    /// The row column of segment `ord` (read by `reader`); None: a segment without rows.
+    pub fn rows(&self, ord: u32, reader: &SegmentReader) -> Result<Option<&BytesColumn>> {
+        let cell = &self.rows[ord as usize];
+        if let Some(c) = cell.get() {
+            return Ok(c.as_ref());
+        }
+        let opened = reader.fast_fields().bytes(ROW_FIELD)?;
+        Ok(cell.get_or_init(|| opened).as_ref())
+    }
+
+    /// The key column of segment `ord` (read by `reader`); None: a segment without keys.
+    pub fn keys(&self, ord: u32, reader: &SegmentReader) -> tantivy::Result<Option<&StrColumn>> {
+        let cell = &self.keys[ord as usize];
+        if let Some(c) = cell.get() {
+            return Ok(c.as_ref());
+        }
+        let opened = reader.fast_fields().str(KEY_FIELD)?;
+        Ok(cell.get_or_init(|| opened).as_ref())
+    }
+}
 
 /// The address of the live committed document under `key`, if any.
 pub fn address(searcher: &Searcher, fields: &Fields, key: &str) -> Result<Option<DocAddress>> {
@@ -41,10 +92,15 @@ pub fn address(searcher: &Searcher, fields: &Fields, key: &str) -> Result<Option
 
 /// The row at a committed address, as answers need it: every column, with the vector column
 /// empty unless `fields.rows_carry_stored` says an answer wants it (then from `_source`).
-pub fn row_at(searcher: &Searcher, fields: &Fields, addr: DocAddress) -> Result<RawRow> {
+pub fn row_at(
+    searcher: &Searcher,
+    columns: &Columns,
+    fields: &Fields,
+    addr: DocAddress,
+) -> Result<RawRow> {
     if fields.rows_carry_stored {
         let segment = searcher.segment_reader(addr.segment_ord);
-        if let Some(column) = segment.fast_fields().bytes(ROW_FIELD)? {
+        if let Some(column) = columns.rows(addr.segment_ord, segment)? {
             if let Some(ord) = column.term_ords(addr.doc_id).next() {
                 let mut bytes = Vec::new();
                 column.ord_to_bytes(ord, &mut bytes)?;
@@ -57,9 +113,14 @@ pub fn row_at(searcher: &Searcher, fields: &Fields, addr: DocAddress) -> Result<
 }
 
 /// The committed row under `key`, as [`row_at`] reads it.
-pub fn row_of_key(searcher: &Searcher, fields: &Fields, key: &str) -> Result<Option<RawRow>> {
+pub fn row_of_key(
+    searcher: &Searcher,
+    columns: &Columns,
+    fields: &Fields,
+    key: &str,
+) -> Result<Option<RawRow>> {
     address(searcher, fields, key)?
-        .map(|addr| row_at(searcher, fields, addr))
+        .map(|addr| row_at(searcher, columns, fields, addr))
         .transpose()
 }
 
@@ -77,14 +138,18 @@ pub fn row_bytes(fields: &Fields, raw: &RawRow) -> Vec<u8> {
 
 /// The keys of committed addresses, in their order: one sorted pass over each segment's key
 /// dictionary (a lookup per document would decode a dictionary block each).
-pub fn keys_at(searcher: &Searcher, addrs: &[DocAddress]) -> Result<Vec<String>> {
+pub fn keys_at(
+    searcher: &Searcher,
+    columns: &Columns,
+    addrs: &[DocAddress],
+) -> Result<Vec<String>> {
     let mut keys = vec![String::new(); addrs.len()];
     let mut by_segment: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
     for (i, addr) in addrs.iter().enumerate() {
         by_segment.entry(addr.segment_ord).or_default().push(i);
     }
     for (segment, at) in by_segment {
-        let Some(column) = searcher.segment_reader(segment).fast_fields().str("_key")? else {
+        let Some(column) = columns.keys(segment, searcher.segment_reader(segment))? else {
             continue;
         };
         // (key ordinal, position in `addrs`), in ordinal order.

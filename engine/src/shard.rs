@@ -51,6 +51,8 @@ pub struct ShardView {
 #[derive(Clone)]
 pub struct PartitionView {
     pub searcher: Searcher,
+    /// The searcher's per-segment column handles, opened at first use.
+    pub columns: Arc<crate::rows::Columns>,
     pub fields: Fields,
     pub fresh: FreshLayer,
     /// LSN of the partition's last durable commit.
@@ -635,14 +637,24 @@ impl Shard {
         for p in self.partitions.values_mut() {
             p.trim_graphed();
         }
+        let before = self.view.load();
         let partitions = self
             .partitions
             .iter()
             .map(|(id, p)| {
+                let searcher = p.searcher();
+                // Column handles stay valid while the searcher is the same generation.
+                let columns = before
+                    .as_ref()
+                    .and_then(|v| v.partitions.get(id))
+                    .map(|v| v.columns.clone())
+                    .filter(|c| c.fits(&searcher))
+                    .unwrap_or_else(|| Arc::new(crate::rows::Columns::new(&searcher)));
                 (
                     id.clone(),
                     PartitionView {
-                        searcher: p.searcher(),
+                        searcher,
+                        columns,
                         fields: p.fields().clone(),
                         fresh: p.fresh(),
                         checkpoint: p.checkpoint(),

@@ -98,7 +98,7 @@ pub(crate) fn visit_filtered(
     }
     for (segment_ord, docs) in ords {
         let segment = p.searcher.segment_reader(segment_ord);
-        let Some(keys) = segment.fast_fields().str("_key")? else {
+        let Some(keys) = p.columns.keys(segment_ord, segment)? else {
             continue;
         };
         let mut term_ords: Vec<u64> = docs
@@ -179,6 +179,6 @@ pub fn row_of(p: &crate::shard::PartitionView, key: &str) -> tantivy::Result<Opt
     if p.fresh.truncated {
         return Ok(None);
     }
-    crate::rows::row_of_key(&p.searcher, &p.fields, key)
+    crate::rows::row_of_key(&p.searcher, &p.columns, &p.fields, key)
         .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))
 }

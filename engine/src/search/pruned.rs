@@ -14,8 +14,10 @@ use tantivy::query::Weight;
 use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader};
 
 /// The best `limit` documents of each segment by score (ties by key), counting what it saw.
-pub struct PrunedTop {
+pub struct PrunedTop<'a> {
     pub limit: usize,
+    /// The searcher's key columns, shared by its queries.
+    pub columns: &'a crate::rows::Columns,
 }
 
 /// The segments' best documents, and how many matches were seen.
@@ -104,7 +106,7 @@ impl PrunedSegment {
     }
 }
 
-impl Collector for PrunedTop {
+impl Collector for PrunedTop<'_> {
     type Fruit = Pruned;
     type Child = PrunedSegment;
 
@@ -115,7 +117,7 @@ impl Collector for PrunedTop {
     ) -> tantivy::Result<PrunedSegment> {
         let limit = self.limit.max(1);
         Ok(PrunedSegment {
-            keys: Some(segment.fast_fields().str("_key")?),
+            keys: Some(self.columns.keys(ord, segment)?.cloned()),
             segment: ord,
             limit,
             heap: BinaryHeap::with_capacity(limit + 1),
@@ -134,8 +136,9 @@ impl Collector for PrunedTop {
         segment_ord: u32,
         reader: &SegmentReader,
     ) -> tantivy::Result<Pruned> {
-        // The key column is opened at the segment's first match, not before: most segments
-        // have none for a rare word, and opening it was 4% of such a query's CPU.
+        // The key column is taken at the segment's first match, not before: most segments
+        // have none for a rare word, and opening it was 4% of such a query's CPU (it stays
+        // open for the searcher's later queries).
         let limit = self.limit.max(1);
         let mut child = PrunedSegment {
             keys: None,
@@ -147,8 +150,8 @@ impl Collector for PrunedTop {
         };
         let alive = reader.alive_bitset();
         let mut failed = None;
-        let mut open = || match reader.fast_fields().str("_key") {
-            Ok(column) => column,
+        let mut open = || match self.columns.keys(segment_ord, reader) {
+            Ok(column) => column.cloned(),
             Err(e) => {
                 failed = Some(e);
                 None

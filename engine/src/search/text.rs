@@ -174,7 +174,10 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
                 None if !search.count && search.facets.is_empty() => {
                     let top = p.searcher.search_with_statistics_provider(
                         &*q,
-                        &PrunedTop { limit: want },
+                        &PrunedTop {
+                            limit: want,
+                            columns: &p.columns,
+                        },
                         &stats,
                     )?;
                     total_exact &= top.exact;
@@ -291,10 +294,13 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
         let c = &candidates[i];
         let row = match &c.source {
             _ if !search.rows => RawRow::default(),
-            Source::Committed(addr) => {
-                crate::rows::row_at(&c.partition.searcher, &c.partition.fields, *addr)
-                    .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?
-            }
+            Source::Committed(addr) => crate::rows::row_at(
+                &c.partition.searcher,
+                &c.partition.columns,
+                &c.partition.fields,
+                *addr,
+            )
+            .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?,
             Source::Fresh(d) => d.raw.clone(),
         };
         let highlights = if search.highlight && search.rows {
@@ -464,7 +470,7 @@ fn resolve_keys<'a>(candidates: &mut [Candidate<'a>], at: &[usize]) -> tantivy::
     }
     for (partition, group) in groups {
         let addrs: Vec<tantivy::DocAddress> = group.iter().map(|g| g.1).collect();
-        let keys = crate::rows::keys_at(&partition.searcher, &addrs)
+        let keys = crate::rows::keys_at(&partition.searcher, &partition.columns, &addrs)
             .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
         for ((i, _), key) in group.into_iter().zip(keys) {
             candidates[i].key = Some(key);
