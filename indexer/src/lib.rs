@@ -67,7 +67,13 @@ pub async fn run(
     tracing::info!(%addr, "shard endpoint listening");
     let mut http_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
         let app = http::router(http_state);
+        // Answers are written whole: Nagle's delay would only hold back a second answer
+        // queued behind an unacknowledged first (the shard link carries many).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_shutdown.wait_for(|s| *s).await;

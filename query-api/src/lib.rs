@@ -5,13 +5,15 @@
 //! request: the only state is per-process rate-limit buckets.
 //!
 //! `lib.rs` holds the state and the router; `auth` the keys and rate buckets; `shards` the
-//! routing by region and the typed shard client; `merge` the global order; `cursor` the
+//! routing by region and the typed shard client, `link` the connection searches and
+//! documents travel on; `merge` the global order; `cursor` the
 //! opaque cursors; `routes/` one file per public resource; `error` the error answer.
 
 mod auth;
 pub mod config;
 mod cursor;
 mod error;
+mod link;
 mod merge;
 mod openapi;
 mod routes;
@@ -46,6 +48,8 @@ struct Inner {
     /// Each shard's search URL, parsed once (parsing it per request was 2% of the CPU of a
     /// text load); None when the configured URL does not parse.
     search_urls: Vec<Option<reqwest::Url>>,
+    /// Each shard's link (`wire::link`), for a plain `http` URL: searches and documents.
+    links: Vec<Option<link::Link>>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     inflight: tokio::sync::Semaphore,
     prometheus: Option<PrometheusHandle>,
@@ -54,15 +58,20 @@ struct Inner {
 impl AppState {
     pub fn new(config: Config, prometheus: Option<PrometheusHandle>) -> AppState {
         let inflight = tokio::sync::Semaphore::new(config.limits.max_concurrent_requests);
-        let search_urls = config
+        let search_urls: Vec<Option<reqwest::Url>> = config
             .shards
             .iter()
             .map(|s| reqwest::Url::parse(&format!("{}{}", s.url, wire::shard::path::SEARCH)).ok())
+            .collect();
+        let links = search_urls
+            .iter()
+            .map(|u| u.as_ref().and_then(link::Link::new))
             .collect();
         AppState {
             inner: Arc::new(Inner {
                 config,
                 search_urls,
+                links,
                 http: reqwest::Client::builder()
                     .pool_idle_timeout(Duration::from_secs(30))
                     .build()

@@ -1,19 +1,22 @@
 //! The indexer shards as query-api sees them: which ones own a request's regions, and a typed
 //! client of the shard protocol (`wire::shard`): every call has a deadline, every answer is
-//! parsed into its `wire` type, and every name or key travels as a percent-encoded value
-//! (`wire::shard::path`), never as URL text.
+//! parsed into its `wire` type. Searches and documents go on the shard's link (`link.rs`),
+//! with names and keys inside the JSON body; the other calls are HTTP requests where every
+//! name or key travels as a percent-encoded value (`wire::shard::path`), never as URL text.
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use wire::link::Call;
 use wire::shard::{
-    path, DocumentResponse, ShardError, ShardSearchRequest, ShardSearchResponse, ShardStatus,
-    WaitResponse,
+    path, DocumentRequest, DocumentResponse, ShardError, ShardSearchRequest, ShardSearchResponse,
+    ShardStatus, WaitResponse,
 };
 use wire::{Lsn, MissingShard, SearchRequest};
 
 use crate::config::Config;
+use crate::link::Link;
 use crate::{ApiError, AppState};
 
 /// One shard a request touches, with the regions asked of it (empty: all it owns).
@@ -115,12 +118,24 @@ impl AppState {
                 .bytes()
                 .await
                 .map_err(|e| CallError::Failed(e.to_string()))?;
-            if status.is_success() || also.contains(&status) {
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| CallError::Failed(format!("{status}: bad answer: {e}")))
-            } else {
-                Err(refused(status, &bytes))
-            }
+            answer(status, &bytes, also)
+        };
+        tokio::time::timeout(deadline, exchange)
+            .await
+            .unwrap_or_else(|_| Err(CallError::Failed("timed out".into())))
+    }
+
+    /// A call on the shard's link, answered within `deadline` (`call`'s answers).
+    async fn link_call<T: DeserializeOwned>(
+        &self,
+        link: &Link,
+        call: Call,
+        body: &[u8],
+        deadline: Duration,
+    ) -> Result<T, CallError> {
+        let exchange = async {
+            let (status, bytes) = link.call(call, body).await.map_err(CallError::Failed)?;
+            answer(status, &bytes, &[])
         };
         tokio::time::timeout(deadline, exchange)
             .await
@@ -140,6 +155,12 @@ impl AppState {
             index,
             search: &search,
         };
+        if let Some(link) = &self.inner.links[t.shard] {
+            let body = serde_json::to_vec(&body).expect("requests serialize");
+            return self
+                .link_call(link, Call::Search, &body, self.shard_timeout())
+                .await;
+        }
         let Some(url) = self.inner.search_urls[t.shard].clone() else {
             return Err(CallError::Failed(format!(
                 "shard URL {:?} does not parse",
@@ -182,9 +203,18 @@ impl AppState {
         index: &str,
         key: &str,
     ) -> Result<DocumentResponse, CallError> {
+        let deadline = Duration::from_secs(5);
+        if let Some(link) = &self.inner.links[shard] {
+            let body = serde_json::to_vec(&DocumentRequest {
+                index: index.to_owned(),
+                key: key.to_owned(),
+            })
+            .expect("requests serialize");
+            return self.link_call(link, Call::Document, &body, deadline).await;
+        }
         let url = format!("{}{}", self.shard_url(shard), path::document(index, key));
         let req = self.inner.http.get(url);
-        self.call(req, Duration::from_secs(5), &[]).await
+        self.call(req, deadline, &[]).await
     }
 
     /// Opens a shard's change feed after `since`: the streaming response, or why not.
@@ -216,6 +246,20 @@ impl AppState {
         tokio::time::timeout(self.shard_timeout(), open)
             .await
             .unwrap_or_else(|_| Err(CallError::Failed("timed out".into())))
+    }
+}
+
+/// A shard's answer: `T` on success (and on the statuses in `also`), else as `refused` says.
+fn answer<T: DeserializeOwned>(
+    status: StatusCode,
+    bytes: &[u8],
+    also: &[StatusCode],
+) -> Result<T, CallError> {
+    if status.is_success() || also.contains(&status) {
+        serde_json::from_slice(bytes)
+            .map_err(|e| CallError::Failed(format!("{status}: bad answer: {e}")))
+    } else {
+        Err(refused(status, bytes))
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! Requests deny unknown fields; [`parse`] names the field at fault by its JSON path.
 
+pub mod link;
 pub mod lsn;
 pub mod shard;
 pub mod sse;

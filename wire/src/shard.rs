@@ -132,7 +132,16 @@ impl ShardError {
     }
 }
 
-/// `GET /internal/documents/{index}/{key}`: one document's stored fields.
+/// A document read on the shard link (`link::Call::Document`): the index and the key, as
+/// data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentRequest {
+    pub index: String,
+    pub key: String,
+}
+
+/// `GET /internal/document?index=…&key=…`: one document's stored fields.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DocumentResponse {
     pub key: String,

@@ -11,11 +11,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use wire::shard::{
-    DocumentResponse, DumpResponse, PartitionStatus, RejectionReport, ShardStatus, WaitResponse,
+    DocumentRequest, DocumentResponse, DumpResponse, PartitionStatus, RejectionReport, ShardStatus,
+    WaitResponse,
 };
 use wire::Lsn;
 
-use super::{blocking, error, fields_json, params, run_blocking, HttpState, Params};
+use super::{
+    blocking, error, fields_json, params, run_blocking, run_query, Answer, HttpState, Params,
+};
 
 fn shard_status(s: &HttpState) -> ShardStatus {
     let stats = &s.stats;
@@ -102,7 +105,8 @@ pub(super) async fn metrics_text(State(s): State<HttpState>) -> Response {
     })
     .await
     {
-        Ok(r) | Err(r) => r,
+        Ok(r) => r,
+        Err(answer) => answer.into_response(),
     }
 }
 
@@ -236,27 +240,25 @@ pub(super) async fn dump(State(s): State<HttpState>, p: Params<IndexParam>) -> R
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DocumentParams {
-    index: String,
-    key: String,
+/// `GET /internal/document?index=…&key=…`.
+pub(super) async fn document(State(s): State<HttpState>, p: Params<DocumentRequest>) -> Response {
+    match params(p) {
+        Ok(req) => find_document(&s, req).await.into_response(),
+        Err(r) => r.into_response(),
+    }
 }
 
 /// One document by key, from whichever region holds it: its stored fields and region.
-pub(super) async fn document(State(s): State<HttpState>, p: Params<DocumentParams>) -> Response {
-    let DocumentParams { index, key } = match params(p) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
+pub(super) async fn find_document(s: &HttpState, req: DocumentRequest) -> Answer {
+    let DocumentRequest { index, key } = req;
     let ix = match s.index(&index) {
         Ok(ix) => ix.clone(),
-        Err(r) => return r.into_response(),
+        Err(r) => return r.into(),
     };
     let Some((view, applied_lsn)) = s.view() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
+        return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
     };
-    let found = run_blocking("document lookup", move || {
+    let found = run_query(s, "document lookup", move || {
         for ((i, region), p) in &view.partitions {
             if *i != ix.ordinal {
                 continue;
@@ -274,8 +276,8 @@ pub(super) async fn document(State(s): State<HttpState>, p: Params<DocumentParam
     })
     .await;
     match found {
-        Ok(Some(doc)) => Json(doc).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "key", "no such document"),
-        Err(resp) => resp,
+        Ok(Some(doc)) => Answer::json(&doc),
+        Ok(None) => Answer::error(StatusCode::NOT_FOUND, "key", "no such document"),
+        Err(answer) => answer,
     }
 }

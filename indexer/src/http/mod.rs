@@ -1,11 +1,13 @@
 //! The shard's internal HTTP endpoint, spoken with query-api (and `verify`) in the `wire`
 //! crate's shard protocol: search (`search.rs`, planned by `plan.rs`), the change feed
 //! (`feed.rs`), and health, status, metrics, wait-for-LSN, documents and the per-key dump
-//! (`admin.rs`). Answers are built here from domain types; engine work runs on the blocking
-//! pool.
+//! (`admin.rs`); searches and documents also on the shard link (`link.rs`, one connection
+//! carrying many calls). Answers are built here from domain types; engine work runs on the
+//! blocking pool.
 
 mod admin;
 mod feed;
+mod link;
 mod plan;
 mod search;
 
@@ -32,6 +34,9 @@ pub struct HttpState {
     fields: Arc<Vec<Fields>>,
     slot: String,
     prometheus: Option<PrometheusHandle>,
+    /// Searches and document reads run here: one thread per core, so 32 concurrent searches
+    /// take turns instead of 32 blocking-pool threads preempting one another.
+    queries: Arc<rayon::ThreadPool>,
 }
 
 impl HttpState {
@@ -50,6 +55,15 @@ impl HttpState {
             fields: Arc::new(fields),
             slot,
             prometheus,
+            queries: Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .thread_name(|i| format!("query-{i}"))
+                    // A panicking query fails its request (its answer channel is dropped);
+                    // rayon's default would abort the process.
+                    .panic_handler(|_| ())
+                    .build()
+                    .expect("query threads start"),
+            ),
         }
     }
 
@@ -86,6 +100,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/internal/dump", get(admin::dump))
         .route("/internal/search", post(search::search))
         .route("/internal/document", get(admin::document))
+        .route(wire::link::PATH, get(link::upgrade))
         .route("/internal/changes", get(feed::changes))
         .with_state(state)
 }
@@ -108,26 +123,71 @@ struct Refusal {
     message: String,
 }
 
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        error(self.status, self.field, self.message)
+impl From<Refusal> for Answer {
+    fn from(r: Refusal) -> Answer {
+        Answer::error(r.status, r.field, r.message)
     }
 }
 
-/// An error answer (`wire::shard::ShardError`): the field at fault and a message.
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        Answer::from(self).into_response()
+    }
+}
+
+/// An answer of the shard protocol, whichever transport carries it (an HTTP response or a
+/// frame on the shard link): a status and a JSON body.
+pub(crate) struct Answer {
+    status: StatusCode,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json<T: serde::Serialize>(value: &T) -> Answer {
+        Answer {
+            status: StatusCode::OK,
+            body: serde_json::to_vec(value).expect("answers serialize"),
+        }
+    }
+
+    /// An error answer (`wire::shard::ShardError`): the field at fault and a message.
+    fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            body: serde_json::to_vec(&wire::shard::ShardError::new(field, message))
+                .expect("errors serialize"),
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let json = [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )];
+        (self.status, json, self.body).into_response()
+    }
+}
+
+/// An error answer as an HTTP response.
 fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
-    (status, Json(wire::shard::ShardError::new(field, message))).into_response()
+    Answer::error(status, field, message).into_response()
+}
+
+/// A bare 500: no internal detail in bodies (the cause is logged).
+fn internal() -> Answer {
+    Answer::error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error")
 }
 
 /// Runs engine work on the blocking pool; a failure is logged and becomes a bare 500 (no
 /// internal detail in bodies).
-async fn run_blocking<T, E, F>(what: &'static str, work: F) -> Result<T, Response>
+async fn run_blocking<T, E, F>(what: &'static str, work: F) -> Result<T, Answer>
 where
     T: Send + 'static,
     E: std::fmt::Display + Send + 'static,
     F: FnOnce() -> Result<T, E> + Send + 'static,
 {
-    let internal = || error(StatusCode::INTERNAL_SERVER_ERROR, "", "internal error");
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
@@ -136,6 +196,30 @@ where
         }
         Err(e) => {
             tracing::error!(error = %e, "{what} task failed");
+            Err(internal())
+        }
+    }
+}
+
+/// Runs a search or a document read on the query threads (`run_blocking`'s failures).
+async fn run_query<T, E, F>(s: &HttpState, what: &'static str, work: F) -> Result<T, Answer>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    s.queries.spawn(move || {
+        let _ = tx.send(work());
+    });
+    match rx.await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "{what} failed");
+            Err(internal())
+        }
+        Err(_) => {
+            tracing::error!("{what} panicked");
             Err(internal())
         }
     }
@@ -150,7 +234,7 @@ where
 {
     match run_blocking(what, work).await {
         Ok(v) => Json(v).into_response(),
-        Err(resp) => resp,
+        Err(answer) => answer.into_response(),
     }
 }
 

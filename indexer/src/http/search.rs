@@ -11,7 +11,7 @@ use wire::shard::ShardSearchResponse;
 use wire::{BranchRanks, BranchScores, FacetBucket, Hit, TotalRelation};
 
 use super::plan::{plan, Parts, Planned};
-use super::{blocking, error, fields_json, HttpState};
+use super::{fields_json, run_query, Answer, HttpState};
 
 /// A text score as the JSON number it always was: the shortest decimal that reads back as
 /// the same f32 (widening the f32 itself would print float noise digits).
@@ -37,14 +37,20 @@ fn highlights(h: &[(String, String)]) -> Option<BTreeMap<String, String>> {
     Some(h.iter().cloned().collect())
 }
 
-/// Shard search: text, geo, vector, filters, hybrid (the public API is query-api's).
+/// `POST /internal/search`.
 pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response {
-    let (index, mut req) = match wire::shard::parse_shard_search(&body) {
+    answer(&s, &body).await.into_response()
+}
+
+/// Shard search: text, geo, vector, filters, hybrid (the public API is query-api's), from a
+/// `wire::shard::ShardSearchRequest` body.
+pub(super) async fn answer(s: &HttpState, body: &[u8]) -> Answer {
+    let (index, mut req) = match wire::shard::parse_shard_search(body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.field, e.message),
+        Err(e) => return Answer::error(StatusCode::BAD_REQUEST, &e.field, e.message),
     };
     if req.cursor.is_some() || req.consistency.is_some() {
-        return error(
+        return Answer::error(
             StatusCode::UNPROCESSABLE_ENTITY,
             if req.cursor.is_some() {
                 "cursor"
@@ -56,14 +62,14 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
     }
     let ix = match s.index(&index) {
         Ok(ix) => ix.clone(),
-        Err(r) => return r.into_response(),
+        Err(r) => return r.into(),
     };
     let text = match req.text_part() {
         Ok(t) => t,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.message),
+        Err(e) => return Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.message),
     };
     if let Err(e) = wire::SearchRequest::check_page(req.limit, req.offset) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.message);
+        return Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.message);
     }
     let parts = Parts {
         text,
@@ -78,10 +84,10 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
     let fields = &s.fields[ix.ordinal];
     let query = match plan(&ix, fields, parts, req.limit, req.offset) {
         Ok(q) => q,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.message),
+        Err(e) => return Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.message),
     };
     let Some((view, applied_lsn)) = s.view() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
+        return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
     };
     if let Some(r) = req
         .regions
@@ -95,7 +101,7 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
             .map(|(_, r)| r.as_str())
             .collect();
         known.sort_unstable();
-        return error(
+        return Answer::error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "regions",
             format!(
@@ -112,117 +118,128 @@ pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) 
     let (limit, offset) = (req.limit, req.offset);
     let facet_names: Vec<String> = fields.filters.iter().map(|f| f.name.clone()).collect();
     let (lag_ms, lag_bytes) = (s.stats.lag_ms(), s.stats.lag_bytes());
-    blocking("search", move || -> tantivy::Result<ShardSearchResponse> {
-        let row = |region: &str, key: &str| -> tantivy::Result<Value> {
-            let Some(p) = view.partitions.get(&(ix.ordinal, region.to_owned())) else {
-                return Ok(Value::Null);
+    let answer = run_query(
+        s,
+        "search",
+        move || -> tantivy::Result<ShardSearchResponse> {
+            let row = |region: &str, key: &str| -> tantivy::Result<Value> {
+                let Some(p) = view.partitions.get(&(ix.ordinal, region.to_owned())) else {
+                    return Ok(Value::Null);
+                };
+                Ok(engine::search::row_of(p, key)?
+                    .map(|r| fields_json(&ix, &r))
+                    .unwrap_or(Value::Null))
             };
-            Ok(engine::search::row_of(p, key)?
-                .map(|r| fields_json(&ix, &r))
-                .unwrap_or(Value::Null))
-        };
-        let mut total = None;
-        let mut total_relation = None;
-        let mut facets = None;
-        let hits: Vec<Hit> = match &query {
-            Planned::Geo(q, f) => {
-                let hits = engine::search::geo_where(&view, &scope, q, offset + limit, f.as_ref())?;
-                hits.iter()
-                    .skip(offset)
-                    .map(|h| {
-                        Ok(Hit {
-                            distance_m: Some(h.distance_m),
-                            ..hit(&h.key, &h.region, row(&h.region, &h.key)?)
-                        })
-                    })
-                    .collect::<tantivy::Result<_>>()?
-            }
-            Planned::Vector(q) => engine::search::vector(&view, &scope, q)?
-                .iter()
-                .skip(offset)
-                .take(limit)
-                .map(|h| {
-                    Ok(Hit {
-                        score: Some(h.score),
-                        ..hit(&h.key, &h.region, row(&h.region, &h.key)?)
-                    })
-                })
-                .collect::<tantivy::Result<_>>()?,
-            Planned::Text(q) => {
-                let answer = engine::search::text(&view, &scope, q)?;
-                total = Some(answer.total);
-                total_relation = Some(if answer.total_exact {
-                    TotalRelation::Eq
-                } else {
-                    TotalRelation::Gte
-                });
-                if !q.facets.is_empty() {
-                    facets = Some(
-                        q.facets
-                            .iter()
-                            .zip(&answer.facets)
-                            .map(|(&(f, _), values)| {
-                                let buckets = values
-                                    .iter()
-                                    .map(|(v, n)| FacetBucket {
-                                        value: v.to_json(),
-                                        count: *n,
-                                    })
-                                    .collect();
-                                (facet_names[f].clone(), buckets)
+            let mut total = None;
+            let mut total_relation = None;
+            let mut facets = None;
+            let hits: Vec<Hit> = match &query {
+                Planned::Geo(q, f) => {
+                    let hits =
+                        engine::search::geo_where(&view, &scope, q, offset + limit, f.as_ref())?;
+                    hits.iter()
+                        .skip(offset)
+                        .map(|h| {
+                            Ok(Hit {
+                                distance_m: Some(h.distance_m),
+                                ..hit(&h.key, &h.region, row(&h.region, &h.key)?)
                             })
-                            .collect(),
-                    );
+                        })
+                        .collect::<tantivy::Result<_>>()?
                 }
-                answer
-                    .hits
+                Planned::Vector(q) => engine::search::vector(&view, &scope, q)?
                     .iter()
-                    .map(|h| Hit {
-                        score: h.score.map(text_score),
-                        distance_m: h.distance_m,
-                        highlights: q.highlight.then(|| highlights(&h.highlights)).flatten(),
-                        sort_value: q
-                            .sort
-                            .is_some()
-                            .then(|| h.sort_value.as_ref().map_or(Value::Null, |k| k.to_json())),
-                        ..hit(&h.key, &h.region, fields_json(&ix, &h.row))
-                    })
-                    .collect()
-            }
-            Planned::Hybrid(t, v, f) => {
-                engine::search::hybrid(&view, &scope, t, v, f, offset, limit)?
-                    .iter()
+                    .skip(offset)
+                    .take(limit)
                     .map(|h| {
                         Ok(Hit {
                             score: Some(h.score),
-                            ranks: Some(BranchRanks {
-                                text: h.text_rank,
-                                vector: h.vector_rank,
-                            }),
-                            branch_scores: Some(BranchScores {
-                                text: h.text_score.map(text_score),
-                                vector: h.vector_score,
-                            }),
-                            highlights: t.highlight.then(|| highlights(&h.highlights)).flatten(),
-                            ..hit(
-                                &h.key,
-                                &h.region,
-                                h.row.as_ref().map_or(Value::Null, |r| fields_json(&ix, r)),
-                            )
+                            ..hit(&h.key, &h.region, row(&h.region, &h.key)?)
                         })
                     })
-                    .collect::<tantivy::Result<_>>()?
-            }
-        };
-        Ok(ShardSearchResponse {
-            applied_lsn,
-            lag_ms,
-            lag_bytes,
-            hits,
-            total,
-            total_relation,
-            facets,
-        })
-    })
-    .await
+                    .collect::<tantivy::Result<_>>()?,
+                Planned::Text(q) => {
+                    let answer = engine::search::text(&view, &scope, q)?;
+                    total = Some(answer.total);
+                    total_relation = Some(if answer.total_exact {
+                        TotalRelation::Eq
+                    } else {
+                        TotalRelation::Gte
+                    });
+                    if !q.facets.is_empty() {
+                        facets = Some(
+                            q.facets
+                                .iter()
+                                .zip(&answer.facets)
+                                .map(|(&(f, _), values)| {
+                                    let buckets = values
+                                        .iter()
+                                        .map(|(v, n)| FacetBucket {
+                                            value: v.to_json(),
+                                            count: *n,
+                                        })
+                                        .collect();
+                                    (facet_names[f].clone(), buckets)
+                                })
+                                .collect(),
+                        );
+                    }
+                    answer
+                        .hits
+                        .iter()
+                        .map(|h| Hit {
+                            score: h.score.map(text_score),
+                            distance_m: h.distance_m,
+                            highlights: q.highlight.then(|| highlights(&h.highlights)).flatten(),
+                            sort_value: q.sort.is_some().then(|| {
+                                h.sort_value.as_ref().map_or(Value::Null, |k| k.to_json())
+                            }),
+                            ..hit(&h.key, &h.region, fields_json(&ix, &h.row))
+                        })
+                        .collect()
+                }
+                Planned::Hybrid(t, v, f) => {
+                    engine::search::hybrid(&view, &scope, t, v, f, offset, limit)?
+                        .iter()
+                        .map(|h| {
+                            Ok(Hit {
+                                score: Some(h.score),
+                                ranks: Some(BranchRanks {
+                                    text: h.text_rank,
+                                    vector: h.vector_rank,
+                                }),
+                                branch_scores: Some(BranchScores {
+                                    text: h.text_score.map(text_score),
+                                    vector: h.vector_score,
+                                }),
+                                highlights: t
+                                    .highlight
+                                    .then(|| highlights(&h.highlights))
+                                    .flatten(),
+                                ..hit(
+                                    &h.key,
+                                    &h.region,
+                                    h.row.as_ref().map_or(Value::Null, |r| fields_json(&ix, r)),
+                                )
+                            })
+                        })
+                        .collect::<tantivy::Result<_>>()?
+                }
+            };
+            Ok(ShardSearchResponse {
+                applied_lsn,
+                lag_ms,
+                lag_bytes,
+                hits,
+                total,
+                total_relation,
+                facets,
+            })
+        },
+    )
+    .await;
+    match answer {
+        Ok(a) => Answer::json(&a),
+        Err(a) => a,
+    }
 }

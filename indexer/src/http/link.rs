@@ -1,0 +1,120 @@
+//! The shard side of the shard link (`wire::link`): `GET /internal/link` upgrades the HTTP
+//! connection, then every frame read is a call, answered on the same connection as soon as it
+//! is done, in any order. A call is answered by the same code as its HTTP route
+//! (`search::answer`, `admin::find_document`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use wire::link::Call;
+use wire::shard::DocumentRequest;
+
+use super::{admin, error, search, Answer, HttpState};
+
+/// Calls one connection may have in flight; reading further calls waits for a free slot.
+const IN_FLIGHT: usize = 1024;
+
+pub(super) fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(wire::link::MAX_FRAME)
+        .new_codec()
+}
+
+/// `GET /internal/link` with `Upgrade: shard-link/1`: switches protocols and serves the
+/// connection's calls.
+pub(super) async fn upgrade(State(s): State<HttpState>, req: Request) -> Response {
+    let asked = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes() == wire::link::UPGRADE.as_bytes());
+    if !asked {
+        return error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade",
+            format!("this path speaks {}", wire::link::UPGRADE),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => serve(s, TokioIo::new(io)).await,
+            Err(e) => tracing::warn!(error = %e, "shard link upgrade failed"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, wire::link::UPGRADE),
+        ],
+        Body::empty(),
+    )
+        .into_response()
+}
+
+/// Reads calls until the connection ends (or sends a frame that is not one); each call runs in
+/// its own task and its answer is queued for the writer, which sends whatever is queued in
+/// one write.
+async fn serve<Io>(s: HttpState, io: Io)
+where
+    Io: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(io);
+    let mut calls = FramedRead::new(read, codec());
+    let (answers, mut queued) = mpsc::unbounded_channel::<Bytes>();
+    let writer = tokio::spawn(async move {
+        let mut out = FramedWrite::new(write, codec());
+        while let Some(frame) = queued.recv().await {
+            out.feed(frame).await?;
+            while let Ok(frame) = queued.try_recv() {
+                out.feed(frame).await?;
+            }
+            SinkExt::<Bytes>::flush(&mut out).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(Ok(frame)) = calls.next().await {
+        let Some((id, code, _)) = wire::link::parse(&frame) else {
+            tracing::warn!("shard link: a frame shorter than its header; closing");
+            break;
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (s, answers) = (s.clone(), answers.clone());
+        tokio::spawn(async move {
+            let body = &frame[wire::link::HEADER..];
+            let answer = match Call::from_code(code) {
+                Some(Call::Search) => search::answer(&s, body).await,
+                Some(Call::Document) => match serde_json::from_slice::<DocumentRequest>(body) {
+                    Ok(req) => admin::find_document(&s, req).await,
+                    Err(e) => Answer::error(StatusCode::BAD_REQUEST, "body", e.to_string()),
+                },
+                None => Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    "call",
+                    format!("unknown call {code}"),
+                ),
+            };
+            let frame = wire::link::frame(id, answer.status.as_u16(), &answer.body);
+            // The connection may be gone: nobody waits for this answer then.
+            let _ = answers.send(Bytes::from(frame));
+            drop(slot);
+        });
+    }
+    // The writer ends once every call in flight has queued its answer.
+    drop(answers);
+    if let Ok(Err(e)) = writer.await {
+        tracing::debug!(error = %e, "shard link closed while answering");
+    }
+}
