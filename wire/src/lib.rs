@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::ToSchema;
 
@@ -343,9 +344,10 @@ pub struct Hit {
     /// Distance from the query point (geo searches).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distance_m: Option<f64>,
-    /// The row's stored fields, typed (null if the row vanished meanwhile).
+    /// The row's stored fields, typed (null if the row vanished meanwhile). Carried as the
+    /// JSON the shard wrote: query-api passes it on without parsing it.
     #[schema(value_type = Option<Object>)]
-    pub fields: Value,
+    pub fields: Box<RawValue>,
     /// Per text field, an HTML snippet with `<b>` around matches.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub highlights: Option<BTreeMap<String, String>>,

@@ -146,7 +146,7 @@ pub struct DocumentRequest {
 pub struct DocumentResponse {
     pub key: String,
     pub region: String,
-    pub fields: Value,
+    pub fields: Box<serde_json::value::RawValue>,
     pub applied_lsn: Lsn,
 }
 

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
 
 use crate::catalog::ResolvedIndex;
 use crate::status::Stats;
@@ -240,24 +240,40 @@ where
 
 /// The configured stored columns of a row, by name: integers, numbers and booleans as JSON
 /// numbers and booleans, dates and times as RFC 3339 strings, the rest as Postgres text.
-fn fields_json(ix: &ResolvedIndex, row: &[Option<String>]) -> Value {
-    use engine::filter::{format_time, FilterValue};
-    let mut m = serde_json::Map::new();
-    for &c in &ix.stored {
-        let text = row.get(c).cloned().flatten();
-        let kind = ix.value_kinds.get(c).copied().flatten();
-        let value = match (text, kind) {
-            (None, _) => Value::Null,
-            (Some(t), Some(k)) => match k.parse(&t) {
-                Ok(FilterValue::Int(i)) => json!(i),
-                Ok(FilterValue::Float(x)) => json!(x),
-                Ok(FilterValue::Bool(b)) => json!(b),
-                Ok(FilterValue::Time(us)) => json!(format_time(us)),
-                Ok(FilterValue::Text(_)) | Err(_) => Value::String(t),
-            },
-            (Some(t), None) => Value::String(t),
-        };
-        m.insert(ix.column_name(c).to_owned(), value);
+/// Written straight to JSON (no `Value` map per hit), names in sorted order.
+fn fields_json(ix: &ResolvedIndex, row: &[Option<String>]) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&StoredFields { ix, row }).expect("fields serialize")
+}
+
+struct StoredFields<'a> {
+    ix: &'a ResolvedIndex,
+    row: &'a [Option<String>],
+}
+
+impl serde::Serialize for StoredFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use engine::filter::{format_time, FilterValue};
+        use serde::ser::SerializeMap;
+        let ix = self.ix;
+        let mut columns: Vec<(&str, usize)> =
+            ix.stored.iter().map(|&c| (ix.column_name(c), c)).collect();
+        columns.sort_unstable();
+        let mut m = s.serialize_map(Some(columns.len()))?;
+        for (name, c) in columns {
+            let text = self.row.get(c).and_then(Option::as_deref);
+            let kind = ix.value_kinds.get(c).copied().flatten();
+            match (text, kind) {
+                (None, _) => m.serialize_entry(name, &())?,
+                (Some(t), Some(k)) => match k.parse(t) {
+                    Ok(FilterValue::Int(i)) => m.serialize_entry(name, &i)?,
+                    Ok(FilterValue::Float(x)) => m.serialize_entry(name, &x)?,
+                    Ok(FilterValue::Bool(b)) => m.serialize_entry(name, &b)?,
+                    Ok(FilterValue::Time(us)) => m.serialize_entry(name, &format_time(us))?,
+                    Ok(FilterValue::Text(_)) | Err(_) => m.serialize_entry(name, t)?,
+                },
+                (Some(t), None) => m.serialize_entry(name, t)?,
+            }
+        }
+        m.end()
     }
-    Value::Object(m)
 }

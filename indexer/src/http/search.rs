@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use wire::shard::ShardSearchResponse;
 use wire::{BranchRanks, BranchScores, FacetBucket, Hit, TotalRelation};
@@ -19,7 +20,7 @@ fn text_score(score: f32) -> f64 {
     score.to_string().parse().unwrap_or(f64::from(score))
 }
 
-fn hit(key: &str, region: &str, fields: Value) -> Hit {
+fn hit(key: &str, region: &str, fields: Box<RawValue>) -> Hit {
     Hit {
         key: key.to_owned(),
         region: region.to_owned(),
@@ -122,13 +123,13 @@ pub(super) async fn answer(s: &HttpState, body: &[u8]) -> Answer {
         s,
         "search",
         move || -> tantivy::Result<ShardSearchResponse> {
-            let row = |region: &str, key: &str| -> tantivy::Result<Value> {
+            let row = |region: &str, key: &str| -> tantivy::Result<Box<RawValue>> {
                 let Some(p) = view.partitions.get(&(ix.ordinal, region.to_owned())) else {
-                    return Ok(Value::Null);
+                    return Ok(RawValue::NULL.to_owned());
                 };
                 Ok(engine::search::row_of(p, key)?
                     .map(|r| fields_json(&ix, &r))
-                    .unwrap_or(Value::Null))
+                    .unwrap_or_else(|| RawValue::NULL.to_owned()))
             };
             let mut total = None;
             let mut total_relation = None;
@@ -219,7 +220,10 @@ pub(super) async fn answer(s: &HttpState, body: &[u8]) -> Answer {
                                 ..hit(
                                     &h.key,
                                     &h.region,
-                                    h.row.as_ref().map_or(Value::Null, |r| fields_json(&ix, r)),
+                                    h.row.as_ref().map_or_else(
+                                        || RawValue::NULL.to_owned(),
+                                        |r| fields_json(&ix, r),
+                                    ),
                                 )
                             })
                         })
