@@ -16,9 +16,7 @@ use wire::shard::{
 };
 use wire::Lsn;
 
-use super::{
-    blocking, error, fields_json, params, run_blocking, run_query, Answer, HttpState, Params,
-};
+use super::{blocking, error, fields_json, params, run_blocking, Answer, HttpState, Params};
 
 fn shard_status(s: &HttpState) -> ShardStatus {
     let stats = &s.stats;
@@ -258,7 +256,7 @@ pub(super) async fn find_document(s: &HttpState, req: DocumentRequest) -> Answer
     let Some((view, applied_lsn)) = s.view() else {
         return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
     };
-    let found = run_query(s, "document lookup", move || {
+    let found = run_blocking("document lookup", move || {
         for ((i, region), p) in &view.partitions {
             if *i != ix.ordinal {
                 continue;

@@ -34,9 +34,6 @@ pub struct HttpState {
     fields: Arc<Vec<Fields>>,
     slot: String,
     prometheus: Option<PrometheusHandle>,
-    /// Searches and document reads run here: one thread per core, so 32 concurrent searches
-    /// take turns instead of 32 blocking-pool threads preempting one another.
-    queries: Arc<rayon::ThreadPool>,
 }
 
 impl HttpState {
@@ -55,15 +52,6 @@ impl HttpState {
             fields: Arc::new(fields),
             slot,
             prometheus,
-            queries: Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .thread_name(|i| format!("query-{i}"))
-                    // A panicking query fails its request (its answer channel is dropped);
-                    // rayon's default would abort the process.
-                    .panic_handler(|_| ())
-                    .build()
-                    .expect("query threads start"),
-            ),
         }
     }
 
@@ -196,30 +184,6 @@ where
         }
         Err(e) => {
             tracing::error!(error = %e, "{what} task failed");
-            Err(internal())
-        }
-    }
-}
-
-/// Runs a search or a document read on the query threads (`run_blocking`'s failures).
-async fn run_query<T, E, F>(s: &HttpState, what: &'static str, work: F) -> Result<T, Answer>
-where
-    T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-    F: FnOnce() -> Result<T, E> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    s.queries.spawn(move || {
-        let _ = tx.send(work());
-    });
-    match rx.await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "{what} failed");
-            Err(internal())
-        }
-        Err(_) => {
-            tracing::error!("{what} panicked");
             Err(internal())
         }
     }
