@@ -53,6 +53,8 @@ pub struct PartitionView {
     pub searcher: Searcher,
     /// The searcher's per-segment column handles, opened at first use.
     pub columns: Arc<crate::rows::Columns>,
+    /// The committed documents `fresh` shadows, found by the first text query on the view.
+    pub(crate) shadowed: std::sync::OnceLock<Arc<crate::search::shadow::Shadowed>>,
     pub fields: Fields,
     pub fresh: FreshLayer,
     /// LSN of the partition's last durable commit.
@@ -655,6 +657,7 @@ impl Shard {
                     PartitionView {
                         searcher,
                         columns,
+                        shadowed: Default::default(),
                         fields: p.fields().clone(),
                         fresh: p.fresh(),
                         checkpoint: p.checkpoint(),

@@ -10,6 +10,7 @@
 mod geo;
 mod hybrid;
 mod pruned;
+pub(crate) mod shadow;
 mod text;
 mod vector;
 

@@ -162,12 +162,11 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
         if !p.fresh.truncated {
             let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
             if !p.fresh.docs.is_empty() {
-                let shadowed = p
-                    .fresh
-                    .docs
-                    .keys()
-                    .map(|k| tantivy::Term::from_field_text(p.fields.key, k));
-                clauses.push((Occur::MustNot, Box::new(TermSetQuery::new(shadowed))));
+                let shadowed = super::shadow::of_view(p)?;
+                clauses.push((
+                    Occur::MustNot,
+                    Box::new(super::shadow::ShadowedQuery(shadowed)),
+                ));
             }
             if let Some(keys) = allowed {
                 let keys = keys
