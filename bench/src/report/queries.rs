@@ -59,7 +59,7 @@ pub(super) fn section(md: &mut Vec<String>, j: &Figures) {
     ));
     md.push(String::new());
     md.push(format!(
-        "Ours: client → query-api → indexer, JSON over HTTP/1.1, all regions unless named, top 10 with stored fields (text without snippets, like the Postgres queries). \
+        "Ours: client → query-api over HTTP/1.1 and JSON, query-api → indexer on the shard link (one connection, many calls in flight), all regions unless named, top 10 with stored fields (text without snippets, like the Postgres queries). \
          Peers: prepared statements over Postgres's wire protocol, on a copy of the table with its own indexes, all built before the first load (our indexer and query-api stay up, idle, while a peer runs). \
          Each query type runs {rounds_text} of interleaved loads — ours c=1, peer c=1, ours c=32, peer c=32 — after a short warm-up of each side; \
          a figure is the median of the rounds, with their range (min–max) in brackets. Vector types at a recall run each side at its own breadth, the smallest reaching that recall@10 on the recall curve (see Vectors)."
