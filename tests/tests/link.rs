@@ -1,0 +1,158 @@
+//! The shard link (`wire::link`) spoken by hand, as a hostile or broken peer would: query-api
+//! sends its searches and document reads on it, so it must answer each call by id and refuse
+//! what is not a call without harming the shard.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::Fixture;
+
+/// The shard link, spoken by hand as a hostile or broken peer would: calls answered by id in
+/// one connection, bad bodies and unknown calls refused naming the field, and a frame that is
+/// not one (too short, too long) ends the connection; the path refuses plain requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shard_link_answers_each_call_by_id_and_refuses_garbage() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_f, _config, mut ix) = Fixture::indexed(10, "", "").await?;
+    let authority = ix.url.trim_start_matches("http://").to_owned();
+
+    // Without the upgrade: 426, in the shard's error shape.
+    let resp = reqwest::get(format!("{}{}", ix.url, wire::link::PATH)).await?;
+    assert_eq!(resp.status(), StatusCode::UPGRADE_REQUIRED);
+    let v: Value = resp.json().await?;
+    assert_eq!(v["error"]["field"], "upgrade", "{v}");
+
+    let open = || async {
+        let mut tcp = tokio::net::TcpStream::connect(&authority).await?;
+        let hello = format!(
+            "GET {} HTTP/1.1\r\nHost: {authority}\r\nConnection: upgrade\r\nUpgrade: {}\r\n\r\n",
+            wire::link::PATH,
+            wire::link::UPGRADE
+        );
+        tcp.write_all(hello.as_bytes()).await?;
+        // The 101's head, byte by byte, so no frame is read past it.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await?);
+        }
+        let head = String::from_utf8(head)?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "{head}");
+        Ok::<_, anyhow::Error>(tcp)
+    };
+    async fn send(tcp: &mut tokio::net::TcpStream, frame: &[u8]) -> Result<()> {
+        tcp.write_u32(frame.len() as u32).await?;
+        tcp.write_all(frame).await?;
+        Ok(())
+    }
+    async fn answer(tcp: &mut tokio::net::TcpStream) -> Result<(u64, u16, Value)> {
+        let len = tokio::time::timeout(Duration::from_secs(10), tcp.read_u32()).await??;
+        let mut frame = vec![0; len as usize];
+        tcp.read_exact(&mut frame).await?;
+        let (id, status, body) = wire::link::parse(&frame).expect("a whole header");
+        Ok((id, status, serde_json::from_slice(body)?))
+    }
+
+    let mut tcp = open().await?;
+    let calls: [(u64, u16, Value); 6] = [
+        (
+            11,
+            wire::link::Call::Search.code(),
+            json!({"index": "places", "q": "place", "limit": 3}),
+        ),
+        (
+            12,
+            wire::link::Call::Document.code(),
+            json!({"index": "places", "key": "4"}),
+        ),
+        (
+            13,
+            wire::link::Call::Document.code(),
+            json!({"index": "places", "key": "../../status?x#y"}),
+        ),
+        (
+            14,
+            wire::link::Call::Search.code(),
+            json!({"index": "places", "q": "x", "limit": "many"}),
+        ),
+        (15, 999, json!({})),
+        (
+            16,
+            wire::link::Call::Search.code(),
+            json!({"index": "nope", "q": "x"}),
+        ),
+    ];
+    for (id, code, body) in &calls {
+        send(
+            &mut tcp,
+            &wire::link::frame(*id, *code, body.to_string().as_bytes()),
+        )
+        .await?;
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..calls.len() {
+        let (id, status, body) = answer(&mut tcp).await?;
+        answers.insert(id, (status, body));
+    }
+    let keys: Vec<u64> = answers.keys().copied().collect();
+    assert_eq!(keys, [11, 12, 13, 14, 15, 16]);
+    let (status, v) = &answers[&11];
+    assert_eq!(*status, 200, "{v}");
+    assert_eq!(v["hits"].as_array().map(Vec::len), Some(3), "{v}");
+    let (status, v) = &answers[&12];
+    assert_eq!(
+        (*status, &v["key"], &v["region"]),
+        (200, &json!("4"), &json!("asia")),
+        "{v}"
+    );
+    // A key is data: no path, no query string, just a key nobody has.
+    let (status, v) = &answers[&13];
+    assert_eq!((*status, &v["error"]["field"]), (404, &json!("key")), "{v}");
+    let (status, v) = &answers[&14];
+    assert_eq!(
+        (*status, &v["error"]["field"]),
+        (400, &json!("limit")),
+        "{v}"
+    );
+    let (status, v) = &answers[&15];
+    assert_eq!(
+        (*status, &v["error"]["field"]),
+        (400, &json!("call")),
+        "{v}"
+    );
+    let (status, v) = &answers[&16];
+    assert_eq!(
+        (*status, &v["error"]["field"]),
+        (404, &json!("index")),
+        "{v}"
+    );
+
+    // A frame shorter than its header ends the connection.
+    send(&mut tcp, b"short").await?;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await?;
+    assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
+
+    // So does a length beyond the largest frame, before any of it is read.
+    let mut tcp = open().await?;
+    tcp.write_u32(wire::link::MAX_FRAME as u32 + 1).await?;
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await?;
+    assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
+
+    // The shard still answers a new connection.
+    let mut tcp = open().await?;
+    send(
+        &mut tcp,
+        &wire::link::frame(
+            1,
+            wire::link::Call::Search.code(),
+            br#"{"index": "places", "q": "place"}"#,
+        ),
+    )
+    .await?;
+    assert_eq!(answer(&mut tcp).await?.1, 200);
+    ix.stop()?;
+    Ok(())
+}
