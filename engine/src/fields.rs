@@ -340,7 +340,7 @@ impl Collector for TopByScore {
     ) -> tantivy::Result<TopByScoreSegment> {
         let limit = self.limit.max(1);
         Ok(TopByScoreSegment {
-            keys: segment.fast_fields().str("_key")?,
+            keys: segment.fast_fields().str(crate::rows::KEY_FIELD)?,
             segment: ord,
             limit,
             found: Vec::new(),

@@ -63,7 +63,7 @@ pub struct Fields {
 impl Fields {
     pub fn schema(ix: &ResolvedIndex) -> (Schema, Fields) {
         let mut b = Schema::builder();
-        let key = b.add_text_field("_key", STRING | STORED | FAST);
+        let key = b.add_text_field(crate::rows::KEY_FIELD, STRING | STORED | FAST);
         let source = b.add_bytes_field("_source", STORED);
         let row = b.add_bytes_field(crate::rows::ROW_FIELD, FAST);
         let text = ix
@@ -301,7 +301,7 @@ fn build_geo(searcher: &Searcher, fields: &Fields) -> Result<Option<GeoIndex>> {
     for segment in searcher.segment_readers() {
         let ff = segment.fast_fields();
         let (lat, lon) = (ff.f64("_lat")?, ff.f64("_lon")?);
-        let Some(keys) = ff.str("_key")? else {
+        let Some(keys) = ff.str(crate::rows::KEY_FIELD)? else {
             continue;
         };
         let mut key = String::new();
@@ -331,7 +331,7 @@ fn build_vectors(
     let mut store = VectorStore::new(spec.dimension, spec.metric);
     for segment in searcher.segment_readers() {
         let ff = segment.fast_fields();
-        let (keys, vecs) = (ff.str("_key")?, ff.bytes("_vec")?);
+        let (keys, vecs) = (ff.str(crate::rows::KEY_FIELD)?, ff.bytes("_vec")?);
         let (Some(keys), Some(vecs)) = (keys, vecs) else {
             continue;
         };

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use axum::http::{header, Request, StatusCode};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 use wire::link::Call;
 
 /// How long opening a connection (TCP and the upgrade) may take.
@@ -63,12 +63,6 @@ impl Drop for Pending<'_> {
             w.remove(&self.id);
         }
     }
-}
-
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(wire::link::MAX_FRAME)
-        .new_codec()
 }
 
 impl Link {
@@ -161,19 +155,7 @@ async fn connect(authority: &str) -> Result<Arc<Conn>, String> {
     // The writer holds the connection weakly: it ends when the connection is dropped.
     let writing = Arc::downgrade(&conn);
     tokio::spawn(async move {
-        let mut out = FramedWrite::new(write, codec());
-        let sent: std::io::Result<()> = async {
-            while let Some(frame) = queued.recv().await {
-                out.feed(frame).await?;
-                while let Ok(frame) = queued.try_recv() {
-                    out.feed(frame).await?;
-                }
-                SinkExt::<Bytes>::flush(&mut out).await?;
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = sent {
+        if let Err(e) = wire::link::send_queued(write, &mut queued).await {
             tracing::warn!(error = %e, "shard link: sending failed");
         }
         if let Some(c) = writing.upgrade() {
@@ -182,7 +164,7 @@ async fn connect(authority: &str) -> Result<Arc<Conn>, String> {
     });
     let reading = conn.clone();
     tokio::spawn(async move {
-        let mut answers = FramedRead::new(read, codec());
+        let mut answers = FramedRead::new(read, wire::link::codec());
         while let Some(frame) = answers.next().await {
             let frame = match frame {
                 Ok(f) => f.freeze(),

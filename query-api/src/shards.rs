@@ -120,9 +120,7 @@ impl AppState {
                 .map_err(|e| CallError::Failed(e.to_string()))?;
             answer(status, &bytes, also)
         };
-        tokio::time::timeout(deadline, exchange)
-            .await
-            .unwrap_or_else(|_| Err(CallError::Failed("timed out".into())))
+        within(deadline, exchange).await
     }
 
     /// A call on the shard's link, answered within `deadline` (`call`'s answers).
@@ -137,9 +135,7 @@ impl AppState {
             let (status, bytes) = link.call(call, body).await.map_err(CallError::Failed)?;
             answer(status, &bytes, &[])
         };
-        tokio::time::timeout(deadline, exchange)
-            .await
-            .unwrap_or_else(|_| Err(CallError::Failed("timed out".into())))
+        within(deadline, exchange).await
     }
 
     /// One shard's page of a search (`search` carries the page asked of it).
@@ -243,10 +239,18 @@ impl AppState {
                 .map_err(|e| CallError::Failed(e.to_string()))?;
             Err(refused(status, &bytes))
         };
-        tokio::time::timeout(self.shard_timeout(), open)
-            .await
-            .unwrap_or_else(|_| Err(CallError::Failed("timed out".into())))
+        within(self.shard_timeout(), open).await
     }
+}
+
+/// `call`'s outcome, or a failure once `deadline` has passed.
+async fn within<T>(
+    deadline: Duration,
+    call: impl std::future::Future<Output = Result<T, CallError>>,
+) -> Result<T, CallError> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| Err(CallError::Failed("timed out".into())))
 }
 
 /// A shard's answer: `T` on success (and on the statuses in `also`), else as `refused` says.

@@ -76,6 +76,46 @@ pub fn frame(id: u64, code: u16, body: &[u8]) -> Vec<u8> {
     f
 }
 
+#[cfg(feature = "link")]
+pub use io::{codec, send_queued};
+
+/// The link's framing and writer, shared by both ends (feature `link`: the engine, which
+/// uses this crate too, stays free of an I/O runtime).
+#[cfg(feature = "link")]
+mod io {
+    use bytes::Bytes;
+    use futures_util::SinkExt;
+    use tokio::io::AsyncWrite;
+    use tokio::sync::mpsc;
+    use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
+
+    use super::MAX_FRAME;
+
+    /// The length-prefixed framing both ends read and write with.
+    pub fn codec() -> LengthDelimitedCodec {
+        LengthDelimitedCodec::builder()
+            .max_frame_length(MAX_FRAME)
+            .new_codec()
+    }
+
+    /// Writes queued frames (already whole, see [`frame`]) until the queue closes: whatever is
+    /// queued when the writer wakes leaves in one write.
+    pub async fn send_queued<W: AsyncWrite + Unpin>(
+        write: W,
+        queued: &mut mpsc::UnboundedReceiver<Bytes>,
+    ) -> std::io::Result<()> {
+        let mut out = FramedWrite::new(write, codec());
+        while let Some(frame) = queued.recv().await {
+            out.feed(frame).await?;
+            while let Ok(frame) = queued.try_recv() {
+                out.feed(frame).await?;
+            }
+            SinkExt::<Bytes>::flush(&mut out).await?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,6 +106,21 @@ impl PrunedSegment {
     }
 }
 
+impl PrunedTop<'_> {
+    /// An empty top for segment `ord` (`keys`: its key column, if already taken).
+    fn segment(&self, ord: SegmentOrdinal, keys: Option<Option<StrColumn>>) -> PrunedSegment {
+        let limit = self.limit.max(1);
+        PrunedSegment {
+            keys,
+            segment: ord,
+            limit,
+            heap: BinaryHeap::with_capacity(limit + 1),
+            seen: 0,
+            filled: false,
+        }
+    }
+}
+
 impl Collector for PrunedTop<'_> {
     type Fruit = Pruned;
     type Child = PrunedSegment;
@@ -115,15 +130,8 @@ impl Collector for PrunedTop<'_> {
         ord: SegmentOrdinal,
         segment: &SegmentReader,
     ) -> tantivy::Result<PrunedSegment> {
-        let limit = self.limit.max(1);
-        Ok(PrunedSegment {
-            keys: Some(self.columns.keys(ord, segment)?.cloned()),
-            segment: ord,
-            limit,
-            heap: BinaryHeap::with_capacity(limit + 1),
-            seen: 0,
-            filled: false,
-        })
+        let keys = self.columns.keys(ord, segment)?.cloned();
+        Ok(self.segment(ord, Some(keys)))
     }
 
     fn requires_scoring(&self) -> bool {
@@ -139,15 +147,7 @@ impl Collector for PrunedTop<'_> {
         // The key column is taken at the segment's first match, not before: most segments
         // have none for a rare word, and opening it was 4% of such a query's CPU (it stays
         // open for the searcher's later queries).
-        let limit = self.limit.max(1);
-        let mut child = PrunedSegment {
-            keys: None,
-            segment: segment_ord,
-            limit,
-            heap: BinaryHeap::with_capacity(limit + 1),
-            seen: 0,
-            filled: false,
-        };
+        let mut child = self.segment(segment_ord, None);
         let alive = reader.alive_bitset();
         let mut failed = None;
         let mut open = || match self.columns.keys(segment_ord, reader) {

@@ -10,11 +10,11 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 use wire::link::Call;
 use wire::shard::DocumentRequest;
 
@@ -22,12 +22,6 @@ use super::{admin, error, search, Answer, HttpState};
 
 /// Calls one connection may have in flight; reading further calls waits for a free slot.
 const IN_FLIGHT: usize = 1024;
-
-pub(super) fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(wire::link::MAX_FRAME)
-        .new_codec()
-}
 
 /// `GET /internal/link` with `Upgrade: shard-link/1`: switches protocols and serves the
 /// connection's calls.
@@ -69,19 +63,9 @@ where
     Io: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read, write) = tokio::io::split(io);
-    let mut calls = FramedRead::new(read, codec());
+    let mut calls = FramedRead::new(read, wire::link::codec());
     let (answers, mut queued) = mpsc::unbounded_channel::<Bytes>();
-    let writer = tokio::spawn(async move {
-        let mut out = FramedWrite::new(write, codec());
-        while let Some(frame) = queued.recv().await {
-            out.feed(frame).await?;
-            while let Ok(frame) = queued.try_recv() {
-                out.feed(frame).await?;
-            }
-            SinkExt::<Bytes>::flush(&mut out).await?;
-        }
-        Ok::<_, std::io::Error>(())
-    });
+    let writer = tokio::spawn(async move { wire::link::send_queued(write, &mut queued).await });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(Ok(frame)) = calls.next().await {
         let Some((id, code, _)) = wire::link::parse(&frame) else {
