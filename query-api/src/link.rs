@@ -86,6 +86,10 @@ impl Link {
         call: Call,
         body: &[u8],
     ) -> Result<(StatusCode, Bytes), String> {
+        // The shard would close the connection on a larger one, failing every call on it.
+        if wire::link::HEADER + body.len() > wire::link::MAX_CALL {
+            return Err(format!("a call of {} bytes is too large", body.len()));
+        }
         let conn = self.conn().await?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -164,7 +168,7 @@ async fn connect(authority: &str) -> Result<Arc<Conn>, String> {
     });
     let reading = conn.clone();
     tokio::spawn(async move {
-        let mut answers = FramedRead::new(read, wire::link::codec());
+        let mut answers = FramedRead::new(read, wire::link::codec(wire::link::MAX_FRAME));
         while let Some(frame) = answers.next().await {
             let frame = match frame {
                 Ok(f) => f.freeze(),

@@ -135,9 +135,9 @@ async fn the_shard_link_answers_each_call_by_id_and_refuses_garbage() -> Result<
     let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await?;
     assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
 
-    // So does a length beyond the largest frame, before any of it is read.
+    // So does a length beyond the largest call, before any of it is read.
     let mut tcp = open().await?;
-    tcp.write_u32(wire::link::MAX_FRAME as u32 + 1).await?;
+    tcp.write_u32(wire::link::MAX_CALL as u32 + 1).await?;
     let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await?;
     assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
 

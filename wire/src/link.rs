@@ -4,7 +4,7 @@
 //! The connection starts as HTTP/1.1 (`GET` [`PATH`] with `Upgrade:` [`UPGRADE`], answered
 //! `101 Switching Protocols`), so a shard needs no second port and its URL stays its only
 //! address. After the switch each direction carries frames: a 4-byte big-endian length, then
-//! the frame itself, at most [`MAX_FRAME`] bytes:
+//! the frame itself, at most [`MAX_CALL`] bytes for a call and [`MAX_FRAME`] for an answer:
 //!
 //! | bytes | call (query-api → shard) | answer (shard → query-api) |
 //! |---|---|---|
@@ -21,9 +21,11 @@
 pub const PATH: &str = "/internal/link";
 /// The protocol named in the `Upgrade` headers.
 pub const UPGRADE: &str = "shard-link/1";
-/// Largest frame either side sends or accepts (an answer of 10,000 hits with large fields
-/// stays well under it).
+/// Largest answer frame (an answer of 10,000 hits with large fields stays well under it).
 pub const MAX_FRAME: usize = 64 << 20;
+/// Largest call frame a shard reads, as for its HTTP routes' bodies: with at most 1,024
+/// calls in flight per connection, what one peer can make a shard hold stays bounded.
+pub const MAX_CALL: usize = 2 << 20;
 /// Bytes before a frame's body.
 pub const HEADER: usize = 10;
 
@@ -91,10 +93,10 @@ mod io {
 
     use super::MAX_FRAME;
 
-    /// The length-prefixed framing both ends read and write with.
-    pub fn codec() -> LengthDelimitedCodec {
+    /// The length-prefixed framing, reading frames of at most `max` bytes.
+    pub fn codec(max: usize) -> LengthDelimitedCodec {
         LengthDelimitedCodec::builder()
-            .max_frame_length(MAX_FRAME)
+            .max_frame_length(max)
             .new_codec()
     }
 
@@ -104,7 +106,7 @@ mod io {
         write: W,
         queued: &mut mpsc::UnboundedReceiver<Bytes>,
     ) -> std::io::Result<()> {
-        let mut out = FramedWrite::new(write, codec());
+        let mut out = FramedWrite::new(write, codec(MAX_FRAME));
         while let Some(frame) = queued.recv().await {
             out.feed(frame).await?;
             while let Ok(frame) = queued.try_recv() {

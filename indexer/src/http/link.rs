@@ -63,7 +63,7 @@ where
     Io: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read, write) = tokio::io::split(io);
-    let mut calls = FramedRead::new(read, wire::link::codec());
+    let mut calls = FramedRead::new(read, wire::link::codec(wire::link::MAX_CALL));
     let (answers, mut queued) = mpsc::unbounded_channel::<Bytes>();
     let writer = tokio::spawn(async move { wire::link::send_queued(write, &mut queued).await });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
