@@ -178,8 +178,12 @@ impl GeoIndex {
         self.by_key.get(key).copied()
     }
 
-    /// Sets the point of `key`, or removes it.
+    /// Sets the point of `key`, or removes it. An unchanged point is left in place (most
+    /// updates do not move a row: removing and reinserting it fragments the tree).
     pub fn set(&mut self, key: &str, point: Option<(f64, f64)>) {
+        if point.is_some() && self.by_key.get(key).copied() == point {
+            return;
+        }
         if let Some((k, (lat, lon))) = self.by_key.remove_entry(key) {
             let old = Entry {
                 xyz: to_xyz(lat, lon),
