@@ -15,6 +15,7 @@ pub mod error;
 pub mod fields;
 pub mod filter;
 pub mod frozen_graph;
+pub mod gate;
 pub mod geo;
 pub mod graph;
 pub mod kernels;

@@ -30,6 +30,7 @@ use crate::analyzer;
 use crate::document::{content_hash, Document, RawRow};
 use crate::error::{Error, Result};
 use crate::filter::{FilterField, FilterKind, FilterValue};
+use crate::gate::{Gate, GatedDoc};
 use crate::geo::GeoIndex;
 use crate::graph::{Graph, GraphItem, GraphJob};
 use crate::schema::ResolvedIndex;
@@ -183,8 +184,19 @@ impl FreshLayer {
 /// A write queued for the tantivy writer, applied by the committer.
 pub enum WriteOp {
     Delete(Term),
-    Add(TantivyDocument),
+    /// A document and its estimated size (see `gate.rs`).
+    Add(TantivyDocument, usize),
     DeleteAll,
+}
+
+/// The writer, over documents that hold a ticket of the partition's gate.
+type Writer = IndexWriter<GatedDoc>;
+
+/// What a document takes in a writer's queue, roughly: the row twice (`_source`, `_row`)
+/// and its text once more.
+fn queued_bytes(d: &Document) -> usize {
+    256 + 3 * d.raw.iter().flatten().map(String::len).sum::<usize>()
+        + d.vector.as_ref().map_or(0, |v| 4 * v.len())
 }
 
 /// How the committed structures (R-tree, vector store) follow a commit.
@@ -198,7 +210,8 @@ enum Maintenance {
 /// Everything the committer needs to make one partition durable and to build its next
 /// committed structures, detached from the applier.
 pub struct CommitItem {
-    writer: Arc<Mutex<IndexWriter>>,
+    writer: Arc<Mutex<Writer>>,
+    gate: Arc<Gate>,
     reader: IndexReader,
     ops: Vec<WriteOp>,
     fields: Fields,
@@ -232,8 +245,8 @@ impl CommitItem {
                 WriteOp::Delete(term) => {
                     writer.delete_term(term);
                 }
-                WriteOp::Add(doc) => {
-                    writer.add_document(doc)?;
+                WriteOp::Add(doc, bytes) => {
+                    writer.add_document(self.gate.admit(doc, bytes))?;
                 }
                 WriteOp::DeleteAll => {
                     writer.delete_query(Box::new(AllQuery))?;
@@ -361,7 +374,9 @@ pub struct Partition {
     pub index: usize,
     pub region: String,
     dir: PathBuf,
-    writer: Arc<Mutex<IndexWriter>>,
+    writer: Arc<Mutex<Writer>>,
+    /// Bounds what waits in the writer's queue.
+    gate: Arc<Gate>,
     reader: IndexReader,
     fields: Fields,
     /// LSN of the last durable commit (from its payload).
@@ -387,6 +402,19 @@ pub struct Partition {
     next_seq: u64,
     /// Committed vectors not yet handed to the graph builder.
     graph_queue: Vec<GraphItem>,
+    /// A large transaction being written straight to the writer (`bulk_*`), if any.
+    bulk: Option<Bulk>,
+}
+
+/// What a large transaction has written to a partition so far: it goes straight to the
+/// tantivy writer (which spills segments to disk within its memory budget) and is visible at
+/// its one commit; the next committed structures are built beside the readers' as it goes.
+struct Bulk {
+    geo: Option<Arc<GeoIndex>>,
+    vectors: Option<Arc<VectorStore>>,
+    new_vectors: Vec<GraphItem>,
+    /// A TRUNCATE came: rebuild the structures from the committed fast fields instead.
+    rebuild: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -424,7 +452,7 @@ impl Partition {
             None => Lsn::ZERO,
         };
         analyzer::register(&index);
-        let writer = index.writer_with_num_threads(1, writer_memory)?;
+        let writer: Writer = index.writer_with_num_threads(1, writer_memory)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -434,6 +462,7 @@ impl Partition {
             region: region.to_owned(),
             dir: dir.to_owned(),
             writer: Arc::new(Mutex::new(writer)),
+            gate: Gate::new((writer_memory / 4).max(4 << 20)),
             reader,
             fields,
             checkpoint,
@@ -448,6 +477,7 @@ impl Partition {
             recent: imbl::OrdMap::new(),
             next_seq: 0,
             graph_queue: Vec::new(),
+            bulk: None,
         }
         .with_derived_structures()
     }
@@ -631,7 +661,8 @@ impl Partition {
         self.ops
             .push(WriteOp::Delete(Term::from_field_text(self.fields.key, key)));
         if let Some(d) = doc {
-            self.ops.push(WriteOp::Add(self.to_tantivy(d)));
+            self.ops
+                .push(WriteOp::Add(self.to_tantivy(d), queued_bytes(d)));
         }
         let doc = doc.map(|d| Arc::new(d.clone()));
         self.pending.insert(
@@ -654,10 +685,8 @@ impl Partition {
     /// Adds a document known to be absent, straight to the writer (snapshot into an empty
     /// partition: too many rows to keep in the fresh layer; visible at the snapshot's commit).
     pub fn add_new(&mut self, doc: &Document) -> Result<()> {
-        self.writer
-            .lock()
-            .unwrap()
-            .add_document(self.to_tantivy(doc))?;
+        let doc = self.gate.admit(self.to_tantivy(doc), queued_bytes(doc));
+        self.writer.lock().unwrap().add_document(doc)?;
         self.bulk_dirty = true;
         Ok(())
     }
@@ -680,6 +709,7 @@ impl Partition {
         };
         CommitItem {
             writer: self.writer.clone(),
+            gate: self.gate.clone(),
             reader: self.reader.clone(),
             ops: std::mem::take(&mut self.ops),
             fields: self.fields.clone(),
@@ -700,6 +730,129 @@ impl Partition {
         if self.truncated_at.is_some_and(|t| t <= lsn) {
             self.truncated_at = None;
         }
+    }
+
+    /// The large transaction's state here, started on first use from the committed
+    /// structures (the fresh layer is empty: everything before it was committed first).
+    fn bulk(&mut self) -> &mut Bulk {
+        debug_assert!(self.pending.is_empty() && self.ops.is_empty());
+        let (geo, vectors) = (self.geo.clone(), self.vectors.clone());
+        self.bulk.get_or_insert_with(|| Bulk {
+            geo,
+            vectors,
+            new_vectors: Vec::new(),
+            rebuild: false,
+        })
+    }
+
+    /// Part of a large transaction: removes `removed` (keys that may be here) and then adds
+    /// `added`, straight to the writer; not visible until `bulk_commit`. One delete for the
+    /// whole part: tantivy keeps every delete (with a ~1 KB weight) until the commit.
+    pub fn bulk_write(&mut self, removed: &[String], added: &[Arc<Document>]) -> Result<()> {
+        let terms: Vec<Term> = removed
+            .iter()
+            .map(|k| Term::from_field_text(self.fields.key, k))
+            .collect();
+        {
+            let writer = self.writer.lock().unwrap();
+            if !terms.is_empty() {
+                writer.delete_query(Box::new(tantivy::query::TermSetQuery::new(terms)))?;
+            }
+            for d in added {
+                let doc = self.gate.admit(self.to_tantivy(d), queued_bytes(d));
+                writer.add_document(doc)?;
+            }
+        }
+        let bulk = self.bulk();
+        if bulk.rebuild {
+            return Ok(());
+        }
+        // Keys written again keep their vector's version when it did not change.
+        let readded: std::collections::HashSet<&str> =
+            added.iter().map(|d| d.key.as_str()).collect();
+        let gone = removed
+            .iter()
+            .filter(|k| !readded.contains(String::as_str(k)));
+        if let Some(geo) = &mut bulk.geo {
+            let geo = Arc::make_mut(geo);
+            for key in gone.clone() {
+                geo.set(key, None);
+            }
+            for d in added {
+                geo.set(&d.key, d.geo);
+            }
+        }
+        if let Some(vectors) = &mut bulk.vectors {
+            let vectors = Arc::make_mut(vectors);
+            for key in gone {
+                vectors.set(key, None);
+            }
+            for d in added {
+                let v = d.vector.as_deref();
+                if let (Some(id), Some(v)) = (vectors.set(&d.key, v), v) {
+                    bulk.new_vectors.push(GraphItem {
+                        id,
+                        key: Arc::from(d.key.as_str()),
+                        vector: v.to_vec(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A TRUNCATE inside a large transaction.
+    pub fn bulk_truncate(&mut self) -> Result<()> {
+        self.writer
+            .lock()
+            .unwrap()
+            .delete_query(Box::new(AllQuery))?;
+        let bulk = self.bulk();
+        bulk.rebuild = true;
+        bulk.new_vectors.clear();
+        Ok(())
+    }
+
+    /// Whether a large transaction wrote here.
+    pub fn bulk_dirty(&self) -> bool {
+        self.bulk.is_some()
+    }
+
+    /// Commits the large transaction's writes with `lsn` as payload, reloads the reader and
+    /// swaps in the structures built beside it.
+    pub fn bulk_commit(&mut self, lsn: Lsn) -> Result<()> {
+        let Some(bulk) = self.bulk.take() else {
+            return Ok(());
+        };
+        let item = CommitItem {
+            writer: self.writer.clone(),
+            gate: self.gate.clone(),
+            reader: self.reader.clone(),
+            ops: Vec::new(),
+            fields: self.fields.clone(),
+            vector_spec: self.vector_spec,
+            maintenance: if bulk.rebuild {
+                Maintenance::Rebuild
+            } else {
+                Maintenance::Update(FreshDocs::new())
+            },
+            geo: bulk.geo,
+            vectors: bulk.vectors,
+        };
+        let mut derived = item.commit(lsn)?;
+        if !bulk.rebuild {
+            derived.new_vectors = bulk.new_vectors;
+        }
+        self.committed(lsn, derived);
+        Ok(())
+    }
+
+    /// Drops the large transaction's writes: the writer goes back to its last commit.
+    pub fn bulk_abort(&mut self) -> Result<()> {
+        if self.bulk.take().is_some() {
+            self.writer.lock().unwrap().rollback()?;
+        }
+        Ok(())
     }
 
     fn to_tantivy(&self, d: &Document) -> TantivyDocument {

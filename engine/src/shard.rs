@@ -111,6 +111,8 @@ pub struct Shard {
     events: Vec<ChangeEvent>,
     /// Position of the next change event: the transaction's commit LSN, and a counter.
     event_at: (Lsn, u32),
+    /// A large transaction being applied in parts (`large.rs`).
+    large: Option<large::Large>,
 }
 
 /// Where the shard reports what readers and operators need to know. The indexer's status
@@ -120,6 +122,9 @@ pub trait Observer: Send + Sync {
     fn rejected(&self, region: &str, rejection: Rejection);
     /// The change feed restarts at `lsn` (open, snapshot): nothing before it is known.
     fn feed_reset(&self, lsn: Lsn);
+    /// The changes up to `through` (within a large transaction) will not be published: more
+    /// than the feed holds.
+    fn feed_gap(&self, through: crate::change::Position);
     /// `rows` row changes and these feed events became searchable, up to `lsn`.
     fn searchable(&self, lsn: Lsn, rows: usize, events: Vec<ChangeEvent>);
 }
@@ -130,6 +135,7 @@ pub struct Unobserved;
 impl Observer for Unobserved {
     fn rejected(&self, _: &str, _: Rejection) {}
     fn feed_reset(&self, _: Lsn) {}
+    fn feed_gap(&self, _: crate::change::Position) {}
     fn searchable(&self, _: Lsn, _: usize, _: Vec<ChangeEvent>) {}
 }
 
@@ -261,6 +267,7 @@ impl Shard {
             in_flight: None,
             events: Vec::new(),
             event_at: (applied, 0),
+            large: None,
         };
         shard.observer.feed_reset(applied);
         shard.publish(0, Vec::new());
@@ -370,19 +377,25 @@ impl Shard {
 
     /// Buffers one source transaction into the partitions it touches (not yet visible).
     pub fn apply(&mut self, tx: &Transaction) -> Result<()> {
+        debug_assert!(self.large.is_none(), "a large transaction is open");
         self.event_at = (tx.end_lsn, 0);
-        for change in &tx.changes {
+        self.apply_changes(tx.end_lsn, &tx.changes)
+    }
+
+    /// Applies row changes of the transaction ending at `lsn`.
+    fn apply_changes(&mut self, lsn: Lsn, changes: &[Change]) -> Result<()> {
+        for change in changes {
             self.batch_rows += 1;
             match change {
                 Change::Upsert {
                     index,
                     old_key,
                     new,
-                } => self.apply_upsert(tx.end_lsn, *index, old_key.as_deref(), new)?,
+                } => self.apply_upsert(lsn, *index, old_key.as_deref(), new)?,
                 Change::Delete { index, old } => {
                     let raw = cells_to_raw(old, None);
                     match row_key(&self.indexes[*index], &raw) {
-                        Some(key) => self.set_everywhere(tx.end_lsn, *index, &key, None)?,
+                        Some(key) => self.set_everywhere(lsn, *index, &key, None)?,
                         None => self.reject(
                             "",
                             self.rejection(*index, "", "primary_key", "delete without key"),
@@ -391,9 +404,13 @@ impl Shard {
                 }
                 Change::Truncate { index } => {
                     self.event(*index, None, Op::Truncate, None);
+                    if self.large.is_some() {
+                        self.large_truncate(*index)?;
+                        continue;
+                    }
                     for p in self.partitions.values_mut() {
-                        if p.index == *index && tx.end_lsn > p.checkpoint() {
-                            p.truncate(tx.end_lsn);
+                        if p.index == *index && lsn > p.checkpoint() {
+                            p.truncate(lsn);
                         }
                     }
                 }
@@ -404,14 +421,18 @@ impl Shard {
 
     fn event(&mut self, index: usize, key: Option<&str>, op: Op, region: Option<&str>) {
         let (lsn, n) = self.event_at;
-        self.events.push(ChangeEvent {
+        let event = ChangeEvent {
             lsn,
             n,
             index,
             key: key.map(str::to_owned),
             op,
             region: region.map(str::to_owned),
-        });
+        };
+        match &mut self.large {
+            Some(large) => large.keep_event(event),
+            None => self.events.push(event),
+        }
         self.event_at.1 += 1;
     }
 
@@ -497,7 +518,10 @@ impl Shard {
 
     /// The row currently stored for `key` in any partition of `index`, preferring partitions
     /// that are not ahead of the stream (after a crash, another may hold a later state).
-    fn current_row(&self, index: usize, key: &str) -> Result<Option<RawRow>> {
+    fn current_row(&mut self, index: usize, key: &str) -> Result<Option<RawRow>> {
+        if let large::Known::Written(row) = self.large_row(index, key)? {
+            return Ok(row);
+        }
         let mut ahead = None;
         for p in self.partitions.values().filter(|p| p.index == index) {
             if let Some(row) = p.get(key)? {
@@ -525,6 +549,10 @@ impl Shard {
         match doc {
             Some(d) => self.event(index, Some(key), Op::Upsert, Some(&d.region.clone())),
             None => self.event(index, Some(key), Op::Delete, None),
+        }
+        if self.large.is_some() {
+            self.large_set(index, key, doc.cloned());
+            return Ok(());
         }
         for p in self.partitions.values_mut() {
             if p.index != index || lsn <= p.checkpoint() {
@@ -677,6 +705,9 @@ impl Shard {
         self.observer.searchable(self.applied, rows, events);
     }
 }
+
+mod large;
+pub use large::FEED_EVENTS_KEPT;
 
 #[cfg(test)]
 mod tests;

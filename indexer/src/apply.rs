@@ -20,17 +20,54 @@ use engine::document::RawRow;
 use engine::shard::{CommitDone, Shard};
 use wire::Lsn;
 
+/// What decoded changes may take while they wait for the applier, in bytes (estimated from
+/// their text), beside the `queue_transactions` bound on how many commands wait.
+pub const QUEUE_BYTES: usize = 64 << 20;
+
+/// The stream's allowance of waiting bytes: a command holds its share until applied.
+pub type Budget = Arc<tokio::sync::Semaphore>;
+
+pub fn budget() -> Budget {
+    Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES >> 10))
+}
+
+/// A command's share of the budget, returned when it is dropped (once applied).
+pub struct Held(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl Held {
+    /// Waits until `bytes` (at most the whole budget) may wait for the applier.
+    pub async fn take(budget: &Budget, bytes: usize) -> Held {
+        let kib = bytes.div_ceil(1024).clamp(1, QUEUE_BYTES >> 10) as u32;
+        Held(budget.clone().acquire_many_owned(kib).await.ok())
+    }
+
+    /// No share (tests, tools).
+    pub fn none() -> Held {
+        Held(None)
+    }
+}
+
 pub enum ApplyCmd {
     SnapshotRows {
         index: usize,
         rows: Vec<RawRow>,
+        held: Held,
     },
     /// The snapshot is complete at `lsn`: commit it and mark the checkpoint done.
     SnapshotDone {
         lsn: Lsn,
         done: oneshot::Sender<Result<()>>,
     },
-    Tx(Transaction),
+    /// A whole transaction; for a large one, its last part (`TxPart` came before).
+    Tx { tx: Transaction, held: Held },
+    /// A part of a large transaction, sent as it arrives (its end comes as `Tx`); `first`
+    /// starts it over (re-sent after a reconnect).
+    TxPart {
+        final_lsn: Lsn,
+        first: bool,
+        changes: Vec<engine::change::Change>,
+        held: Held,
+    },
 }
 
 pub struct Applier {
@@ -215,8 +252,9 @@ impl Applier {
                 }
                 Event::CommitDue => self.dispatch_commit(&done_tx, &progress, &mut files),
                 Event::Cmd(None) => break,
-                Event::Cmd(Some(ApplyCmd::SnapshotRows { index, rows })) => {
-                    self.shard.add_snapshot_rows(index, rows)?
+                Event::Cmd(Some(ApplyCmd::SnapshotRows { index, rows, held })) => {
+                    self.shard.add_snapshot_rows(index, rows)?;
+                    drop(held);
                 }
                 Event::Cmd(Some(ApplyCmd::SnapshotDone { lsn, done })) => {
                     let result = self.finish_snapshot(lsn);
@@ -233,9 +271,59 @@ impl Applier {
                         return Ok(());
                     }
                 }
-                Event::Cmd(Some(ApplyCmd::Tx(tx))) => {
+                Event::Cmd(Some(ApplyCmd::TxPart {
+                    final_lsn,
+                    first,
+                    changes,
+                    held,
+                })) => {
+                    if final_lsn < self.shard.applied() {
+                        continue; // re-sent after a reconnect: applied already
+                    }
+                    if first || self.shard.large_open() != Some(final_lsn) {
+                        self.shard.abort_large()?;
+                        if self.shard.commit_in_flight() {
+                            if let Some(done) = timer.block_on(done_rx.recv()) {
+                                let done = done?;
+                                let lsn = done.lsn;
+                                self.shard.commit_done(done)?;
+                                self.after_durable(lsn, &progress)?;
+                            }
+                        }
+                        let durable = self.shard.begin_large(final_lsn)?;
+                        progress.durable.send_replace(durable);
+                        feed_graphs(&mut self.shard);
+                    }
+                    self.shard.apply_part(&changes)?;
+                    self.stats
+                        .rows_applied
+                        .fetch_add(changes.len() as u64, Ordering::Relaxed);
+                    drop(held);
+                }
+                Event::Cmd(Some(ApplyCmd::Tx { tx, held }))
+                    if self.shard.large_open().is_some() =>
+                {
+                    // The last part of a large transaction: it becomes searchable and durable
+                    // at once.
+                    self.shard.apply_part(&tx.changes)?;
+                    drop(held);
+                    self.shard.finish_large(tx.end_lsn)?;
+                    self.count_applied(tx.changes.len());
+                    self.stats
+                        .last_applied_commit
+                        .store(tx.commit_time_micros, Ordering::Release);
+                    self.stats.advance_applied(tx.end_lsn);
+                    progress.searchable.send_replace(tx.end_lsn);
+                    feed_graphs(&mut self.shard);
+                    self.write_checkpoint(tx.end_lsn)?;
+                    files.lsn = tx.end_lsn;
+                    files.last_write = Instant::now();
+                    self.after_durable(tx.end_lsn, &progress)?;
+                }
+                Event::Cmd(Some(ApplyCmd::Tx { tx, held })) => {
                     let started = Instant::now();
                     let mut end = self.apply_one(&tx)?;
+                    drop(held);
                     let mut last_commit_time = tx.commit_time_micros;
                     // Natural batching: take what is already queued, up to the bounds; never
                     // wait for more when the queue is empty.
@@ -243,8 +331,9 @@ impl Applier {
                         && started.elapsed() < max_delay
                     {
                         match rx.try_recv() {
-                            Ok(ApplyCmd::Tx(next)) => {
+                            Ok(ApplyCmd::Tx { tx: next, held }) => {
                                 end = self.apply_one(&next)?.max(end);
+                                drop(held);
                                 last_commit_time = next.commit_time_micros;
                             }
                             Ok(other) => {
@@ -276,7 +365,9 @@ impl Applier {
             }
         }
         // Clean stop: let a running commit finish, make the rest durable, leave the
-        // checkpoint file there.
+        // checkpoint file there. A large transaction not yet whole is dropped (it is sent
+        // again after the restart).
+        self.shard.abort_large()?;
         if self.shard.commit_in_flight() {
             if let Some(done) = timer.block_on(done_rx.recv()) {
                 self.shard.commit_done(done?)?;
@@ -352,14 +443,19 @@ impl Applier {
             return Ok(Lsn::ZERO); // already applied (re-sent after a reconnect)
         }
         self.shard.apply(tx)?;
+        self.count_applied(tx.changes.len());
+        Ok(tx.end_lsn)
+    }
+
+    /// Counts one applied transaction (for a large one, its last part's) `rows`.
+    fn count_applied(&self, rows: usize) {
         self.stats
             .transactions_applied
             .fetch_add(1, Ordering::Relaxed);
         self.stats
             .rows_applied
-            .fetch_add(tx.changes.len() as u64, Ordering::Relaxed);
+            .fetch_add(rows as u64, Ordering::Relaxed);
         metrics::counter!(crate::metrics::TRANSACTIONS_APPLIED).increment(1);
-        Ok(tx.end_lsn)
     }
 
     fn finish_snapshot(&mut self, lsn: Lsn) -> Result<()> {

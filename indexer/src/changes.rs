@@ -14,8 +14,8 @@ use std::sync::Mutex;
 pub use engine::change::{ChangeEvent, Op, Position};
 use wire::Lsn;
 
-/// Changes kept for readers to catch up from.
-pub const CAPACITY: usize = 200_000;
+/// Changes kept for readers to catch up from (a large transaction keeps as many for it).
+pub const CAPACITY: usize = engine::shard::FEED_EVENTS_KEPT;
 
 /// Asked for changes the ring no longer (or never) held.
 #[derive(Debug, PartialEq)]
@@ -54,6 +54,16 @@ impl ChangeLog {
         r.events.clear();
         r.complete_after = Position(lsn, u32::MAX);
         self.published.send_modify(|v| *v += 1);
+    }
+
+    /// Changes up to `through` will not be published (the front of a transaction larger
+    /// than the ring): a reader asking from before it must re-sync.
+    pub fn gap(&self, through: Position) {
+        let mut r = self.ring.lock().unwrap();
+        r.events.retain(|e| e.position() > through);
+        if through > r.complete_after {
+            r.complete_after = through;
+        }
     }
 
     /// Appends a searchable batch (in order); evicts the oldest beyond `CAPACITY`.

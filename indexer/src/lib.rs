@@ -222,6 +222,7 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
         publication: config.source.publication.clone(),
         indexes: ctx.indexes.to_vec(),
         stats: ctx.stats.clone(),
+        budget: apply::budget(),
     };
     let stats = ctx.stats;
     let result = async {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::apply::ApplyCmd;
+use crate::apply::{ApplyCmd, Budget, Held};
 use crate::catalog::{quote_ident, quote_literal, ResolvedIndex};
 use crate::copy::CopyRows;
 use crate::error::SlotLoss;
@@ -34,9 +34,37 @@ pub struct Source {
     pub publication: String,
     pub indexes: Vec<ResolvedIndex>,
     pub stats: Arc<Stats>,
+    /// Bytes of changes that may wait for the applier.
+    pub budget: Budget,
 }
 
 const SNAPSHOT_BATCH: usize = 2_000;
+
+/// A transaction goes to the applier in parts once this much of it has arrived (estimated
+/// bytes, or changes), so no transaction is ever held whole: the applier writes a large one
+/// straight to its partitions and makes it visible at its end (`engine::shard::large`).
+pub const PART_BYTES: usize = 8 << 20;
+pub const PART_CHANGES: usize = 20_000;
+
+/// What a change takes in memory, roughly: its text and a little per cell.
+fn change_bytes(change: &Change) -> usize {
+    let cells = |cells: &[Cell]| -> usize {
+        cells
+            .iter()
+            .map(|c| match c {
+                Cell::Value(Some(v)) => 32 + v.len(),
+                _ => 32,
+            })
+            .sum()
+    };
+    64 + match change {
+        Change::Upsert { old_key, new, .. } => {
+            cells(new) + old_key.as_deref().map(cells).unwrap_or(0)
+        }
+        Change::Delete { old, .. } => cells(old),
+        Change::Truncate { .. } => 0,
+    }
+}
 
 impl Source {
     /// Creates the slot with an exported snapshot, copies every configured table inside that
@@ -93,10 +121,17 @@ impl Source {
                 rows_done += batch.len() as u64;
                 total += batch.len() as u64;
                 metrics::counter!(crate::metrics::SNAPSHOT_ROWS).increment(batch.len() as u64);
+                let bytes = batch
+                    .iter()
+                    .flatten()
+                    .map(|c| 32 + c.as_ref().map_or(0, String::len))
+                    .sum();
+                let held = Held::take(&self.budget, bytes).await;
                 applier
                     .send(ApplyCmd::SnapshotRows {
                         index: ix.ordinal,
                         rows: batch,
+                        held,
                     })
                     .await
                     .map_err(|_| Error::ApplierStopped(Lsn::ZERO))?;
@@ -235,6 +270,10 @@ impl Source {
 
         let mut relations: HashMap<u32, Option<RelationMap>> = HashMap::new();
         let mut open: Option<Transaction> = None;
+        // The open transaction: its estimated bytes not yet sent, changes counted so far,
+        // whether parts of it went to the applier, whether it is a re-sent one.
+        let (mut open_bytes, mut counted, mut parts_sent, mut replay) =
+            (0usize, 0usize, false, false);
         // Forwarded transactions not yet searchable: (end LSN, commit time).
         let mut in_flight: VecDeque<(Lsn, i64)> = VecDeque::new();
         let mut durable_now = start;
@@ -286,12 +325,32 @@ impl Source {
                             if open.is_some() {
                                 return Err(Error::Protocol("BEGIN inside an open transaction".into()));
                             }
-                            open = Some(Transaction { end_lsn: Lsn(final_lsn.as_u64()), commit_time_micros, changes: Vec::new() });
+                            let final_lsn = Lsn(final_lsn.as_u64());
+                            // Already forwarded (a reconnect re-sends from the durable LSN):
+                            // its changes are not kept.
+                            replay = final_lsn < *forwarded;
+                            (open_bytes, counted, parts_sent) = (0, 0, false);
+                            open = Some(Transaction { end_lsn: final_lsn, commit_time_micros, changes: Vec::new() });
                         }
                         ReplicationEvent::XLogData { wal_end, data, .. } => {
                             self.stats.observe_wal_end(Lsn(wal_end.as_u64()));
                             let message = pgoutput::decode(&data)?;
                             self.handle(message, &mut relations, open.as_mut())?;
+                            if let Some(tx) = open.as_mut() {
+                                if replay {
+                                    tx.changes.clear();
+                                    continue;
+                                }
+                                open_bytes += tx.changes[counted..].iter().map(change_bytes).sum::<usize>();
+                                counted = tx.changes.len();
+                                if open_bytes >= PART_BYTES || counted >= PART_CHANGES {
+                                    let changes = std::mem::take(&mut tx.changes);
+                                    let held = Held::take(&self.budget, open_bytes).await;
+                                    let part = ApplyCmd::TxPart { final_lsn: tx.end_lsn, first: !parts_sent, changes, held };
+                                    applier.send(part).await.map_err(|_| Error::ApplierStopped(durable_now))?;
+                                    (open_bytes, counted, parts_sent) = (0, 0, true);
+                                }
+                            }
                         }
                         ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
                             let mut tx = open.take().ok_or_else(|| Error::Protocol("COMMIT without BEGIN".into()))?;
@@ -300,12 +359,16 @@ impl Source {
                             if end_lsn <= *forwarded {
                                 continue; // re-sent after a reconnect; the applier has it
                             }
+                            if replay {
+                                return Err(Error::Protocol(format!("transaction ending at {end_lsn} began before the forwarded {forwarded}")));
+                            }
                             tx.end_lsn = end_lsn;
                             tx.commit_time_micros = commit_time_micros;
                             *forwarded = end_lsn;
                             in_flight.push_back((end_lsn, commit_time_micros));
                             self.set_oldest_pending(&in_flight);
-                            applier.send(ApplyCmd::Tx(tx)).await.map_err(|_| Error::ApplierStopped(durable_now))?;
+                            let held = Held::take(&self.budget, open_bytes).await;
+                            applier.send(ApplyCmd::Tx { tx, held }).await.map_err(|_| Error::ApplierStopped(durable_now))?;
                         }
                         ReplicationEvent::Message { .. } => {}
                         ReplicationEvent::StoppedAt { .. } => return Ok(()),

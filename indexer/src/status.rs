@@ -140,6 +140,10 @@ impl engine::shard::Observer for Stats {
         self.changes.reset(lsn);
     }
 
+    fn feed_gap(&self, through: engine::change::Position) {
+        self.changes.gap(through);
+    }
+
     fn searchable(&self, lsn: Lsn, rows: usize, events: Vec<ChangeEvent>) {
         if rows > 0 {
             metrics::counter!(crate::metrics::ROWS_APPLIED).increment(rows as u64);

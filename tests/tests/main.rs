@@ -7,6 +7,7 @@ mod common;
 mod compose;
 mod demo;
 mod geo;
+mod large_tx;
 mod link;
 mod resilience;
 mod shards;
