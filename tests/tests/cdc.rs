@@ -12,21 +12,24 @@ async fn snapshot_with_concurrent_writes_equals_table() -> Result<()> {
     let f = Fixture::new().await?;
     f.insert_range(1, 20_000).await?;
     let config = f.config("", "")?;
-    // The writer starts once the slot exists, so every change it makes lands during or after
-    // the snapshot (the copy reads the slot's exported snapshot): the copy must see exactly the
-    // 20,000 rows of that moment and the stream must bring everything after. (Started before
-    // the slot, a slow start-up under the parallel suite let it delete rows first, and a
-    // row-count floor on the copy failed.)
+    // The writer starts once the slot is consistent, so every change it makes lands during or
+    // after the snapshot (the copy reads the slot's exported snapshot): the copy must see
+    // exactly the 20,000 rows of that moment and the stream must bring everything after.
+    // (Started before the slot, a slow start-up under the parallel suite let it delete rows
+    // first; started when the slot merely existed, its first commits could precede the
+    // slot's consistent point and so be in the snapshot: 19,989 rows copied under CI load.
+    // A logical slot has a confirmed_flush_lsn once it is consistent.)
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
     let client = &f.client;
     let slot = &f.slot;
     e2e::eventually(
-        "the indexer's slot to exist",
+        "the indexer's slot to be consistent",
         Duration::from_secs(60),
         || async move {
             let n: i64 = client
                 .query_one(
-                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                    "SELECT count(*) FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND confirmed_flush_lsn IS NOT NULL",
                     &[slot],
                 )
                 .await?
