@@ -282,14 +282,7 @@ impl Applier {
                     }
                     if first || self.shard.large_open() != Some(final_lsn) {
                         self.shard.abort_large()?;
-                        if self.shard.commit_in_flight() {
-                            if let Some(done) = timer.block_on(done_rx.recv()) {
-                                let done = done?;
-                                let lsn = done.lsn;
-                                self.shard.commit_done(done)?;
-                                self.after_durable(lsn, &progress)?;
-                            }
-                        }
+                        self.await_running_commit(&timer, &mut done_rx, &progress)?;
                         let durable = self.shard.begin_large(final_lsn)?;
                         progress.durable.send_replace(durable);
                         feed_graphs(&mut self.shard);
@@ -368,11 +361,7 @@ impl Applier {
         // checkpoint file there. A large transaction not yet whole is dropped (it is sent
         // again after the restart).
         self.shard.abort_large()?;
-        if self.shard.commit_in_flight() {
-            if let Some(done) = timer.block_on(done_rx.recv()) {
-                self.shard.commit_done(done?)?;
-            }
-        }
+        self.await_running_commit(&timer, &mut done_rx, &progress)?;
         if self.checkpoint.snapshot_done {
             let lsn = self.shard.commit()?;
             progress.durable.send_replace(lsn);
@@ -429,6 +418,24 @@ impl Applier {
             }
             None => {}
         }
+    }
+
+    /// Waits for the commit job on the committer, if one runs, and takes its result.
+    fn await_running_commit(
+        &mut self,
+        timer: &tokio::runtime::Runtime,
+        done_rx: &mut mpsc::UnboundedReceiver<Result<CommitDone>>,
+        progress: &Progress,
+    ) -> Result<()> {
+        if self.shard.commit_in_flight() {
+            if let Some(done) = timer.block_on(done_rx.recv()) {
+                let done = done?;
+                let lsn = done.lsn;
+                self.shard.commit_done(done)?;
+                self.after_durable(lsn, progress)?;
+            }
+        }
+        Ok(())
     }
 
     /// A commit is durable (and its checkpoint file, when due, written by the committer).

@@ -46,14 +46,19 @@ const SNAPSHOT_BATCH: usize = 2_000;
 pub const PART_BYTES: usize = 8 << 20;
 pub const PART_CHANGES: usize = 20_000;
 
-/// What a change takes in memory, roughly: its text and a little per cell.
+/// What a column value takes in memory, roughly: its text and a little more.
+fn cell_bytes(value: Option<&str>) -> usize {
+    32 + value.map_or(0, str::len)
+}
+
+/// What a change takes in memory, roughly.
 fn change_bytes(change: &Change) -> usize {
     let cells = |cells: &[Cell]| -> usize {
         cells
             .iter()
             .map(|c| match c {
-                Cell::Value(Some(v)) => 32 + v.len(),
-                _ => 32,
+                Cell::Value(v) => cell_bytes(v.as_deref()),
+                Cell::UnchangedToast => cell_bytes(None),
             })
             .sum()
     };
@@ -124,7 +129,7 @@ impl Source {
                 let bytes = batch
                     .iter()
                     .flatten()
-                    .map(|c| 32 + c.as_ref().map_or(0, String::len))
+                    .map(|c| cell_bytes(c.as_deref()))
                     .sum();
                 let held = Held::take(&self.budget, bytes).await;
                 applier
