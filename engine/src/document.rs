@@ -1,18 +1,34 @@
-//! From a row's column values (text form, as pgoutput and COPY both render them) to the
-//! document a partition stores: key, region, parsed geo point and vector, and which fields
-//! were rejected. The same function serves the snapshot, the stream and `verify`, so the
-//! three can never disagree about what a row becomes.
+//! From a row's column values (text form, as pgoutput and COPY both render them; the vector
+//! column's value may come as floats instead) to the document a partition stores: key,
+//! region, parsed geo point and vector, and which fields were rejected. The same function
+//! serves the snapshot, the stream and `verify`, so the three can never disagree about what
+//! a row becomes.
+//!
+//! A vector is kept once, as floats: a document's text cells never hold an indexed vector's
+//! text (the cell is `None`, the value is `Document::vector`), so neither the stored row nor
+//! the content hash depends on how Postgres printed the floats, and the snapshot can read
+//! them in binary.
 
 use crate::schema::is_region_name;
-use crate::schema::{GeoSpec, ResolvedIndex};
+use crate::schema::{GeoSpec, ResolvedIndex, VectorType};
 
 /// Column values aligned with `ResolvedIndex::columns`; `None` is SQL NULL.
 pub type RawRow = Vec<Option<String>>;
+
+/// A row's values: text cells, and the vector column's value as floats when it is known as
+/// floats (read in binary by the snapshot, or stored): that column's cell is then `None`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    pub raw: RawRow,
+    pub vector: Option<Vec<f32>>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
     pub key: String,
     pub region: String,
+    /// The row's text cells; the vector column's is `None` when `vector` holds its value (a
+    /// rejected vector keeps its text here, so the stored row still shows it).
     pub raw: RawRow,
     /// (latitude, longitude) in degrees, when configured and valid.
     pub geo: Option<(f64, f64)>,
@@ -61,6 +77,12 @@ pub fn row_key(ix: &ResolvedIndex, raw: &RawRow) -> Option<String> {
 }
 
 pub fn map_row(ix: &ResolvedIndex, raw: RawRow, limits: &MapLimits) -> Mapped {
+    map(ix, Row { raw, vector: None }, limits)
+}
+
+/// As [`map_row`], for a row whose vector may come as floats.
+pub fn map(ix: &ResolvedIndex, row: Row, limits: &MapLimits) -> Mapped {
+    let Row { mut raw, vector } = row;
     let reject = |key: &str, field: &str, reason: String| Rejection {
         index: ix.name.clone(),
         key: key.to_owned(),
@@ -125,27 +147,41 @@ pub fn map_row(ix: &ResolvedIndex, raw: RawRow, limits: &MapLimits) -> Mapped {
 
     let vector = match ix.vector {
         None => None,
-        Some(spec) => match &raw[spec.column] {
-            None => None,
-            Some(text) => match parse_vector(text, spec.dimension) {
-                Ok(v)
-                    if spec.metric == crate::schema::Metric::Cosine
-                        && v.iter().all(|x| *x == 0.0) =>
-                {
-                    rejections.push(reject(
-                        &key,
-                        ix.column_name(spec.column),
-                        "zero vector has no direction (cosine)".into(),
-                    ));
-                    None
+        Some(spec) => {
+            let value = match (vector, &raw[spec.column]) {
+                (Some(v), _) => Some(Ok(v)),
+                (None, Some(text)) => Some(parse_floats(text, spec.sql_type)),
+                (None, None) => None,
+            };
+            let usable = |v: &[f32]| {
+                check_vector(v, spec.dimension)?;
+                if spec.metric == crate::schema::Metric::Cosine && v.iter().all(|x| *x == 0.0) {
+                    return Err("zero vector has no direction (cosine)".to_owned());
                 }
-                Ok(v) => Some(v),
-                Err(reason) => {
+                Ok(())
+            };
+            match value {
+                None => None,
+                // Not an array of numbers: the text stays as it came.
+                Some(Err(reason)) => {
                     rejections.push(reject(&key, ix.column_name(spec.column), reason));
                     None
                 }
-            },
-        },
+                Some(Ok(v)) => match usable(&v) {
+                    Ok(()) => {
+                        raw[spec.column] = None;
+                        Some(v)
+                    }
+                    // Kept as text, printed from the floats: the same whether they came as
+                    // text or in binary.
+                    Err(reason) => {
+                        rejections.push(reject(&key, ix.column_name(spec.column), reason));
+                        raw[spec.column] = Some(render_vector(&v, spec.sql_type));
+                        None
+                    }
+                },
+            }
+        }
     };
 
     let filters = ix
@@ -227,6 +263,15 @@ fn check_lat_lon(lat: f64, lon: f64) -> Result<(), String> {
 
 /// Parses `real[]` text (`{1,2}`) or pgvector text (`[1,2]`) into finite floats of `dimension`.
 pub fn parse_vector(text: &str, dimension: usize) -> Result<Vec<f32>, String> {
+    let v = parse_floats(text, VectorType::Real)?;
+    check_vector(&v, dimension)?;
+    Ok(v)
+}
+
+/// Parses a flat array literal of numbers (`{1,2}` or `[1,2]`), any length, any values, as
+/// the column's type holds them: `double precision` values are read as f64 and then rounded
+/// to f32, exactly as a value read in binary is.
+fn parse_floats(text: &str, ty: VectorType) -> Result<Vec<f32>, String> {
     let t = text.trim();
     let inner = t
         .strip_prefix('{')
@@ -236,31 +281,57 @@ pub fn parse_vector(text: &str, dimension: usize) -> Result<Vec<f32>, String> {
     if inner.contains('{') {
         return Err("vector is a nested array".into());
     }
-    let mut out = Vec::with_capacity(dimension);
+    let mut out = Vec::new();
     if !inner.trim().is_empty() {
         for (i, part) in inner.split(',').enumerate() {
-            let v: f32 = part
-                .trim()
-                .parse()
-                .map_err(|_| format!("vector element {i} ({:?}) is not a number", part.trim()))?;
-            if !v.is_finite() {
-                return Err(format!("vector element {i} is {v}"));
-            }
-            out.push(v);
+            let part = part.trim();
+            let v = match ty {
+                VectorType::Double => part.parse::<f64>().map(|x| x as f32),
+                VectorType::Real | VectorType::Pgvector => part.parse::<f32>(),
+            };
+            out.push(v.map_err(|_| format!("vector element {i} ({part:?}) is not a number"))?);
         }
-    }
-    if out.len() != dimension {
-        return Err(format!(
-            "vector has {} dimensions, expected {dimension}",
-            out.len()
-        ));
     }
     Ok(out)
 }
 
-/// Content hash of a document as stored: region and every configured column value.
-/// `verify` computes it from the table, the partition from its stored copy.
-pub fn content_hash(region: &str, raw: &RawRow) -> u64 {
+/// Whether floats make a vector of `dimension`: that many, every one finite.
+pub fn check_vector(v: &[f32], dimension: usize) -> Result<(), String> {
+    if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        return Err(format!("vector element {i} is {x}"));
+    }
+    if v.len() != dimension {
+        return Err(format!(
+            "vector has {} dimensions, expected {dimension}",
+            v.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A vector as text in its column type's form (`{1,0.5}` for arrays, `[1,0.5]` for
+/// pgvector), each float in its shortest form that reads back as the same value.
+pub fn render_vector(v: &[f32], ty: VectorType) -> String {
+    use std::fmt::Write;
+    let (open, close) = match ty {
+        VectorType::Real | VectorType::Double => ('{', '}'),
+        VectorType::Pgvector => ('[', ']'),
+    };
+    let mut out = String::with_capacity(v.len() * 12 + 2);
+    out.push(open);
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write!(out, "{x}").expect("writing to a String");
+    }
+    out.push(close);
+    out
+}
+
+/// Content hash of a document as stored: region, every configured column's text, and the
+/// vector's floats. `verify` computes it from the table, the partition from its stored copy.
+pub fn content_hash(region: &str, raw: &RawRow, vector: Option<&[f32]>) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(region.as_bytes());
     h.update(&[0xff]);
@@ -274,7 +345,21 @@ pub fn content_hash(region: &str, raw: &RawRow) -> u64 {
             }
         }
     }
+    if let Some(v) = vector {
+        h.update(&[2]);
+        h.update(&(v.len() as u64).to_le_bytes());
+        for x in v {
+            h.update(&x.to_le_bytes());
+        }
+    }
     h.digest()
+}
+
+impl Document {
+    /// See [`content_hash`].
+    pub fn content_hash(&self) -> u64 {
+        content_hash(&self.region, &self.raw, self.vector.as_deref())
+    }
 }
 
 #[cfg(test)]
@@ -397,9 +482,73 @@ mod tests {
 
     #[test]
     fn hash_distinguishes_null_from_empty_and_region() {
-        let a = content_hash("eu", &vec![Some(String::new())]);
-        let b = content_hash("eu", &vec![None]);
-        let c = content_hash("as", &vec![Some(String::new())]);
-        assert!(a != b && a != c && b != c);
+        let a = content_hash("eu", &vec![Some(String::new())], None);
+        let b = content_hash("eu", &vec![None], None);
+        let c = content_hash("as", &vec![Some(String::new())], None);
+        let d = content_hash("eu", &vec![None], Some(&[]));
+        let e = content_hash("eu", &vec![None], Some(&[0.0]));
+        let f = content_hash("eu", &vec![None], Some(&[-0.0]));
+        let all = [a, b, c, d, e, f];
+        for (i, x) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|y| y != x), "hash {i} repeats");
+        }
+    }
+
+    #[test]
+    fn a_vector_is_the_same_document_from_text_or_floats() {
+        let text = row([
+            Some("7"),
+            Some("europe"),
+            None,
+            None,
+            None,
+            Some("{0.1, -2.5e-7,3}"),
+        ]);
+        let floats = Row {
+            raw: row([Some("7"), Some("europe"), None, None, None, None]),
+            vector: Some(vec![0.1, -2.5e-7, 3.0]),
+        };
+        let (Mapped::Doc(a, _), Mapped::Doc(b, _)) = (
+            map_row(&places(), text, &limits()),
+            map(&places(), floats, &limits()),
+        ) else {
+            panic!()
+        };
+        assert_eq!(a, b);
+        assert_eq!(a.raw[5], None, "an indexed vector's text is not kept");
+        assert_eq!(a.content_hash(), b.content_hash());
+    }
+
+    #[test]
+    fn a_rejected_vector_keeps_its_value_as_text() {
+        for v in [
+            vec![1.0, 2.0],
+            vec![0.0, 0.0, 0.0],
+            vec![1.0, f32::NAN, 0.0],
+        ] {
+            let floats = Row {
+                raw: row([Some("7"), Some("europe"), None, None, None, None]),
+                vector: Some(v.clone()),
+            };
+            let Mapped::Doc(d, rej) = map(&places(), floats, &limits()) else {
+                panic!()
+            };
+            assert_eq!(rej.len(), 1, "{v:?}");
+            assert_eq!(d.vector, None);
+            let text = d.raw[5].clone().expect("kept as text");
+            // The text reads back as the same rejection.
+            let Mapped::Doc(again, rej2) = map_row(&places(), d.raw.clone(), &limits()) else {
+                panic!()
+            };
+            assert_eq!((again.raw[5].as_ref(), rej2), (Some(&text), rej));
+        }
+    }
+
+    #[test]
+    fn rendered_vectors_read_back_exactly() {
+        let v = [0.1f32, -2.5e-7, 3.0, f32::MIN_POSITIVE, 1e30, -0.0];
+        let text = render_vector(&v, VectorType::Real);
+        assert_eq!(parse_vector(&text, v.len()).unwrap(), v);
+        assert!(render_vector(&v, VectorType::Pgvector).starts_with('['));
     }
 }

@@ -18,16 +18,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tantivy::collector::{Count, DocSetCollector};
+use tantivy::collector::Count;
 use tantivy::query::{AllQuery, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED,
-    STRING,
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING,
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 use crate::analyzer;
-use crate::document::{content_hash, Document, RawRow};
+use crate::document::{content_hash, Document, RawRow, Row};
 use crate::error::{Error, Result};
 use crate::filter::{FilterField, FilterKind, FilterValue};
 use crate::gate::{Gate, GatedDoc};
@@ -42,15 +41,13 @@ use wire::Lsn;
 #[derive(Debug, Clone)]
 pub struct Fields {
     pub key: Field,
-    /// The configured column values as a JSON array (the document store).
-    pub source: Field,
-    /// The same without the vector column, columnar (`rows.rs`: what hits read).
+    /// The row's text cells (`Document::raw`: an indexed vector's cell empty) as a JSON
+    /// array, columnar (`rows.rs`). There is no document store: rows, keys and vectors are
+    /// all read from columns.
     pub row: Field,
-    /// Position of the vector column in a row, if the index has one.
-    pub vector_column: Option<usize>,
-    /// Whether `row` holds every column an answer returns (false when the vector column is
-    /// a stored field: hits then read `_source`).
-    pub rows_carry_stored: bool,
+    /// The vector column's position and type when answers show it (a stored field): rows
+    /// read back then get its text, printed from `_vec`.
+    pub vector_answer: Option<(usize, crate::schema::VectorType)>,
     /// One per `ResolvedIndex::text` entry.
     pub text: Vec<TextField>,
     pub lat: Option<Field>,
@@ -64,8 +61,7 @@ pub struct Fields {
 impl Fields {
     pub fn schema(ix: &ResolvedIndex) -> (Schema, Fields) {
         let mut b = Schema::builder();
-        let key = b.add_text_field(crate::rows::KEY_FIELD, STRING | STORED | FAST);
-        let source = b.add_bytes_field("_source", STORED);
+        let key = b.add_text_field(crate::rows::KEY_FIELD, STRING | FAST);
         let row = b.add_bytes_field(crate::rows::ROW_FIELD, FAST);
         let text = ix
             .text
@@ -94,7 +90,9 @@ impl Fields {
             ),
             None => (None, None),
         };
-        let vector = ix.vector.map(|_| b.add_bytes_field("_vec", FAST));
+        let vector = ix
+            .vector
+            .map(|_| b.add_bytes_field(crate::rows::VECTOR_FIELD, FAST));
         let filters = ix
             .filters
             .iter()
@@ -119,10 +117,11 @@ impl Fields {
             b.build(),
             Fields {
                 key,
-                source,
                 row,
-                vector_column: ix.vector.map(|v| v.column),
-                rows_carry_stored: ix.vector.is_none_or(|v| !ix.stored.contains(&v.column)),
+                vector_answer: ix
+                    .vector
+                    .filter(|v| ix.stored.contains(&v.column))
+                    .map(|v| (v.column, v.sql_type)),
                 text,
                 lat,
                 lon,
@@ -130,6 +129,17 @@ impl Fields {
                 filters,
             },
         )
+    }
+}
+
+impl Fields {
+    /// A fresh document's row as answers need it (see [`crate::rows::row_at`]).
+    pub fn answer_row(&self, d: &Document) -> RawRow {
+        let mut raw = d.raw.clone();
+        if let (Some((at, ty)), Some(v)) = (self.vector_answer, &d.vector) {
+            raw[at] = Some(crate::document::render_vector(v, ty));
+        }
+        raw
     }
 }
 
@@ -194,10 +204,11 @@ type Writer = IndexWriter<GatedDoc>;
 
 mod bulk;
 
-/// What a document takes in a writer's queue, roughly: the row twice (`_source`, `_row`)
-/// and its text once more.
+/// What a document takes in a writer's queue, roughly: the row and its text once more, and
+/// the vector.
 fn queued_bytes(d: &Document) -> usize {
-    256 + 3 * d.raw.iter().flatten().map(String::len).sum::<usize>()
+    256 + 2 * d.raw.iter().flatten().map(String::len).sum::<usize>()
+        + 4 * d.vector.as_ref().map_or(0, Vec::len)
         + d.vector.as_ref().map_or(0, |v| 4 * v.len())
 }
 
@@ -346,7 +357,10 @@ fn build_vectors(
     let mut store = VectorStore::new(spec.dimension, spec.metric);
     for segment in searcher.segment_readers() {
         let ff = segment.fast_fields();
-        let (keys, vecs) = (ff.str(crate::rows::KEY_FIELD)?, ff.bytes("_vec")?);
+        let (keys, vecs) = (
+            ff.str(crate::rows::KEY_FIELD)?,
+            ff.bytes(crate::rows::VECTOR_FIELD)?,
+        );
         let (Some(keys), Some(vecs)) = (keys, vecs) else {
             continue;
         };
@@ -360,10 +374,7 @@ fn build_vectors(
             keys.ord_to_str(k, &mut key)?;
             bytes.clear();
             vecs.ord_to_bytes(v, &mut bytes)?;
-            let values: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let values = crate::rows::floats(&bytes);
             if values.len() == spec.dimension {
                 store.set(&key, Some(&values));
             }
@@ -624,9 +635,12 @@ impl Partition {
     }
 
     /// The current (fresh, else committed) row stored under `key`.
-    pub fn get(&self, key: &str) -> Result<Option<RawRow>> {
+    pub fn get(&self, key: &str) -> Result<Option<Row>> {
         if let Some(e) = self.pending.get(key) {
-            return Ok(e.doc.as_ref().map(|d| d.raw.clone()));
+            return Ok(e.doc.as_ref().map(|d| Row {
+                raw: d.raw.clone(),
+                vector: d.vector.clone(),
+            }));
         }
         if self.truncated_at.is_some() {
             return Ok(None);
@@ -727,12 +741,8 @@ impl Partition {
         let mut doc = TantivyDocument::default();
         doc.add_text(self.fields.key, &d.key);
         doc.add_bytes(
-            self.fields.source,
-            &serde_json::to_vec(&d.raw).expect("row serializes"),
-        );
-        doc.add_bytes(
             self.fields.row,
-            &crate::rows::row_bytes(&self.fields, &d.raw),
+            &serde_json::to_vec(&d.raw).expect("row serializes"),
         );
         for (t, &ok) in self.fields.text.iter().zip(&d.text_ok) {
             if let (true, Some(text)) = (ok, &d.raw[t.column]) {
@@ -785,59 +795,41 @@ pub fn visible_docs(searcher: &Searcher, fields: &Fields, fresh: &FreshLayer) ->
     Ok(n.max(0) as u64)
 }
 
-/// The stored row under `key` in a searcher, if any.
-pub fn lookup(searcher: &Searcher, fields: &Fields, key: &str) -> Result<Option<RawRow>> {
-    let query = TermQuery::new(
-        Term::from_field_text(fields.key, key),
-        IndexRecordOption::Basic,
-    );
-    let hits = searcher.search(&query, &DocSetCollector)?;
-    let Some(addr) = hits.into_iter().next() else {
+/// The stored row under `key` in a searcher, if any, its vector as floats.
+pub fn lookup(searcher: &Searcher, fields: &Fields, key: &str) -> Result<Option<Row>> {
+    let Some(addr) = crate::rows::address(searcher, fields, key)? else {
         return Ok(None);
     };
-    let doc: TantivyDocument = searcher.doc(addr)?;
-    Ok(Some(decode_source(&doc, fields)?))
-}
-
-pub fn decode_source(doc: &TantivyDocument, fields: &Fields) -> Result<RawRow> {
-    let bytes = doc
-        .get_first(fields.source)
-        .and_then(|v| v.as_bytes())
-        .ok_or_else(|| Error::corrupt("document", "no _source"))?;
-    serde_json::from_slice(bytes).map_err(|e| Error::corrupt("_source", e))
+    let segment = searcher.segment_reader(addr.segment_ord);
+    let columns = crate::rows::SegmentColumns::open(segment)?;
+    Ok(Some(Row {
+        raw: columns.raw(addr.doc_id)?,
+        vector: columns.vector(addr.doc_id)?,
+    }))
 }
 
 /// Every visible document (committed, overlaid with the fresh layer) as (key, content hash),
 /// for `verify`.
-pub fn dump(
-    searcher: &Searcher,
-    fields: &Fields,
-    fresh: &FreshLayer,
-    region: &str,
-) -> Result<Vec<(String, u64)>> {
+pub fn dump(searcher: &Searcher, fresh: &FreshLayer, region: &str) -> Result<Vec<(String, u64)>> {
     let mut out = Vec::with_capacity(searcher.num_docs() as usize);
     for (key, e) in &fresh.docs {
         if let Some(d) = &e.doc {
-            out.push((key.clone(), content_hash(region, &d.raw)));
+            out.push((key.clone(), d.content_hash()));
         }
     }
     if fresh.truncated {
         return Ok(out);
     }
     for segment in searcher.segment_readers() {
-        let store = segment.get_store_reader(64)?;
+        let columns = crate::rows::SegmentColumns::open(segment)?;
         for doc_id in segment.doc_ids_alive() {
-            let doc: TantivyDocument = store.get(doc_id)?;
-            let key = doc
-                .get_first(fields.key)
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| Error::corrupt("document", "no _key"))?
-                .to_owned();
+            let key = columns.key(doc_id)?;
             if fresh.docs.contains_key(&key) {
                 continue;
             }
-            let raw = decode_source(&doc, fields)?;
-            out.push((key, content_hash(region, &raw)));
+            let raw = columns.raw(doc_id)?;
+            let vector = columns.vector(doc_id)?;
+            out.push((key, content_hash(region, &raw, vector.as_deref())));
         }
     }
     Ok(out)

@@ -1,12 +1,11 @@
-//! Reading committed documents back on the query path, without the document store.
+//! Reading committed documents back, without a document store.
 //!
-//! A hit needs its key's address and its row's answer columns. The document store
-//! (`_source`) keeps the whole row for dumps, TOAST and region moves, but reading one document
-//! from it decompresses a whole block and deserialises every field, the vector as text
-//! included (~4 KB a row for a 384-d embedding): most of the cost of a geo hit. So each
-//! document also carries `_row`, its row without the vector column, in a columnar bytes field
-//! read by ordinal; and a key's address comes from the key's term dictionary per segment, not
-//! a query.
+//! A hit needs its key's address and its row's answer columns. Each document carries its row
+//! (`_row`: the text cells as a JSON array, an indexed vector's cell empty), its key and its
+//! vector (`_vec`, little-endian f32) in columnar fields read by ordinal; a key's address comes
+//! from the key's term dictionary per segment, not a query. (A document store would
+//! decompress a whole block and deserialise every stored field to read one document: most of
+//! the cost of a geo hit when rows were read from it, and lz4 over every row at ingest.)
 
 use std::sync::OnceLock;
 
@@ -24,6 +23,9 @@ pub const ROW_FIELD: &str = "_row";
 /// The name of the columnar key field.
 pub const KEY_FIELD: &str = "_key";
 
+/// The name of the columnar vector field (little-endian f32).
+pub const VECTOR_FIELD: &str = "_vec";
+
 /// One searcher's per-segment handles on the `_row` and `_key` columns, opened at a segment's
 /// first use and kept while that searcher serves: opening a segment's row column once per
 /// hit was a tenth of a geo query's shard CPU.
@@ -31,6 +33,7 @@ pub struct Columns {
     generation: u64,
     rows: Vec<OnceLock<Option<BytesColumn>>>,
     keys: Vec<OnceLock<Option<StrColumn>>>,
+    vectors: Vec<OnceLock<Option<BytesColumn>>>,
 }
 
 impl Columns {
@@ -40,6 +43,7 @@ impl Columns {
             generation: searcher.generation().generation_id(),
             rows: (0..segments).map(|_| OnceLock::new()).collect(),
             keys: (0..segments).map(|_| OnceLock::new()).collect(),
+            vectors: (0..segments).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -55,6 +59,16 @@ impl Columns {
             return Ok(c.as_ref());
         }
         let opened = reader.fast_fields().bytes(ROW_FIELD)?;
+        Ok(cell.get_or_init(|| opened).as_ref())
+    }
+
+    /// The vector column of segment `ord` (read by `reader`); None: a segment without vectors.
+    pub fn vectors(&self, ord: u32, reader: &SegmentReader) -> Result<Option<&BytesColumn>> {
+        let cell = &self.vectors[ord as usize];
+        if let Some(c) = cell.get() {
+            return Ok(c.as_ref());
+        }
+        let opened = reader.fast_fields().bytes(VECTOR_FIELD)?;
         Ok(cell.get_or_init(|| opened).as_ref())
     }
 
@@ -90,26 +104,27 @@ pub fn address(searcher: &Searcher, fields: &Fields, key: &str) -> Result<Option
     Ok(None)
 }
 
-/// The row at a committed address, as answers need it: every column, with the vector column
-/// empty unless `fields.rows_carry_stored` says an answer wants it (then from `_source`).
+/// The row at a committed address, as answers need it: every column, the vector column's
+/// text printed from its floats when answers show it (`Fields::vector_answer`).
 pub fn row_at(
     searcher: &Searcher,
     columns: &Columns,
     fields: &Fields,
     addr: DocAddress,
 ) -> Result<RawRow> {
-    if fields.rows_carry_stored {
-        let segment = searcher.segment_reader(addr.segment_ord);
-        if let Some(column) = columns.rows(addr.segment_ord, segment)? {
-            if let Some(ord) = column.term_ords(addr.doc_id).next() {
-                let mut bytes = Vec::new();
-                column.ord_to_bytes(ord, &mut bytes)?;
-                return serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(ROW_FIELD, e));
+    let segment = searcher.segment_reader(addr.segment_ord);
+    let mut raw = match columns.rows(addr.segment_ord, segment)? {
+        Some(column) => row_in(column, addr.doc_id)?,
+        None => return Err(Error::corrupt(ROW_FIELD, "a segment without rows")),
+    };
+    if let Some((at, ty)) = fields.vector_answer {
+        if let Some(column) = columns.vectors(addr.segment_ord, segment)? {
+            if let Some(v) = vector_in(column, addr.doc_id)? {
+                raw[at] = Some(crate::document::render_vector(&v, ty));
             }
         }
     }
-    let doc: tantivy::TantivyDocument = searcher.doc(addr)?;
-    crate::partition::decode_source(&doc, fields)
+    Ok(raw)
 }
 
 /// The committed row under `key`, as [`row_at`] reads it.
@@ -124,15 +139,79 @@ pub fn row_of_key(
         .transpose()
 }
 
-/// The `_row` value of a document: its row with the vector column (if any) empty.
-pub fn row_bytes(fields: &Fields, raw: &RawRow) -> Vec<u8> {
-    match fields.vector_column {
-        Some(c) if raw.get(c).is_some_and(Option::is_some) => {
-            let mut row = raw.clone();
-            row[c] = None;
-            serde_json::to_vec(&row).expect("row serializes")
+/// The row of a document in a segment's row column.
+fn row_in(column: &BytesColumn, doc: u32) -> Result<RawRow> {
+    let ord = column
+        .term_ords(doc)
+        .next()
+        .ok_or_else(|| Error::corrupt(ROW_FIELD, "a document without a row"))?;
+    let mut bytes = Vec::new();
+    column.ord_to_bytes(ord, &mut bytes)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(ROW_FIELD, e))
+}
+
+/// The vector of a document in a segment's vector column, if it has one.
+pub fn vector_in(column: &BytesColumn, doc: u32) -> Result<Option<Vec<f32>>> {
+    let Some(ord) = column.term_ords(doc).next() else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    column.ord_to_bytes(ord, &mut bytes)?;
+    Ok(Some(floats(&bytes)))
+}
+
+/// Little-endian f32s.
+pub fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// One segment's key, row and vector columns, for reading many of its documents (dumps,
+/// stored-row lookups).
+pub struct SegmentColumns {
+    keys: Option<StrColumn>,
+    rows: Option<BytesColumn>,
+    vectors: Option<BytesColumn>,
+}
+
+impl SegmentColumns {
+    pub fn open(segment: &SegmentReader) -> Result<SegmentColumns> {
+        let ff = segment.fast_fields();
+        Ok(SegmentColumns {
+            keys: ff.str(KEY_FIELD)?,
+            rows: ff.bytes(ROW_FIELD)?,
+            vectors: ff.bytes(VECTOR_FIELD)?,
+        })
+    }
+
+    pub fn key(&self, doc: u32) -> Result<String> {
+        let ord = self
+            .keys
+            .as_ref()
+            .and_then(|k| k.term_ords(doc).next())
+            .ok_or_else(|| Error::corrupt(KEY_FIELD, "a document without a key"))?;
+        let mut key = String::new();
+        self.keys
+            .as_ref()
+            .expect("checked above")
+            .ord_to_str(ord, &mut key)?;
+        Ok(key)
+    }
+
+    pub fn raw(&self, doc: u32) -> Result<RawRow> {
+        match &self.rows {
+            Some(column) => row_in(column, doc),
+            None => Err(Error::corrupt(ROW_FIELD, "a segment without rows")),
         }
-        _ => serde_json::to_vec(raw).expect("row serializes"),
+    }
+
+    pub fn vector(&self, doc: u32) -> Result<Option<Vec<f32>>> {
+        match &self.vectors {
+            Some(column) => vector_in(column, doc),
+            None => Ok(None),
+        }
     }
 }
 

@@ -55,6 +55,20 @@ pub struct VectorSpec {
     pub column: usize,
     pub dimension: usize,
     pub metric: Metric,
+    /// The column's SQL type: how the snapshot reads it in binary, how answers print it.
+    pub sql_type: VectorType,
+}
+
+/// The SQL types a vector column may have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VectorType {
+    /// `real[]`
+    #[default]
+    Real,
+    /// `double precision[]`
+    Double,
+    /// pgvector's `vector`
+    Pgvector,
 }
 
 impl ResolvedIndex {
@@ -108,6 +122,7 @@ pub fn test_index(
             column,
             dimension,
             metric: Metric::Cosine,
+            sql_type: VectorType::Real,
         }),
         filters: vec![],
         stored: vec![],

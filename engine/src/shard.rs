@@ -18,7 +18,7 @@ use std::time::Instant;
 use tantivy::Searcher;
 
 use crate::change::{Cell, Change, ChangeEvent, Op, Transaction};
-use crate::document::{map_row, row_key, Document, MapLimits, Mapped, RawRow, Rejection};
+use crate::document::{map, row_key, Document, MapLimits, Mapped, Rejection, Row};
 use crate::error::Result;
 use crate::partition::{CommitItem, Derived, Fields, FreshLayer, Partition};
 use crate::schema::ResolvedIndex;
@@ -26,16 +26,24 @@ use wire::Lsn;
 
 pub type PartitionId = (usize, String);
 
-/// Fills cells into a row; unchanged TOAST values come from `current` (none: NULL).
-fn cells_to_raw(cells: &[Cell], current: Option<&RawRow>) -> RawRow {
-    cells
+/// Fills cells into a row; unchanged TOAST values come from `current` (none: NULL), the
+/// vector's as floats.
+fn cells_to_row(cells: &[Cell], current: Option<&Row>, ix: &ResolvedIndex) -> Row {
+    let raw = cells
         .iter()
         .enumerate()
         .map(|(i, c)| match c {
             Cell::Value(v) => v.clone(),
-            Cell::UnchangedToast => current.and_then(|r| r.get(i).cloned().flatten()),
+            Cell::UnchangedToast => current.and_then(|r| r.raw.get(i).cloned().flatten()),
         })
-        .collect()
+        .collect();
+    let vector = match (ix.vector, current) {
+        (Some(spec), Some(cur)) if cells.get(spec.column) == Some(&Cell::UnchangedToast) => {
+            cur.vector.clone()
+        }
+        _ => None,
+    };
+    Row { raw, vector }
 }
 
 /// What readers see: per partition, the committed searcher overlaid with the fresh layer;
@@ -357,10 +365,10 @@ impl Shard {
     }
 
     /// Snapshot rows into fresh partitions: no lookups, no deletes.
-    pub fn add_snapshot_rows(&mut self, index: usize, rows: Vec<RawRow>) -> Result<()> {
-        for raw in rows {
+    pub fn add_snapshot_rows(&mut self, index: usize, rows: Vec<Row>) -> Result<()> {
+        for row in rows {
             self.batch_rows += 1;
-            match map_row(&self.indexes[index], raw, &self.limits) {
+            match map(&self.indexes[index], row, &self.limits) {
                 Mapped::Doc(doc, rejections) => {
                     for r in rejections {
                         self.reject(&doc.region, r);
@@ -393,8 +401,8 @@ impl Shard {
                     new,
                 } => self.apply_upsert(lsn, *index, old_key.as_deref(), new)?,
                 Change::Delete { index, old } => {
-                    let raw = cells_to_raw(old, None);
-                    match row_key(&self.indexes[*index], &raw) {
+                    let ix = &self.indexes[*index];
+                    match row_key(ix, &cells_to_row(old, None, ix).raw) {
                         Some(key) => self.set_everywhere(lsn, *index, &key, None)?,
                         None => self.reject(
                             "",
@@ -453,7 +461,7 @@ impl Shard {
         new: &[Cell],
     ) -> Result<()> {
         let ix = &self.indexes[index];
-        let key_of = |cells: &[Cell]| row_key(ix, &cells_to_raw(cells, None));
+        let key_of = |cells: &[Cell]| row_key(ix, &cells_to_row(cells, None, ix).raw);
         let Some(key) = key_of(new) else {
             self.reject(
                 "",
@@ -470,8 +478,8 @@ impl Shard {
                 None
             };
             self.set_everywhere(lsn, index, old, None)?;
-            let raw = cells_to_raw(new, current.as_ref());
-            return self.upsert_raw(lsn, index, &key, raw);
+            let row = cells_to_row(new, current.as_ref(), &self.indexes[index]);
+            return self.upsert_row(lsn, index, &key, row);
         }
         let current = if new.contains(&Cell::UnchangedToast) {
             let c = self.current_row(index, &key)?;
@@ -495,12 +503,12 @@ impl Shard {
         } else {
             None
         };
-        let raw = cells_to_raw(new, current.as_ref());
-        self.upsert_raw(lsn, index, &key, raw)
+        let row = cells_to_row(new, current.as_ref(), &self.indexes[index]);
+        self.upsert_row(lsn, index, &key, row)
     }
 
-    fn upsert_raw(&mut self, lsn: Lsn, index: usize, key: &str, raw: RawRow) -> Result<()> {
-        match map_row(&self.indexes[index], raw, &self.limits) {
+    fn upsert_row(&mut self, lsn: Lsn, index: usize, key: &str, row: Row) -> Result<()> {
+        match map(&self.indexes[index], row, &self.limits) {
             Mapped::Doc(doc, rejections) => {
                 for r in rejections {
                     self.reject(&doc.region, r);
@@ -518,7 +526,7 @@ impl Shard {
 
     /// The row currently stored for `key` in any partition of `index`, preferring partitions
     /// that are not ahead of the stream (after a crash, another may hold a later state).
-    fn current_row(&mut self, index: usize, key: &str) -> Result<Option<RawRow>> {
+    fn current_row(&mut self, index: usize, key: &str) -> Result<Option<Row>> {
         if let large::Known::Written(row) = self.large_row(index, key)? {
             return Ok(row);
         }

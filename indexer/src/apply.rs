@@ -16,7 +16,7 @@ use crate::config::ApplyConfig;
 use crate::error::{Error, Result};
 use crate::status::Stats;
 use engine::change::Transaction;
-use engine::document::RawRow;
+use engine::document::Row;
 use engine::shard::{CommitDone, Shard};
 use wire::Lsn;
 
@@ -50,7 +50,7 @@ impl Held {
 pub enum ApplyCmd {
     SnapshotRows {
         index: usize,
-        rows: Vec<RawRow>,
+        rows: Vec<Row>,
         held: Held,
     },
     /// The snapshot is complete at `lsn`: commit it and mark the checkpoint done.

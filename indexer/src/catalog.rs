@@ -4,7 +4,9 @@
 
 use tokio_postgres::Client;
 
-pub use engine::schema::{FilterSpec, GeoSpec, Metric, ResolvedIndex, TextSpec, VectorSpec};
+pub use engine::schema::{
+    FilterSpec, GeoSpec, Metric, ResolvedIndex, TextSpec, VectorSpec, VectorType,
+};
 
 use crate::config::{Config, GeoColumns, IndexConfig};
 use crate::error::{Error, Result};
@@ -214,6 +216,11 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
                 column: position(&v.column),
                 dimension: v.dimension,
                 metric: v.metric,
+                sql_type: match c.type_name.as_str() {
+                    "_float4" => VectorType::Real,
+                    "_float8" => VectorType::Double,
+                    _ => VectorType::Pgvector,
+                },
             })
         }
     };

@@ -128,8 +128,13 @@ impl Source {
                 metrics::counter!(crate::metrics::SNAPSHOT_ROWS).increment(batch.len() as u64);
                 let bytes = batch
                     .iter()
-                    .flatten()
-                    .map(|c| cell_bytes(c.as_deref()))
+                    .map(|r| {
+                        r.raw
+                            .iter()
+                            .map(|c| cell_bytes(c.as_deref()))
+                            .sum::<usize>()
+                            + 4 * r.vector.as_ref().map_or(0, Vec::len)
+                    })
                     .sum();
                 let held = Held::take(&self.budget, bytes).await;
                 applier

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::copy::CopyRows;
 use crate::error::{Error, Result};
 use crate::pg::{self, PgConn};
-use engine::document::{content_hash, map_row, MapLimits, Mapped};
+use engine::document::{map, MapLimits, Mapped};
 use wire::shard::{path, DumpResponse, WaitResponse};
 use wire::Lsn;
 
@@ -95,9 +95,9 @@ async fn read_source(
     let mut side = Side::new();
     let mut copy = CopyRows::start(client, ix).await?;
     while let Some(rows) = copy.next_batch(5_000).await? {
-        for raw in rows {
-            if let Mapped::Doc(doc, _) = map_row(ix, raw, limits) {
-                let hash = content_hash(&doc.region, &doc.raw);
+        for row in rows {
+            if let Mapped::Doc(doc, _) = map(ix, row, limits) {
+                let hash = doc.content_hash();
                 side.entry(doc.region).or_default().insert(doc.key, hash);
             }
         }

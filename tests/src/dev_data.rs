@@ -41,6 +41,35 @@ fn escape(s: &str) -> String {
         .replace('\r', "\\r")
 }
 
+/// The cells of one of [`copy_lines`]' lines: `\N` is NULL, and the escapes `escape` makes
+/// are undone.
+pub fn cells(line: &str) -> Vec<Option<String>> {
+    line.trim_end_matches('\n')
+        .split('\t')
+        .map(|field| {
+            if field == "\\N" {
+                return None;
+            }
+            let mut out = String::with_capacity(field.len());
+            let mut chars = field.chars();
+            while let Some(c) = chars.next() {
+                if c != '\\' {
+                    out.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some('t') => out.push('\t'),
+                    Some('n') => out.push('\n'),
+                    Some('r') => out.push('\r'),
+                    Some(other) => out.push(other),
+                    None => {}
+                }
+            }
+            Some(out)
+        })
+        .collect()
+}
+
 /// The dev rows as COPY text lines (id, region, name, body, population, country_code, lat,
 /// lon, embedding); the embedding is NULL unless `embeddings`.
 pub fn copy_lines(embeddings: bool) -> Result<Vec<String>> {

@@ -171,11 +171,11 @@ pub(crate) fn geo_passes(filter: &GeoQuery, point: Option<(f64, f64)>) -> bool {
     }
 }
 
-/// The row of `key` in a partition as readers see it: the fresh layer, else committed (without
-/// the vector column unless it is a stored field: see `rows.rs`).
+/// The row of `key` in a partition as readers see it: the fresh layer, else committed (the
+/// vector column's text only when it is a stored field: see `rows.rs`).
 pub fn row_of(p: &crate::shard::PartitionView, key: &str) -> tantivy::Result<Option<RawRow>> {
     if let Some(e) = p.fresh.docs.get(key) {
-        return Ok(e.doc.as_ref().map(|d| d.raw.clone()));
+        return Ok(e.doc.as_ref().map(|d| p.fields.answer_row(d)));
     }
     if p.fresh.truncated {
         return Ok(None);

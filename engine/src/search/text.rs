@@ -331,7 +331,7 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
                 *addr,
             )
             .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?,
-            Source::Fresh(d) => d.raw.clone(),
+            Source::Fresh(d) => c.partition.fields.answer_row(d),
         };
         let highlights = if search.highlight && search.rows {
             highlighter.highlights(&c.partition.fields, &row)?

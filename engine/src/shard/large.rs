@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use super::{PartitionId, Shard};
 use crate::change::{Change, ChangeEvent};
-use crate::document::{Document, RawRow};
+use crate::document::{Document, Row};
 use crate::error::Result;
 use wire::Lsn;
 
@@ -114,23 +114,49 @@ impl Large {
         n
     }
 
-    fn spill_row(&mut self, row: &RawRow) -> Result<u64> {
-        let bytes = serde_json::to_vec(row).expect("row serializes");
+    /// Appends a document's row: its text cells as JSON, then its vector's floats, each
+    /// after its length in bytes (a vector's `u32::MAX` when it has none).
+    fn spill_row(&mut self, d: &Document) -> Result<u64> {
+        let bytes = serde_json::to_vec(&d.raw).expect("row serializes");
         let at = self.spilled;
         self.spill.write_all(&(bytes.len() as u32).to_le_bytes())?;
         self.spill.write_all(&bytes)?;
         self.spilled += 4 + bytes.len() as u64;
+        match &d.vector {
+            None => self.spill.write_all(&u32::MAX.to_le_bytes())?,
+            Some(v) => {
+                self.spill.write_all(&(4 * v.len() as u32).to_le_bytes())?;
+                for x in v {
+                    self.spill.write_all(&x.to_le_bytes())?;
+                }
+                self.spilled += 4 * v.len() as u64;
+            }
+        }
+        self.spilled += 4;
         Ok(at)
     }
 
-    fn read_row(&mut self, at: u64) -> Result<RawRow> {
+    fn read_row(&mut self, at: u64) -> Result<Row> {
         self.spill.flush()?;
         let file = self.spill.get_ref();
-        let mut len = [0u8; 4];
-        file.read_exact_at(&mut len, at)?;
-        let mut bytes = vec![0u8; u32::from_le_bytes(len) as usize];
-        file.read_exact_at(&mut bytes, at + 4)?;
-        serde_json::from_slice(&bytes).map_err(|e| crate::Error::corrupt("spilled row", e))
+        let read = |at: u64| -> Result<Option<Vec<u8>>> {
+            let mut len = [0u8; 4];
+            file.read_exact_at(&mut len, at)?;
+            let len = u32::from_le_bytes(len);
+            if len == u32::MAX {
+                return Ok(None);
+            }
+            let mut bytes = vec![0u8; len as usize];
+            file.read_exact_at(&mut bytes, at + 4)?;
+            Ok(Some(bytes))
+        };
+        let text = read(at)?.ok_or_else(|| crate::Error::corrupt("spilled row", "no row"))?;
+        let vector = read(at + 4 + text.len() as u64)?;
+        Ok(Row {
+            raw: serde_json::from_slice(&text)
+                .map_err(|e| crate::Error::corrupt("spilled row", e))?,
+            vector: vector.map(|b| crate::rows::floats(&b)),
+        })
     }
 
     pub fn keep_event(&mut self, e: ChangeEvent) {
@@ -151,7 +177,7 @@ impl Drop for Large {
 /// What a lookup inside a large transaction found.
 pub(super) enum Known {
     /// The transaction wrote the key: its row now (none: deleted).
-    Written(Option<RawRow>),
+    Written(Option<Row>),
     /// The transaction did not touch the key: the committed state answers.
     Untouched,
 }
@@ -243,7 +269,10 @@ impl Shard {
             return Ok(Known::Untouched);
         };
         if let Some(p) = large.part.get(&(index, key.to_owned())) {
-            return Ok(Known::Written(p.after.as_ref().map(|d| d.raw.clone())));
+            return Ok(Known::Written(p.after.as_ref().map(|d| Row {
+                raw: d.raw.clone(),
+                vector: d.vector.clone(),
+            })));
         }
         match large.touched.get(&hash(index, key)).copied() {
             Some(Touch { home: None, .. }) => Ok(Known::Written(None)),
@@ -315,7 +344,7 @@ impl Shard {
         for ((index, key), pending) in std::mem::take(&mut large.part) {
             let home = pending.after.as_ref().map(|d| (index, d.region.clone()));
             let at = match &pending.after {
-                Some(d) => large.spill_row(&d.raw)?,
+                Some(d) => large.spill_row(d)?,
                 None => u64::MAX,
             };
             let number = home.as_ref().map(|id| large.number(id));

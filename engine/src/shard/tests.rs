@@ -36,7 +36,7 @@ fn tx(lsn: u64, changes: Vec<Change>) -> Transaction {
 fn visible(view: &ShardView) -> BTreeMap<String, (String, u64)> {
     let mut out = BTreeMap::new();
     for ((_, region), p) in &view.partitions {
-        for (k, h) in partition::dump(&p.searcher, &p.fields, &p.fresh, region).unwrap() {
+        for (k, h) in partition::dump(&p.searcher, &p.fresh, region).unwrap() {
             assert!(
                 out.insert(k.clone(), (region.clone(), h)).is_none(),
                 "key {k} visible twice"
@@ -158,6 +158,8 @@ fn truncate_hides_committed_documents_until_its_commit() {
 }
 
 mod vector_store_tests {
+    use super::visible;
+    use crate::document::Row;
     use crate::shard::*;
 
     #[test]
@@ -168,17 +170,93 @@ mod vector_store_tests {
         shard
             .add_snapshot_rows(
                 0,
-                vec![vec![
-                    Some("1".into()),
-                    Some("eu".into()),
-                    Some("{1,0}".into()),
-                ]],
+                vec![
+                    Row {
+                        raw: vec![Some("1".into()), Some("eu".into()), Some("{1,0}".into())],
+                        vector: None,
+                    },
+                    // As a binary snapshot reads it: the vector as floats.
+                    Row {
+                        raw: vec![Some("2".into()), Some("eu".into()), None],
+                        vector: Some(vec![0.0, 1.0]),
+                    },
+                ],
             )
             .unwrap();
         shard.commit_snapshot(Lsn(5)).unwrap();
         let v = view.load().unwrap();
         let p = v.partitions.values().next().unwrap();
-        assert_eq!(p.vectors.as_ref().unwrap().len(), 1);
+        let store = p.vectors.as_ref().unwrap();
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.get("1"), Some(&[1.0, 0.0][..]));
+        assert_eq!(store.get("2"), Some(&[0.0, 1.0][..]));
+    }
+
+    /// An update whose vector is an unchanged TOAST value keeps the vector it had, whether
+    /// that version is fresh or committed, across a region move; and the document equals
+    /// the full row mapped afresh.
+    #[test]
+    fn an_unchanged_toast_vector_keeps_its_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = crate::schema::test_index(
+            &["id", "region", "body", "emb"],
+            Some(2),
+            None,
+            Some((3, 2)),
+        );
+        let (mut shard, view) = Shard::open_unobserved(dir.path(), vec![ix.clone()], 100).unwrap();
+        let change = |region: &str, body: &str, emb: Option<&str>| Change::Upsert {
+            index: 0,
+            old_key: None,
+            new: vec![
+                Cell::Value(Some("1".into())),
+                Cell::Value(Some(region.into())),
+                Cell::Value(Some(body.into())),
+                emb.map_or(Cell::UnchangedToast, |e| Cell::Value(Some(e.into()))),
+            ],
+        };
+        let expect = |region: &str, body: &str| {
+            let raw = ["1", region, body, "{0.25,-4}"]
+                .map(|c| Some(c.to_owned()))
+                .to_vec();
+            let crate::document::Mapped::Doc(d, _) =
+                crate::document::map_row(&ix, raw, &MapLimits::default())
+            else {
+                panic!()
+            };
+            let mut want = BTreeMap::new();
+            want.insert("1".to_owned(), (region.to_owned(), d.content_hash()));
+            want
+        };
+        let vector_in = |region: &str| {
+            let v = view.load().unwrap();
+            let p = &v.partitions[&(0, region.to_owned())];
+            p.vectors.as_ref().unwrap().get("1").map(<[f32]>::to_vec)
+        };
+        shard
+            .apply(&Transaction::at(
+                10,
+                vec![change("eu", "a", Some("{0.25,-4}"))],
+            ))
+            .unwrap();
+        // The previous version is fresh.
+        shard
+            .apply(&Transaction::at(20, vec![change("eu", "b", None)]))
+            .unwrap();
+        shard.make_searchable(Lsn(20));
+        assert_eq!(visible(&view.load().unwrap()), expect("eu", "b"));
+        shard.commit().unwrap();
+        assert_eq!(vector_in("eu"), Some(vec![0.25, -4.0]));
+        // The previous version is committed, and the row moves.
+        shard
+            .apply(&Transaction::at(30, vec![change("as", "c", None)]))
+            .unwrap();
+        shard.make_searchable(Lsn(30));
+        assert_eq!(visible(&view.load().unwrap()), expect("as", "c"));
+        shard.commit().unwrap();
+        assert_eq!(visible(&view.load().unwrap()), expect("as", "c"));
+        assert_eq!(vector_in("as"), Some(vec![0.25, -4.0]));
+        assert_eq!(vector_in("eu"), None);
     }
 }
 

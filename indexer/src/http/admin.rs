@@ -222,7 +222,7 @@ pub(super) async fn dump(State(s): State<HttpState>, p: Params<IndexParam>) -> R
             if *i != ix {
                 continue;
             }
-            let docs = engine::partition::dump(&p.searcher, &p.fields, &p.fresh, region)?;
+            let docs = engine::partition::dump(&p.searcher, &p.fresh, region)?;
             let docs = docs
                 .into_iter()
                 .map(|(k, h)| (k, format!("{h:016x}")))

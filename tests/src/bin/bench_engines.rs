@@ -62,6 +62,7 @@ fn index() -> ResolvedIndex {
             column: 8,
             dimension: 384,
             metric: Metric::Cosine,
+            sql_type: engine::schema::VectorType::Real,
         }),
         filters: vec![engine::schema::FilterSpec {
             column: 4,
@@ -72,17 +73,12 @@ fn index() -> ResolvedIndex {
     }
 }
 
-/// COPY text lines → rows aligned with `index().columns` (the dev data has no escapes to undo
-/// beyond what the COPY parser handles).
+/// COPY text lines → rows aligned with `index().columns`.
 fn base_rows() -> Result<Vec<RawRow>> {
-    let mut parser = indexer::copy::CopyTextParser::new(9);
-    let mut base = Vec::new();
-    for line in e2e::dev_data::copy_lines(true)? {
-        parser
-            .feed(line.as_bytes(), &mut base)
-            .map_err(anyhow::Error::msg)?;
-    }
-    Ok(base)
+    Ok(e2e::dev_data::copy_lines(true)?
+        .iter()
+        .map(|l| e2e::dev_data::cells(l))
+        .collect())
 }
 
 /// The dev rows, then scaled copies until `target` rows (`dev_data::Scaled`, by
@@ -91,7 +87,6 @@ struct Rows {
     /// The real rows (queries are made from their points).
     base: Vec<RawRow>,
     scaled: Scaled,
-    parser: indexer::copy::CopyTextParser,
     target: usize,
 }
 
@@ -102,7 +97,6 @@ impl Rows {
         Ok(Rows {
             base,
             scaled: Scaled::with(target, Scaling::from_env())?,
-            parser: indexer::copy::CopyTextParser::new(9),
             target,
         })
     }
@@ -112,13 +106,12 @@ impl Rows {
     }
 
     fn chunk(&mut self, n: usize) -> Result<Vec<RawRow>> {
-        let mut out = Vec::with_capacity(n);
-        for line in self.scaled.chunk(n)? {
-            self.parser
-                .feed(line.as_bytes(), &mut out)
-                .map_err(anyhow::Error::msg)?;
-        }
-        Ok(out)
+        Ok(self
+            .scaled
+            .chunk(n)?
+            .iter()
+            .map(|l| e2e::dev_data::cells(l))
+            .collect())
     }
 }
 
@@ -240,6 +233,10 @@ fn main() -> Result<()> {
         if chunk.is_empty() {
             break;
         }
+        let chunk = chunk
+            .into_iter()
+            .map(|raw| engine::document::Row { raw, vector: None })
+            .collect();
         shard.add_snapshot_rows(0, chunk)?;
     }
     shard.commit_snapshot(Lsn(1))?;

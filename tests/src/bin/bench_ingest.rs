@@ -3,6 +3,7 @@
 //! with 384-d embeddings), against a throwaway Postgres and the release indexer.
 //!
 //!   cargo build --release -p indexer -p e2e --bins && target/release/bench_ingest
+//!   target/release/bench_ingest --rows 150000 --snapshot-only   # the dev set scaled, snapshots only
 //!
 //! Prints one table; figures come from this run only.
 
@@ -43,9 +44,17 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let rows = e2e::dev_data::copy_lines(true)?;
-    let n = rows.len();
-    eprintln!("bench: {n} dev rows");
+    let mut n = 30_000;
+    let mut snapshot_only = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rows" => n = args.next().context("--rows N")?.parse()?,
+            "--snapshot-only" => snapshot_only = true,
+            _ => bail!("unknown argument {a}: --rows N --snapshot-only"),
+        }
+    }
+    eprintln!("bench: {n} rows (the dev set, scaled above 30k)");
     let pg = PgServer::start_with_watchdog()?;
     let mut report = Vec::new();
 
@@ -55,7 +64,12 @@ async fn main() -> Result<()> {
         client.batch_execute(e2e::dev_data::PLACES).await?;
         let sink = client.copy_in("COPY places FROM STDIN").await?;
         futures_util::pin_mut!(sink);
-        for chunk in rows.chunks(1000) {
+        let mut rows = e2e::dev_data::Scaled::new(n)?;
+        loop {
+            let chunk = rows.chunk(1000)?;
+            if chunk.is_empty() {
+                break;
+            }
             sink.send(Bytes::from(chunk.concat())).await?;
         }
         sink.finish().await?;
@@ -74,7 +88,7 @@ async fn main() -> Result<()> {
             status["snapshot"]["rows_per_sec"].as_f64().unwrap_or(0.0),
             status["snapshot"]["seconds"].as_f64().unwrap_or(0.0)
         ));
-        if !vector {
+        if !vector || snapshot_only {
             ix.stop()?;
             continue;
         }
