@@ -34,8 +34,8 @@ use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 use crate::frozen_graph::FrozenGraph;
 use crate::kernels::{dot_f32 as dot8, dot_i8, squared_l2_f32};
 use crate::schema::Metric;
-pub use crate::vector::GraphItem;
 use crate::vector::VectorStore;
+pub use crate::vector::{GraphBatch, GraphItem};
 
 /// A graph with new points is dumped at most this often (unless it grew by half): each dump
 /// writes every vector and fsyncs, which competes with the apply path's commits.
@@ -386,25 +386,32 @@ impl Graph {
     /// Inserts `items`; the graph then covers every write before `seq_end`. When `stop` is set
     /// midway (the process is stopping: the builder runs at idle priority and must not hold
     /// up the exit), the rest is skipped and the watermark stays where it was.
-    pub fn insert(&self, items: &[GraphItem], seq_end: u64, stop: &AtomicBool) {
-        for item in items {
-            if stop.load(Ordering::Relaxed) {
+    pub fn insert(&self, batches: &[GraphBatch], seq_end: u64, stop: &AtomicBool) {
+        let mut stopped = false;
+        for batch in batches {
+            batch.visit(|id, key, v| {
+                if stop.load(Ordering::Relaxed) {
+                    stopped = true;
+                    return false;
+                }
+                debug_assert!(id <= ID_MASK, "store ids fit in 56 bits");
+                let gid = (self.epoch << ID_BITS) | id;
+                match &self.kind {
+                    Kind::Cosine(h) => h.insert_slice((&unit(v), gid as usize)),
+                    Kind::CosineI8(h) => h.insert_slice((&quantize(v), gid as usize)),
+                    Kind::L2(h) => h.insert_slice((v, gid as usize)),
+                    Kind::Dot(h) => h.insert_slice((v, gid as usize)),
+                }
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push((gid, key.clone(), vector_hash(v)));
+                self.points.fetch_add(1, Ordering::Relaxed);
+                true
+            });
+            if stopped {
                 return;
             }
-            debug_assert!(item.id <= ID_MASK, "store ids fit in 56 bits");
-            let gid = (self.epoch << ID_BITS) | item.id;
-            let v = &item.vector;
-            match &self.kind {
-                Kind::Cosine(h) => h.insert_slice((&unit(v), gid as usize)),
-                Kind::CosineI8(h) => h.insert_slice((&quantize(v), gid as usize)),
-                Kind::L2(h) => h.insert_slice((v, gid as usize)),
-                Kind::Dot(h) => h.insert_slice((v, gid as usize)),
-            }
-            self.log
-                .lock()
-                .unwrap()
-                .push((gid, item.key.clone(), vector_hash(v)));
-            self.points.fetch_add(1, Ordering::Relaxed);
         }
         self.inserted.fetch_max(seq_end, Ordering::AcqRel);
         let (at, _, _) = *self.frozen_at.lock().unwrap();
@@ -476,7 +483,7 @@ impl Graph {
 /// Committed vectors for a partition's graph, in write order.
 pub struct GraphJob {
     pub graph: Arc<Graph>,
-    pub items: Vec<GraphItem>,
+    pub items: Vec<GraphBatch>,
     /// One past the last write sequence number in `items`.
     pub seq_end: u64,
     /// Where the partition's graph is dumped.
@@ -519,7 +526,7 @@ mod tests {
             });
         }
         let g = Graph::new(Metric::L2, 2, 300);
-        g.insert(&items, 300, &AtomicBool::new(false));
+        g.insert(&[GraphBatch::Copied(items)], 300, &AtomicBool::new(false));
         g.dump(&gdir).unwrap();
         // A restart rebuilds the store in another order; one key changed, one was deleted.
         let mut store2 = VectorStore::new(2, Metric::L2);
@@ -545,11 +552,11 @@ mod tests {
         // New inserts after the reload get ids of the new epoch, found as store ids.
         let (id5, v5) = store2.id_of("5").unwrap();
         g2.insert(
-            &[GraphItem {
+            &[GraphBatch::Copied(vec![GraphItem {
                 id: id5,
                 key: Arc::from("5"),
                 vector: v5.to_vec(),
-            }],
+            }])],
             1,
             &AtomicBool::new(false),
         );
@@ -566,7 +573,7 @@ mod tests {
     fn finds_near_points_and_tracks_the_watermark() {
         let g = Graph::new(Metric::L2, 2, 100);
         let items: Vec<GraphItem> = (0..200u64).map(|i| item(i, vec![i as f32, 0.0])).collect();
-        g.insert(&items, 200, &AtomicBool::new(false));
+        g.insert(&[GraphBatch::Copied(items)], 200, &AtomicBool::new(false));
         assert_eq!(g.graphed(), 200);
         assert_eq!(g.points(), 200);
         let hits = g.search(&[50.2, 0.0], 3, 32);
@@ -576,8 +583,29 @@ mod tests {
         let more: Vec<GraphItem> = (200..300u64)
             .map(|i| item(i, vec![i as f32, 0.0]))
             .collect();
-        g.insert(&more, 300, &AtomicBool::new(true));
+        g.insert(&[GraphBatch::Copied(more)], 300, &AtomicBool::new(true));
         assert_eq!((g.graphed(), g.points()), (200, 200));
+    }
+
+    #[test]
+    fn a_stored_batch_reads_its_store_as_of_when_it_was_taken() {
+        let mut store = VectorStore::new(2, Metric::L2);
+        for i in 0..100u32 {
+            store.set(&i.to_string(), Some(&[i as f32, 0.0]));
+        }
+        let taken = Arc::new(store.clone());
+        let batch = GraphBatch::all(&taken);
+        // Later writes to the store do not change what the batch names.
+        store.set("7", Some(&[500.0, 0.0]));
+        store.set("8", None);
+        drop(store);
+        let g = Graph::new(Metric::L2, 2, 100);
+        g.insert(&[batch], 100, &AtomicBool::new(false));
+        assert_eq!(g.points(), 100);
+        let near = |q: [f32; 2]| taken.by_id(g.search(&q, 1, 32)[0]).unwrap().0.to_string();
+        assert_eq!(near([7.1, 0.0]), "7");
+        assert_eq!(near([8.2, 0.0]), "8");
+        assert_eq!(near([499.0, 0.0]), "99");
     }
 
     #[test]
@@ -590,7 +618,7 @@ mod tests {
                 item(d, vec![a.cos() * r, a.sin() * r])
             })
             .collect();
-        g.insert(&items, 90, &AtomicBool::new(false));
+        g.insert(&[GraphBatch::Copied(items)], 90, &AtomicBool::new(false));
         // Identical directions round to a distance of ~0: clamped, never negative.
         assert_eq!(g.search(&[2.0, 0.0], 1, 16), [0]);
         assert_eq!(g.search(&[0.0, 1.0], 1, 32), [89]);
@@ -611,7 +639,11 @@ mod tests {
             .collect();
         let g = Graph::new(Metric::Cosine, 128, 400);
         assert!(matches!(g.kind, Kind::CosineI8(_)));
-        g.insert(&items, 400, &AtomicBool::new(false));
+        g.insert(
+            &[GraphBatch::Copied(items.clone())],
+            400,
+            &AtomicBool::new(false),
+        );
         for probe in items.iter().step_by(37) {
             assert_eq!(g.search(&probe.vector, 1, 64), [probe.id]);
         }

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::filter::{FilterField, FilterKind, FilterValue};
 use crate::gate::{Gate, GatedDoc};
 use crate::geo::GeoIndex;
-use crate::graph::{Graph, GraphItem, GraphJob};
+use crate::graph::{Graph, GraphBatch, GraphItem, GraphJob};
 use crate::schema::ResolvedIndex;
 pub use crate::text::TextField;
 use crate::vector::VectorStore;
@@ -240,7 +240,7 @@ pub struct Derived {
     vectors: Option<Arc<VectorStore>>,
     rebuilt: bool,
     /// Vector versions new in the store, for the graph builder.
-    new_vectors: Vec<GraphItem>,
+    new_vectors: Option<GraphBatch>,
 }
 
 impl CommitItem {
@@ -276,13 +276,12 @@ impl CommitItem {
             Maintenance::Rebuild => {
                 let searcher = self.reader.searcher();
                 let geo = build_geo(&searcher, &self.fields)?;
-                let vectors = build_vectors(&searcher, self.vector_spec)?;
-                let new_vectors = vectors.as_ref().map(|v| v.live()).unwrap_or_default();
+                let vectors = build_vectors(&searcher, self.vector_spec)?.map(Arc::new);
                 Ok(Derived {
                     geo: geo.map(Arc::new),
-                    vectors: vectors.map(Arc::new),
+                    new_vectors: vectors.as_ref().map(GraphBatch::all),
+                    vectors,
                     rebuilt: true,
-                    new_vectors,
                 })
             }
             Maintenance::Update(covered) => {
@@ -311,7 +310,7 @@ impl CommitItem {
                     geo,
                     vectors,
                     rebuilt: false,
-                    new_vectors,
+                    new_vectors: Some(GraphBatch::Copied(new_vectors)),
                 })
             }
         }
@@ -414,7 +413,7 @@ pub struct Partition {
     recent: imbl::OrdMap<u64, u64>,
     next_seq: u64,
     /// Committed vectors not yet handed to the graph builder.
-    graph_queue: Vec<GraphItem>,
+    graph_queue: Vec<GraphBatch>,
     /// A large transaction being written straight to the writer (`bulk.rs`), if any.
     bulk: Option<bulk::Bulk>,
 }
@@ -489,13 +488,12 @@ impl Partition {
     fn with_derived_structures(mut self) -> Result<Partition> {
         let searcher = self.searcher();
         let geo = build_geo(&searcher, &self.fields)?;
-        let vectors = build_vectors(&searcher, self.vector_spec)?;
-        let new_vectors = vectors.as_ref().map(|v| v.live()).unwrap_or_default();
+        let vectors = build_vectors(&searcher, self.vector_spec)?.map(Arc::new);
         self.swap_in(Derived {
             geo: geo.map(Arc::new),
-            vectors: vectors.map(Arc::new),
+            new_vectors: vectors.as_ref().map(GraphBatch::all),
+            vectors,
             rebuilt: true,
-            new_vectors,
         });
         if let (Some(spec), Some(store)) = (self.vector_spec, &self.vectors) {
             let started = std::time::Instant::now();
@@ -504,15 +502,14 @@ impl Partition {
                 self.graph = Some(Arc::new(graph));
                 self.recent = imbl::OrdMap::new();
                 let queue = std::mem::take(&mut self.graph_queue);
-                for item in queue.into_iter().filter(|i| !have.contains(&i.id)) {
-                    self.recent.insert(self.next_seq, item.id);
-                    self.next_seq += 1;
-                    self.graph_queue.push(item);
+                for mut batch in queue {
+                    batch.retain(|id| !have.contains(&id));
+                    self.queue_for_graph(batch);
                 }
                 tracing::info!(
                     partition = %self.dir.display(),
                     reloaded = have.len(),
-                    to_insert = self.graph_queue.len(),
+                    to_insert = self.graph_queue.iter().map(GraphBatch::len).sum::<usize>(),
                     ms = started.elapsed().as_millis() as u64,
                     "vector graph reloaded"
                 );
@@ -539,10 +536,8 @@ impl Partition {
             self.recent = imbl::OrdMap::new();
             self.graph_queue.clear();
         }
-        for item in d.new_vectors {
-            self.recent.insert(self.next_seq, item.id);
-            self.next_seq += 1;
-            self.graph_queue.push(item);
+        if let Some(batch) = d.new_vectors {
+            self.queue_for_graph(batch);
         }
         // Mostly tombstones (replaced or deleted versions): start a new graph over the live
         // vectors; until the builder has them, the exact scanner answers.
@@ -561,13 +556,22 @@ impl Partition {
                 )));
                 self.recent = imbl::OrdMap::new();
                 self.graph_queue.clear();
-                for item in store.live() {
-                    self.recent.insert(self.next_seq, item.id);
-                    self.next_seq += 1;
-                    self.graph_queue.push(item);
-                }
+                let all = GraphBatch::all(store);
+                self.queue_for_graph(all);
             }
         }
+    }
+
+    /// Queues versions for the graph builder; until the graph has them, readers scan them.
+    fn queue_for_graph(&mut self, batch: GraphBatch) {
+        if batch.is_empty() {
+            return;
+        }
+        for id in batch.ids() {
+            self.recent.insert(self.next_seq, id);
+            self.next_seq += 1;
+        }
+        self.graph_queue.push(batch);
     }
 
     /// Vectors committed since the last call, for the graph builder.

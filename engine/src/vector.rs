@@ -238,18 +238,14 @@ impl VectorStore {
         ))
     }
 
-    /// Every live vector with its id and key (to build a graph).
-    pub fn live(&self) -> Vec<GraphItem> {
+    /// The id of every live vector, in slot order (to build a graph).
+    pub fn live_ids(&self) -> Vec<u64> {
         let mut out = Vec::with_capacity(self.len());
         for (ci, c) in self.chunks.iter().enumerate() {
             for (i, key) in c.keys.iter().enumerate() {
-                if let Some(key) = key {
+                if key.is_some() {
                     let slot = (ci * CHUNK + i) as u64;
-                    out.push(GraphItem {
-                        id: (slot << 32) | u64::from(c.gens[i]),
-                        key: key.clone(),
-                        vector: c.data[i * self.dim..(i + 1) * self.dim].to_vec(),
-                    });
+                    out.push((slot << 32) | u64::from(c.gens[i]));
                 }
             }
         }
@@ -317,6 +313,79 @@ pub struct GraphItem {
     pub vector: Vec<f32>,
 }
 
+/// Committed vector versions for the graph builder, in write order.
+#[derive(Clone)]
+pub enum GraphBatch {
+    /// Versions with their values copied: what a commit changed (few beside the store).
+    Copied(Vec<GraphItem>),
+    /// Versions read from the store they were taken from: every live vector of a rebuilt
+    /// store, or most of those of one a large transaction rewrote. Copying them held a
+    /// second copy of the store until the builder was done (1.5 GB per 1M 384-d vectors);
+    /// holding the store costs at most the chunks later writes copy (once each).
+    Stored {
+        store: Arc<VectorStore>,
+        ids: Vec<u64>,
+    },
+}
+
+impl GraphBatch {
+    /// Every live vector of `store`.
+    pub fn all(store: &Arc<VectorStore>) -> GraphBatch {
+        GraphBatch::Stored {
+            store: store.clone(),
+            ids: store.live_ids(),
+        }
+    }
+
+    /// The versions' store ids, in order.
+    pub fn ids(&self) -> Vec<u64> {
+        match self {
+            GraphBatch::Copied(items) => items.iter().map(|i| i.id).collect(),
+            GraphBatch::Stored { ids, .. } => ids.clone(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            GraphBatch::Copied(items) => items.len(),
+            GraphBatch::Stored { ids, .. } => ids.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the versions whose id passes `keep`.
+    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        match self {
+            GraphBatch::Copied(items) => items.retain(|i| keep(i.id)),
+            GraphBatch::Stored { ids, .. } => ids.retain(|id| keep(*id)),
+        }
+    }
+
+    /// Calls `f` with each version's id, key and values, in order, while it returns true.
+    pub fn visit(&self, mut f: impl FnMut(u64, &Arc<str>, &[f32]) -> bool) {
+        match self {
+            GraphBatch::Copied(items) => {
+                for i in items {
+                    if !f(i.id, &i.key, &i.vector) {
+                        return;
+                    }
+                }
+            }
+            GraphBatch::Stored { store, ids } => {
+                for &id in ids {
+                    let (key, v, _) = store.by_id(id).expect("a version of the store it names");
+                    if !f(id, key, v) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,7 +420,7 @@ mod tests {
             s.by_id(a2).map(|(k, v, _)| (k.to_string(), v.to_vec())),
             Some(("a".into(), vec![0.0, 2.0]))
         );
-        assert_eq!(s.live().len(), 2);
+        assert_eq!(s.live_ids().len(), 2);
         assert_eq!(s.get("a"), Some(&[0.0, 2.0][..]));
         let top: Vec<String> = s
             .search(&[0.0, 1.0], 2, |_| false)

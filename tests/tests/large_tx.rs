@@ -13,20 +13,6 @@ use crate::common::Fixture;
 
 const ROWS: i64 = 200_000;
 
-/// A field of `/proc/PID/status`, in MB.
-fn status_mb(pid: u32, field: &str) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .with_context(|| format!("no {field}"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kb / 1024.0)
-}
-
 /// Rows 1..=`n` with bodies of ~2 KB (60 words of 32 characters), over three regions.
 async fn insert_rows(f: &Fixture, n: i64) -> Result<()> {
     f.client
@@ -59,7 +45,7 @@ impl AnonPeak {
         let peak = Arc::new(Mutex::new(0.0f64));
         let seen = peak.clone();
         let task = tokio::spawn(async move {
-            while let Ok(anon) = status_mb(pid, "RssAnon:") {
+            while let Ok(anon) = e2e::status_mb(pid, "RssAnon:") {
                 {
                     let mut m = seen.lock().unwrap();
                     *m = m.max(anon);
@@ -98,7 +84,7 @@ async fn update(f: &Fixture, ix: &Indexer, pid: u32, sql: &str) -> Result<(f64, 
     let anon = AnonPeak::start(pid);
     f.client.batch_execute(sql).await?;
     let took = wait_caught_up(f, ix).await?;
-    let (anon, hwm) = (anon.stop(), status_mb(pid, "VmHWM:")?);
+    let (anon, hwm) = (anon.stop(), e2e::status_mb(pid, "VmHWM:")?);
     println!("{sql}: applied in {took:.1?}; peak anonymous {anon:.0} MB, VmHWM {hwm:.0} MB");
     Ok((anon, hwm))
 }

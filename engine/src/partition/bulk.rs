@@ -10,7 +10,7 @@ use super::{queued_bytes, CommitItem, FreshDocs, Maintenance, Partition};
 use crate::document::Document;
 use crate::error::Result;
 use crate::geo::GeoIndex;
-use crate::graph::GraphItem;
+use crate::graph::{GraphBatch, GraphItem};
 use crate::vector::VectorStore;
 use wire::Lsn;
 
@@ -20,7 +20,8 @@ use wire::Lsn;
 pub(super) struct Bulk {
     geo: Option<Arc<GeoIndex>>,
     vectors: Option<Arc<VectorStore>>,
-    new_vectors: Vec<GraphItem>,
+    /// Store ids of the vector versions it wrote (some replaced later in the transaction).
+    new_vectors: Vec<u64>,
     /// A TRUNCATE came: rebuild the structures from the committed fast fields instead.
     rebuild: bool,
 }
@@ -83,12 +84,8 @@ impl Partition {
             }
             for d in added {
                 let v = d.vector.as_deref();
-                if let (Some(id), Some(v)) = (vectors.set(&d.key, v), v) {
-                    bulk.new_vectors.push(GraphItem {
-                        id,
-                        key: Arc::from(d.key.as_str()),
-                        vector: v.to_vec(),
-                    });
+                if let Some(id) = vectors.set(&d.key, v) {
+                    bulk.new_vectors.push(id);
                 }
             }
         }
@@ -134,8 +131,31 @@ impl Partition {
             vectors: bulk.vectors,
         };
         let mut derived = item.commit(lsn)?;
-        if !bulk.rebuild {
-            derived.new_vectors = bulk.new_vectors;
+        if let (false, Some(store)) = (bulk.rebuild, &derived.vectors) {
+            // Versions the transaction replaced itself were never visible: not for the graph.
+            let mut ids = bulk.new_vectors;
+            ids.retain(|id| store.by_id(*id).is_some());
+            // Many: the builder reads them from the store; few: copies, so that the store
+            // is not held while later writes copy its chunks.
+            derived.new_vectors = Some(if 4 * ids.len() >= store.len() {
+                GraphBatch::Stored {
+                    store: store.clone(),
+                    ids,
+                }
+            } else {
+                GraphBatch::Copied(
+                    ids.into_iter()
+                        .filter_map(|id| {
+                            let (key, v, _) = store.by_id(id)?;
+                            Some(GraphItem {
+                                id,
+                                key: key.clone(),
+                                vector: v.to_vec(),
+                            })
+                        })
+                        .collect(),
+                )
+            });
         }
         self.committed(lsn, derived);
         Ok(())

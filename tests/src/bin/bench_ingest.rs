@@ -88,6 +88,14 @@ async fn main() -> Result<()> {
             status["snapshot"]["rows_per_sec"].as_f64().unwrap_or(0.0),
             status["snapshot"]["seconds"].as_f64().unwrap_or(0.0)
         ));
+        if let Some(pid) = ix.pid() {
+            report.push(format!(
+                "after the {what} snapshot: RSS {:.0} MB (anonymous {:.0} MB), data directory {:.0} MB",
+                e2e::status_mb(pid, "VmRSS:")?,
+                e2e::status_mb(pid, "RssAnon:")?,
+                e2e::dir_mb(&dir.path().join("data")),
+            ));
+        }
         if !vector || snapshot_only {
             ix.stop()?;
             continue;
