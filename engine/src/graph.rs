@@ -379,20 +379,16 @@ impl Graph {
         Some((graph, have))
     }
 
-    /// Inserts points on the calling thread only, then marks writes below `seq_end` as
-    /// graphed. One core: hnsw_rs' parallel insert takes every core, and on a small machine
-    /// that starves the apply path (measured: commit-to-searchable p99 14 -> 456 ms), while
-    /// the exact scanner covers whatever the graph has not taken yet.
-    /// Inserts `items`; the graph then covers every write before `seq_end`. When `stop` is set
-    /// midway (the process is stopping: the builder runs at idle priority and must not hold
-    /// up the exit), the rest is skipped and the watermark stays where it was.
+    /// Inserts `items`, on the current rayon pool's threads (the builder's: at idle
+    /// priority, so they take only CPU nothing else wants; hnsw_rs inserts concurrently);
+    /// the graph then covers every write before `seq_end`. When `stop` is set midway (the
+    /// process is stopping and must not wait for the builder), the rest is skipped and the
+    /// watermark stays where it was.
     pub fn insert(&self, batches: &[GraphBatch], seq_end: u64, stop: &AtomicBool) {
-        let mut stopped = false;
         for batch in batches {
-            batch.visit(|id, key, v| {
+            batch.par_visit(|id, key, v| {
                 if stop.load(Ordering::Relaxed) {
-                    stopped = true;
-                    return false;
+                    return;
                 }
                 debug_assert!(id <= ID_MASK, "store ids fit in 56 bits");
                 let gid = (self.epoch << ID_BITS) | id;
@@ -407,9 +403,8 @@ impl Graph {
                     .unwrap()
                     .push((gid, key.clone(), vector_hash(v)));
                 self.points.fetch_add(1, Ordering::Relaxed);
-                true
             });
-            if stopped {
+            if stop.load(Ordering::Relaxed) {
                 return;
             }
         }

@@ -364,24 +364,16 @@ impl GraphBatch {
         }
     }
 
-    /// Calls `f` with each version's id, key and values, in order, while it returns true.
-    pub fn visit(&self, mut f: impl FnMut(u64, &Arc<str>, &[f32]) -> bool) {
+    /// Calls `f` with each version's id, key and values, on the current rayon pool's
+    /// threads, in no particular order.
+    pub fn par_visit(&self, f: impl Fn(u64, &Arc<str>, &[f32]) + Sync) {
+        use rayon::prelude::*;
         match self {
-            GraphBatch::Copied(items) => {
-                for i in items {
-                    if !f(i.id, &i.key, &i.vector) {
-                        return;
-                    }
-                }
-            }
-            GraphBatch::Stored { store, ids } => {
-                for &id in ids {
-                    let (key, v, _) = store.by_id(id).expect("a version of the store it names");
-                    if !f(id, key, v) {
-                        return;
-                    }
-                }
-            }
+            GraphBatch::Copied(items) => items.par_iter().for_each(|i| f(i.id, &i.key, &i.vector)),
+            GraphBatch::Stored { store, ids } => ids.par_iter().for_each(|&id| {
+                let (key, v, _) = store.by_id(id).expect("a version of the store it names");
+                f(id, key, v)
+            }),
         }
     }
 }

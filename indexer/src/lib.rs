@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 pub mod pg;
 pub mod pgoutput;
+pub mod progress;
 pub mod sample;
 pub mod source;
 pub mod status;

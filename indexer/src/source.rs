@@ -109,7 +109,7 @@ impl Source {
                 quote_literal(&snapshot_name)
             ))
             .await?;
-        let mut total = 0u64;
+        let mut estimates = Vec::with_capacity(self.indexes.len());
         for ix in &self.indexes {
             let estimate: i64 = client
                 .query_one(
@@ -118,9 +118,15 @@ impl Source {
                 )
                 .await?
                 .get(0);
+            estimates.push(estimate.max(0) as u64);
+        }
+        let estimate: u64 = estimates.iter().sum();
+        let bar = crate::progress::rows_bar(estimate);
+        let mut total = 0u64;
+        let mut last_log = Instant::now();
+        for (ix, &table_estimate) in self.indexes.iter().zip(&estimates) {
             let mut copy = CopyRows::start(&client, ix).await?;
             let table_started = Instant::now();
-            let mut last_report = Instant::now();
             let mut rows_done = 0u64;
             while let Some(batch) = copy.next_batch(SNAPSHOT_BATCH).await? {
                 rows_done += batch.len() as u64;
@@ -145,14 +151,26 @@ impl Source {
                     })
                     .await
                     .map_err(|_| Error::ApplierStopped(Lsn::ZERO))?;
-                self.stats.snapshot.lock().unwrap().rows = total;
-                if last_report.elapsed() >= Duration::from_secs(1) {
-                    last_report = Instant::now();
-                    report_progress(&ix.name, rows_done, estimate, table_started);
+                bar.set_position(total);
+                let progress = copying(&ix.name, total, estimate, started);
+                if last_log.elapsed() >= PROGRESS_LOG_EVERY {
+                    last_log = Instant::now();
+                    log_progress(&progress);
                 }
+                *self.stats.snapshot.lock().unwrap() = progress;
             }
-            report_progress(&ix.name, rows_done, estimate, table_started);
+            tracing::info!(index = %ix.name, rows = rows_done, estimate = table_estimate,
+                seconds = format!("{:.1}", table_started.elapsed().as_secs_f64()), "table copied");
         }
+        bar.finish_and_clear();
+        {
+            // Copied: the applier indexes what is queued and commits it all.
+            let mut p = self.stats.snapshot.lock().unwrap();
+            p.state = "committing".into();
+            p.eta_seconds = None;
+            p.index = None;
+        }
+        tracing::info!(rows = total, "snapshot copied; committing");
         client.batch_execute("COMMIT").await?;
         let (done_tx, done_rx) = oneshot::channel();
         applier
@@ -174,6 +192,9 @@ impl Source {
             rows_per_sec: rate,
             seconds,
             lsn: Some(consistent),
+            rows_estimate: Some(estimate),
+            eta_seconds: None,
+            index: None,
         };
         tracing::info!(rows = total, seconds = format!("{seconds:.2}"), rows_per_sec = format!("{rate:.0}"), lsn = %consistent, "snapshot done");
         Ok(consistent)
@@ -490,14 +511,33 @@ fn in_tx(open: Option<&mut Transaction>) -> Result<&mut Transaction> {
     open.ok_or_else(|| Error::Protocol("row change outside a transaction".into()))
 }
 
-fn report_progress(index: &str, rows: u64, estimate: i64, started: Instant) {
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let pct = if estimate > 0 {
-        format!("{:.0}%", (rows as f64 / estimate as f64 * 100.0).min(100.0))
-    } else {
-        "?%".into()
+/// How often the log says how far the copy is.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Progress while copying: rows so far of `estimate` (0: unknown), the rate, the time left.
+fn copying(index: &str, rows: u64, estimate: u64, started: Instant) -> SnapshotProgress {
+    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+    let rate = rows as f64 / seconds;
+    SnapshotProgress {
+        state: "copying".into(),
+        rows,
+        rows_per_sec: rate,
+        seconds,
+        lsn: None,
+        rows_estimate: (estimate > 0).then_some(estimate),
+        eta_seconds: (estimate > 0 && rate > 0.0)
+            .then(|| estimate.saturating_sub(rows) as f64 / rate),
+        index: Some(index.to_owned()),
+    }
+}
+
+fn log_progress(p: &SnapshotProgress) {
+    let of = match p.rows_estimate {
+        Some(e) => format!("{:.0}%", (p.rows as f64 / e as f64 * 100.0).min(100.0)),
+        None => "?".into(),
     };
-    tracing::info!(index, rows, rows_per_sec = format!("{:.0}", rows as f64 / secs), of_estimate = %pct, "snapshot progress");
+    let eta = p.eta_seconds.map_or("?".into(), |s| format!("{s:.0} s"));
+    tracing::info!(index = p.index.as_deref().unwrap_or(""), rows = p.rows, rows_per_sec = format!("{:.0}", p.rows_per_sec), of_estimate = %of, eta = %eta, "snapshot progress");
 }
 
 /// Where each configured column sits in a relation's tuples.
@@ -524,4 +564,32 @@ impl RelationMap {
 
 fn pg_lsn(l: Lsn) -> pgwire_replication::Lsn {
     pgwire_replication::Lsn::from_u64(l.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_progress_says_how_much_is_left() {
+        let started = Instant::now() - Duration::from_secs(10);
+        let p = copying("places", 25_000, 100_000, started);
+        assert_eq!(
+            (p.state.as_str(), p.index.as_deref()),
+            ("copying", Some("places"))
+        );
+        assert_eq!(p.rows_estimate, Some(100_000));
+        // 2,500 rows/s for 75,000 more rows: 30 s.
+        let (rate, eta) = (p.rows_per_sec, p.eta_seconds.unwrap());
+        assert!((rate - 2_500.0).abs() < 10.0, "{rate}");
+        assert!((eta - 30.0).abs() < 0.2, "{eta}");
+        // Past the estimate: nothing left, not a negative time.
+        assert_eq!(
+            copying("places", 120_000, 100_000, started).eta_seconds,
+            Some(0.0)
+        );
+        // No statistics: no estimate, no time left.
+        let unknown = copying("places", 5, 0, started);
+        assert_eq!((unknown.rows_estimate, unknown.eta_seconds), (None, None));
+    }
 }

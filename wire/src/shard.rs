@@ -202,12 +202,25 @@ impl ShardStatus {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SnapshotProgress {
-    /// `pending`, `copying`, `done` or `resumed` (restarted from a checkpoint, nothing copied).
+    /// `pending`, `copying`, `committing` (copied; the last rows are being indexed and
+    /// committed), `done` or `resumed` (restarted from a checkpoint, nothing copied).
     pub state: String,
+    /// Rows copied so far (while copying) or in all.
     pub rows: u64,
+    /// Rows copied per second so far.
     pub rows_per_sec: f64,
+    /// Seconds since the copy started (while copying) or that it took.
     pub seconds: f64,
     pub lsn: Option<Lsn>,
+    /// Postgres' estimate of the rows to copy (its statistics, so approximate).
+    #[serde(default)]
+    pub rows_estimate: Option<u64>,
+    /// Seconds left at the rate so far, while copying (from the estimate).
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
+    /// The index whose table is being copied.
+    #[serde(default)]
+    pub index: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -76,6 +76,7 @@ async fn main() -> Result<()> {
         client.batch_execute("ANALYZE places").await?;
         let dir = tempfile::tempdir()?;
         let cfg = config(&pg, &db, dir.path(), vector)?;
+        let started = Instant::now();
         let mut ix = Indexer::start(&cfg, &dir.path().join("data")).await?;
         let status = ix.wait_ready().await?;
         let what = if vector {
@@ -95,6 +96,38 @@ async fn main() -> Result<()> {
                 e2e::status_mb(pid, "RssAnon:")?,
                 e2e::dir_mb(&dir.path().join("data")),
             ));
+        }
+        if vector {
+            let ready = started.elapsed();
+            e2e::eventually(
+                "the graph to hold every vector",
+                Duration::from_secs(7200),
+                || async {
+                    let s = ix.status().await?;
+                    let pending: u64 = s["partitions"]
+                        .as_array()
+                        .context("partitions")?
+                        .iter()
+                        .map(|p| p["vectors_pending_graph"].as_u64().unwrap_or(1))
+                        .sum();
+                    Ok((pending == 0).then_some(()))
+                },
+            )
+            .await?;
+            let done = started.elapsed();
+            report.push(format!(
+                "graph of {n} vectors complete {:.1} s after the start ({:.0} vectors/s, snapshot included), {:.1} s after the snapshot was searchable",
+                done.as_secs_f64(),
+                n as f64 / done.as_secs_f64(),
+                (done - ready).as_secs_f64()
+            ));
+            if let Some(pid) = ix.pid() {
+                report.push(format!(
+                    "with the graph complete: RSS {:.0} MB (anonymous {:.0} MB)",
+                    e2e::status_mb(pid, "VmRSS:")?,
+                    e2e::status_mb(pid, "RssAnon:")?,
+                ));
+            }
         }
         if !vector || snapshot_only {
             ix.stop()?;
