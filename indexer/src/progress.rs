@@ -24,13 +24,13 @@ pub fn rows_bar(estimate: u64) -> ProgressBar {
     let bar = if estimate > 0 {
         ProgressBar::new(estimate).with_style(
             ProgressStyle::with_template(
-                "snapshot {bar:40} {human_pos}/{human_len} rows, {per_sec}, about {eta} left",
+                "snapshot {bar:40} {human_pos}/{human_len} rows, {per_sec:0}, about {eta} left",
             )
             .expect("a valid template"),
         )
     } else {
         ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("snapshot {spinner} {human_pos} rows, {per_sec}")
+            ProgressStyle::with_template("snapshot {spinner} {human_pos} rows, {per_sec:0}")
                 .expect("a valid template"),
         )
     };
