@@ -258,6 +258,70 @@ mod vector_store_tests {
         assert_eq!(vector_in("as"), Some(vec![0.25, -4.0]));
         assert_eq!(vector_in("eu"), None);
     }
+
+    /// A vector column that is a stored field reads back as text, from the floats (the row
+    /// keeps no text of an indexed vector), fresh and committed alike; a rejected one as
+    /// the text it was stored with.
+    #[test]
+    fn a_stored_vector_reads_back_as_text() {
+        use crate::search::{self, Scope, TextSearch};
+        use crate::text::{Operator, TextQuery};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ix = crate::schema::test_index(
+            &["id", "region", "body", "emb"],
+            Some(2),
+            None,
+            Some((3, 2)),
+        );
+        ix.stored = vec![2, 3];
+        let (mut shard, view) = Shard::open_unobserved(dir.path(), vec![ix.clone()], 100).unwrap();
+        let row = |id: &str, emb: &str| Change::Upsert {
+            index: 0,
+            old_key: None,
+            new: [id, "eu", "word", emb]
+                .map(|c| Cell::Value(Some(c.into())))
+                .to_vec(),
+        };
+        shard
+            .apply(&Transaction::at(
+                10,
+                vec![row("1", "{0.5, -1e-5}"), row("2", "{1,2,3}")],
+            ))
+            .unwrap();
+        shard.make_searchable(Lsn(10));
+        let (_, fields) = crate::partition::Fields::schema(&ix);
+        let query = TextQuery::parse("word", Operator::And, &fields.text).unwrap();
+        let read = || {
+            let v = view.load().unwrap();
+            let p = &v.partitions[&(0, "eu".to_owned())];
+            let by_key: Vec<Option<String>> = ["1", "2"]
+                .iter()
+                .map(|k| search::row_of(p, k).unwrap().unwrap()[3].clone())
+                .collect();
+            let mut hits: Vec<(String, Option<String>)> =
+                search::text(&v, &Scope::all(0), &TextSearch::top(query.clone(), 10))
+                    .unwrap()
+                    .hits
+                    .into_iter()
+                    .map(|h| (h.key.to_string(), h.row[3].clone()))
+                    .collect();
+            hits.sort();
+            (by_key, hits)
+        };
+        let want = (
+            vec![
+                Some("{0.5,-0.00001}".to_owned()),
+                Some("{1,2,3}".to_owned()),
+            ],
+            vec![
+                ("1".to_owned(), Some("{0.5,-0.00001}".to_owned())),
+                ("2".to_owned(), Some("{1,2,3}".to_owned())),
+            ],
+        );
+        assert_eq!(read(), want, "fresh");
+        shard.commit().unwrap();
+        assert_eq!(read(), want, "committed");
+    }
 }
 
 mod engine_answers {
