@@ -116,6 +116,10 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
             .await
         {
             Ok(_) => return Ok(()),
+            // Gone already: a slot whose creation a killed process left unfinished is
+            // ephemeral, and Postgres drops it itself once that walsender exits (seen when a
+            // kill -9 lands during CREATE_REPLICATION_SLOT: the wait below outlived it).
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
             // "replication slot … is active for PID …": a previous walsender still holds it.
             Err(e) if attempt < 49 && e.code() == Some(&SqlState::OBJECT_IN_USE) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -35,6 +35,56 @@ async fn kill9_during_writes_loses_nothing() -> Result<()> {
     Ok(())
 }
 
+/// A process killed while Postgres is still creating its slot (CREATE_REPLICATION_SLOT waits
+/// for transactions in progress) leaves an ephemeral slot, which Postgres drops itself once
+/// the old walsender notices; the next start finds it, tries to drop it, and must not fail
+/// when it is gone first (seen in CI: "replication slot … does not exist", exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_slot_creation_does_not_stop_the_next_start() -> Result<()> {
+    let f = Fixture::new().await?;
+    f.insert_range(1, 200).await?;
+    let config = f.config("", "")?;
+    // An open transaction with an xid holds the slot's creation back.
+    let blocker = f.pg.connect(&f.db).await?;
+    blocker
+        .batch_execute(
+            "BEGIN; INSERT INTO places (id, region, name) VALUES (100000, 'europe', 'held')",
+        )
+        .await?;
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    let (client, slot) = (&f.client, &f.slot);
+    e2e::eventually(
+        "the slot being created",
+        Duration::from_secs(30),
+        || async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[slot],
+                )
+                .await?
+                .get(0);
+            Ok((n > 0).then_some(()))
+        },
+    )
+    .await?;
+    ix.kill9();
+    // The next start sees the slot held by the old walsender, which lets go (and Postgres
+    // drops the unfinished slot) only when the blocking transaction ends.
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    blocker.batch_execute("COMMIT").await?;
+    ix.wait_ready().await?;
+    f.assert_every_row(&config, &ix).await?;
+    assert!(
+        ix.log_text()
+            .contains("dropping a slot without a usable snapshot"),
+        "the second start found the unfinished slot: {}",
+        ix.log_text()
+    );
+    Ok(())
+}
+
 /// A partition commit that fails, by a panic or by an error, stops the indexer with a clear
 /// message and a non-zero exit (never a silent stall of durability); a restart without the
 /// fault replays from the durable checkpoint and the index equals the table.
