@@ -21,6 +21,9 @@
 //! Over 600 lines (170 of them tests) as one job, a graph's life: build, the searchable copy
 //! and its watermark, dump and reload; the copy's layout and search are in `frozen_graph.rs`,
 //! the distance loops in `kernels.rs`.
+//!
+//! Long (~660 lines, a third of them tests): the graph, its builder job, its searchable copy
+//! and its dump and reload share one id scheme (epoch, store id) that must change together.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
