@@ -27,6 +27,17 @@ use crate::analyzer;
 /// Share of the non-best fields' scores a word gets (disjunction-max tie breaker).
 pub const TIE_BREAKER: Score = 0.1;
 
+/// Longest query text, in bytes.
+pub const MAX_QUERY_BYTES: usize = 4_096;
+/// Most terms a query may search for, each word (or phrase word) counted once per text field
+/// it is matched in: every term costs a posting-list reader per segment, so a query of 17,000
+/// words took 1.2 GB and 20 s before this cap.
+pub const MAX_TERMS: usize = 1_024;
+/// Most prefix (`caf*`) and fuzzy (`paris~`) words in a query: each expands to every matching
+/// term of the dictionary (a fuzzy word builds a Levenshtein automaton of up to ~0.5 MB), so
+/// 2,000 of them took 1.2 GB.
+pub const MAX_EXPANSIONS: usize = 8;
+
 pub use wire::Operator;
 
 /// A text field of the schema, as configured.
@@ -216,12 +227,39 @@ pub struct TextQuery {
 
 impl TextQuery {
     pub fn parse(q: &str, operator: Operator, text: &[TextField]) -> Result<TextQuery, QueryError> {
+        if q.len() > MAX_QUERY_BYTES {
+            return Err(QueryError(format!(
+                "the query is {} bytes long, at most {MAX_QUERY_BYTES}",
+                q.len()
+            )));
+        }
         let items = parse(q)?;
+        let expansions = items
+            .iter()
+            .flat_map(|i| &i.alternatives)
+            .filter(|c| matches!(c.form, Form::Prefix(_) | Form::Fuzzy(..)))
+            .count();
+        if expansions > MAX_EXPANSIONS {
+            return Err(QueryError(format!(
+                "the query has {expansions} prefix (word*) or fuzzy (word~) words, at most {MAX_EXPANSIONS}"
+            )));
+        }
+        let mut terms = 0;
         let (mut must, mut should, mut must_not) = (Vec::new(), Vec::new(), Vec::new());
         for item in items {
             let mut alternatives = Vec::new();
             for clause in &item.alternatives {
                 if let Some(node) = lower_clause(clause, text)? {
+                    visit(&node, &mut |n| match n {
+                        Node::Term { .. } | Node::Prefix { .. } | Node::Fuzzy { .. } => terms += 1,
+                        Node::Phrase { tokens, .. } => terms += tokens.len(),
+                        _ => {}
+                    });
+                    if terms > MAX_TERMS {
+                        return Err(QueryError(format!(
+                            "the query searches more than {MAX_TERMS} terms (each word counts once per text field it is matched in); shorten it"
+                        )));
+                    }
                     alternatives.push(node);
                 }
             }
@@ -673,5 +711,43 @@ mod tests {
         assert!(within_edits("kyiv", "kiev", 2));
         assert!(!within_edits("kyiv", "kiev", 1));
         assert!(within_edits("", "ab", 2));
+    }
+
+    #[test]
+    fn a_query_costs_at_most_its_limits() {
+        let mut schema = tantivy::schema::Schema::builder();
+        let fields: Vec<TextField> = ["name", "alt", "body"]
+            .iter()
+            .enumerate()
+            .map(|(column, name)| TextField {
+                field: schema.add_text_field(name, tantivy::schema::TEXT),
+                name: (*name).to_owned(),
+                column,
+                boost: 1.0,
+                language: None,
+            })
+            .collect();
+        let parse = |q: &str| TextQuery::parse(q, Operator::And, &fields).map(|_| ());
+        // 341 words over three fields is 1,023 terms; 342 is too many, however written.
+        let words = |n: usize| vec!["paris"; n].join(" ");
+        assert!(parse(&words(341)).is_ok());
+        let e = parse(&words(342)).unwrap_err();
+        assert!(e.0.contains("1024 terms"), "{e}");
+        assert!(parse(&format!("\"{}\"", words(342))).is_err());
+        assert!(parse(&vec!["a"; 342].join("-")).is_err());
+        assert!(parse(&format!("name:\"{}\"", words(600))).is_ok());
+        // Expansions: eight prefixes or fuzzy words, not nine.
+        assert!(parse(&["pa*"; 8].join(" ")).is_ok());
+        let e = parse(
+            &vec!["pa*"; 5]
+                .into_iter()
+                .chain(vec!["lond~2"; 4])
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("9 prefix"), "{e}");
+        let e = parse(&"x".repeat(MAX_QUERY_BYTES + 1)).unwrap_err();
+        assert!(e.0.contains("bytes"), "{e}");
     }
 }

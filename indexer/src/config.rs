@@ -96,12 +96,50 @@ impl Default for ApplyConfig {
 pub struct HttpConfig {
     /// Internal shard endpoint (status, metrics, reads). Env: `INDEXER_LISTEN`.
     pub listen: SocketAddr,
+    /// Time a client has to send a request's head (and an idle connection stays open).
+    pub header_timeout_ms: u64,
+    /// Connections open at once (kept under half the open-file limit). query-api holds one
+    /// per change stream it relays, plus its link and a few calls.
+    pub max_connections: usize,
+    /// The secret every caller of the endpoint presents (`Authorization: Bearer`), query-api's
+    /// `shard_secret`; required when `listen` is not a loopback address. Env:
+    /// `INDEXER_SHARD_SECRET` (preferred: keeps it out of files).
+    pub secret: Option<wire::shard::Secret>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            header_timeout_ms: 10_000,
+            max_connections: 4_096,
+            secret: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// An endpoint reachable beyond this machine must require a secret: it serves every
+    /// document.
+    pub fn check_exposure(&self, listen: SocketAddr) -> Result<()> {
+        if self.secret.is_none() && !listen.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "http.listen {} is reachable beyond this machine, and the shard endpoint serves every document: \
+                 set INDEXER_SHARD_SECRET (or http.secret), at least {} characters, and give query-api the same \
+                 as QUERY_API_SHARD_SECRET (or shard_secret)",
+                listen,
+                wire::shard::MIN_SECRET_LEN
+            )));
+        }
+        Ok(())
+    }
+
+    /// The listener's connection limits: no cap per address (query-api is one address).
+    pub fn connection_limits(&self) -> serve::Limits {
+        serve::Limits {
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
+            max_connections: self.max_connections,
+            max_per_address: self.max_connections,
         }
     }
 }
@@ -230,6 +268,13 @@ impl Config {
         if let Some(listen) = overrides.listen {
             config.http.listen = listen;
         }
+        if let Ok(secret) = std::env::var("INDEXER_SHARD_SECRET") {
+            config.http.secret = Some(
+                wire::shard::Secret::try_from(secret)
+                    .map_err(|e| Error::Config(format!("INDEXER_SHARD_SECRET: {e}")))?,
+            );
+        }
+        config.http.check_exposure(config.http.listen)?;
         Ok(config)
     }
 

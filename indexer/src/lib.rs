@@ -61,25 +61,20 @@ pub async fn run(
         view.clone(),
         indexes.clone(),
         config.source.slot.clone(),
+        config.http.secret.clone(),
         prometheus,
     );
     let addr = listener.local_addr()?;
+    config.http.check_exposure(addr)?;
     write_addr_file(&config.storage.data_dir, &addr.to_string())?;
     tracing::info!(%addr, "shard endpoint listening");
     let mut http_shutdown = shutdown.clone();
+    let limits = config.http.connection_limits();
     let server = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        let app = http::router(http_state);
-        // Answers are written whole: Nagle's delay would only hold back a second answer
-        // queued behind an unacknowledged first (the shard link carries many).
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|s| *s).await;
-            })
-            .await;
+        serve::serve(listener, http::router(http_state), limits, async move {
+            let _ = http_shutdown.wait_for(|s| *s).await;
+        })
+        .await;
     });
     let poller = tokio::spawn(poll_slot(
         conn.clone(),

@@ -40,8 +40,16 @@ pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result
         max_text_bytes: config.apply.max_text_bytes,
         owned_regions: config.source.regions.clone(),
     };
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(secret) = &config.http.secret {
+        let mut v = reqwest::header::HeaderValue::try_from(secret.header_value())
+            .map_err(|e| Error::Shard(format!("shard secret: {e}")))?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
+        .default_headers(headers)
         .build()
         .map_err(|e| Error::Shard(format!("http client: {e}")))?;
     let base = indexer_url.trim_end_matches('/');

@@ -1,6 +1,7 @@
 //! Who may call: API keys compared in constant time against every configured key (no early
 //! exit), scopes (read, admin), and a token bucket per key (per client address when the API
-//! is open).
+//! is open). An authorized caller holds its share of the requests in flight (`admission`)
+//! until its handler ends.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -8,17 +9,26 @@ use std::time::Instant;
 use axum::http::{HeaderMap, StatusCode};
 use subtle::ConstantTimeEq;
 
+use crate::admission::Admitted;
 use crate::config::Scope;
 use crate::{ApiError, AppState};
 
+/// An authorized caller: who it is (its key, or its address when the API is open) and its
+/// share of the requests in flight, held until dropped.
+pub(crate) struct Caller {
+    pub id: String,
+    _in_flight: Admitted,
+}
+
 /// Checks the caller's key (constant-time against every configured key) and scope, then its
-/// rate bucket. Without configured keys (`auth.open`), buckets are per client address.
+/// rate bucket and its share of the requests in flight. Without configured keys
+/// (`auth.open`), callers are told apart by address.
 pub(crate) fn authorize(
     s: &AppState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     need: Scope,
-) -> Result<(), ApiError> {
+) -> Result<Caller, ApiError> {
     let cfg = &s.inner.config;
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -65,7 +75,7 @@ pub(crate) fn authorize(
     let (rate, burst) = (cfg.limits.rate_per_sec, cfg.limits.burst);
     let mut buckets = s.inner.buckets.lock().unwrap();
     let now = Instant::now();
-    let (tokens, last) = buckets.entry(bucket).or_insert((burst, now));
+    let (tokens, last) = buckets.entry(bucket.clone()).or_insert((burst, now));
     *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
     *last = now;
     if *tokens < 1.0 {
@@ -79,5 +89,10 @@ pub(crate) fn authorize(
         .retry_after(wait));
     }
     *tokens -= 1.0;
-    Ok(())
+    drop(buckets);
+    let in_flight = s.inner.in_flight.admit(&bucket)?;
+    Ok(Caller {
+        id: bucket,
+        _in_flight: in_flight,
+    })
 }

@@ -17,6 +17,10 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub cors: CorsConfig,
+    /// The shards' secret (the indexers' `http.secret`), presented on every shard call. Env:
+    /// `QUERY_API_SHARD_SECRET` (preferred: keeps it out of files).
+    #[serde(default)]
+    pub shard_secret: Option<wire::shard::Secret>,
 }
 
 fn default_listen() -> String {
@@ -73,6 +77,31 @@ pub struct Limits {
     /// Requests served at once; more get 503.
     #[serde(default = "d_concurrency")]
     pub max_concurrent_requests: usize,
+    /// Requests one client (API key, or address when open) may have in flight; more get 429.
+    #[serde(default = "d_concurrency_per_client")]
+    pub max_concurrent_per_client: usize,
+    /// Searches waiting for their `consistency.min_lsn` at once, over all clients (503) and
+    /// per client (429): waits hold these, so they cannot take every request slot.
+    #[serde(default = "d_waits")]
+    pub max_waits: usize,
+    #[serde(default = "d_waits_per_client")]
+    pub max_waits_per_client: usize,
+    /// Change streams (`/changes`) open at once, over all clients and per client.
+    #[serde(default = "d_streams")]
+    pub max_streams: usize,
+    #[serde(default = "d_streams_per_client")]
+    pub max_streams_per_client: usize,
+    /// Time a client has to send a request's head (also how long an idle kept-alive
+    /// connection stays open): half-open connections are closed after it.
+    #[serde(default = "d_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Connections open at once (kept under half the open-file limit); over it, accepting waits.
+    #[serde(default = "d_connections")]
+    pub max_connections: usize,
+    /// Connections from one client address; more are closed at once. Raise it behind a proxy
+    /// that connects from one address.
+    #[serde(default = "d_connections_per_address")]
+    pub max_connections_per_address: usize,
     /// Per API key (or per client address when open): sustained requests per second, burst.
     #[serde(default = "d_rate")]
     pub rate_per_sec: f64,
@@ -97,6 +126,30 @@ fn d_shard_timeout() -> u64 {
 fn d_concurrency() -> usize {
     256
 }
+fn d_concurrency_per_client() -> usize {
+    64
+}
+fn d_waits() -> usize {
+    128
+}
+fn d_waits_per_client() -> usize {
+    32
+}
+fn d_streams() -> usize {
+    1_024
+}
+fn d_streams_per_client() -> usize {
+    32
+}
+fn d_header_timeout() -> u64 {
+    10_000
+}
+fn d_connections() -> usize {
+    10_000
+}
+fn d_connections_per_address() -> usize {
+    512
+}
 fn d_rate() -> f64 {
     200.0
 }
@@ -117,6 +170,14 @@ impl Default for Limits {
             request_timeout_ms: d_request_timeout(),
             shard_timeout_ms: d_shard_timeout(),
             max_concurrent_requests: d_concurrency(),
+            max_concurrent_per_client: d_concurrency_per_client(),
+            max_waits: d_waits(),
+            max_waits_per_client: d_waits_per_client(),
+            max_streams: d_streams(),
+            max_streams_per_client: d_streams_per_client(),
+            header_timeout_ms: d_header_timeout(),
+            max_connections: d_connections(),
+            max_connections_per_address: d_connections_per_address(),
             rate_per_sec: d_rate(),
             burst: d_burst(),
             default_wait_timeout_ms: d_wait(),
@@ -134,17 +195,33 @@ pub struct CorsConfig {
 }
 
 impl Config {
+    /// The listener's connection limits.
+    pub fn connection_limits(&self) -> serve::Limits {
+        serve::Limits {
+            header_timeout: std::time::Duration::from_millis(self.limits.header_timeout_ms),
+            max_connections: self.limits.max_connections,
+            max_per_address: self.limits.max_connections_per_address,
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Config, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         c.check()?;
         Ok(c)
     }
 
-    /// `QUERY_API_LISTEN`, `QUERY_API_KEYS` (`key:scope,key:scope`) and `QUERY_API_SHARDS`
-    /// (`url` or `url=region|region`, comma-separated) override the file.
+    /// `QUERY_API_LISTEN`, `QUERY_API_KEYS` (`key:scope,key:scope`), `QUERY_API_SHARDS`
+    /// (`url` or `url=region|region`, comma-separated) and `QUERY_API_SHARD_SECRET` override
+    /// the file.
     pub fn apply_env(&mut self) -> Result<(), String> {
         if let Ok(l) = std::env::var("QUERY_API_LISTEN") {
             self.listen = l;
+        }
+        if let Ok(secret) = std::env::var("QUERY_API_SHARD_SECRET") {
+            self.shard_secret = Some(
+                wire::shard::Secret::try_from(secret)
+                    .map_err(|e| format!("QUERY_API_SHARD_SECRET: {e}"))?,
+            );
         }
         if let Ok(shards) = std::env::var("QUERY_API_SHARDS") {
             self.shards = parse_shards(&shards)?;
@@ -193,6 +270,24 @@ impl Config {
         }
         if self.auth.keys.iter().any(|k| k.key.len() < 16) {
             return Err("API keys must be at least 16 characters".into());
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("max_concurrent_requests", l.max_concurrent_requests),
+            ("max_concurrent_per_client", l.max_concurrent_per_client),
+            ("max_waits", l.max_waits),
+            ("max_waits_per_client", l.max_waits_per_client),
+            ("max_streams", l.max_streams),
+            ("max_streams_per_client", l.max_streams_per_client),
+            ("max_connections", l.max_connections),
+            ("max_connections_per_address", l.max_connections_per_address),
+        ] {
+            if v == 0 {
+                return Err(format!("limits.{name} must be at least 1"));
+            }
+        }
+        if l.header_timeout_ms == 0 {
+            return Err("limits.header_timeout_ms must be at least 1".into());
         }
         if !(self.limits.rate_per_sec > 0.0 && self.limits.burst >= 1.0) {
             return Err("limits.rate_per_sec must be > 0 and limits.burst >= 1".into());

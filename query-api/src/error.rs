@@ -17,6 +17,11 @@ impl ApiError {
     pub fn field(&self) -> &str {
         &self.0.field
     }
+
+    /// The HTTP status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
 }
 
 #[derive(Debug)]

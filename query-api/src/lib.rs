@@ -4,11 +4,13 @@
 //! asked, until its own write (`consistency.min_lsn`) is searchable. Any replica can answer any
 //! request: the only state is per-process rate-limit buckets.
 //!
-//! `lib.rs` holds the state and the router; `auth` the keys and rate buckets; `shards` the
+//! `lib.rs` holds the state and the router; `auth` the keys and rate buckets; `admission`
+//! what each client may hold at once (requests, waits, streams); `shards` the
 //! routing by region and the typed shard client, `link` the connection searches and
 //! documents travel on; `merge` the global order; `cursor` the
 //! opaque cursors; `routes/` one file per public resource; `error` the error answer.
 
+mod admission;
 mod auth;
 pub mod config;
 mod cursor;
@@ -52,21 +54,61 @@ struct Inner {
     links: Vec<Option<link::Link>>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     inflight: tokio::sync::Semaphore,
+    /// Requests in flight per client; searches waiting for `min_lsn`; open change streams.
+    in_flight: Arc<admission::Pool>,
+    waits: Arc<admission::Pool>,
+    streams: Arc<admission::Pool>,
     prometheus: Option<PrometheusHandle>,
 }
 
 impl AppState {
     pub fn new(config: Config, prometheus: Option<PrometheusHandle>) -> AppState {
-        let inflight = tokio::sync::Semaphore::new(config.limits.max_concurrent_requests);
+        let l = &config.limits;
+        let inflight = tokio::sync::Semaphore::new(l.max_concurrent_requests);
+        let in_flight = admission::Pool::new(
+            "requests in flight",
+            "",
+            "too_many_requests_in_flight",
+            l.max_concurrent_requests,
+            l.max_concurrent_per_client,
+        );
+        let waits = admission::Pool::new(
+            "searches waiting for their min_lsn",
+            "consistency.min_lsn",
+            "too_many_waits",
+            l.max_waits,
+            l.max_waits_per_client,
+        );
+        let streams = admission::Pool::new(
+            "change streams",
+            "",
+            "too_many_streams",
+            l.max_streams,
+            l.max_streams_per_client,
+        );
         let search_urls: Vec<Option<reqwest::Url>> = config
             .shards
             .iter()
             .map(|s| reqwest::Url::parse(&format!("{}{}", s.url, wire::shard::path::SEARCH)).ok())
             .collect();
+        // The shard secret goes with every call: a default header, and the link's upgrade.
+        let authorization = config.shard_secret.as_ref().map(|s| {
+            let mut v =
+                HeaderValue::try_from(s.header_value()).expect("a secret is printable ASCII");
+            v.set_sensitive(true);
+            v
+        });
         let links = search_urls
             .iter()
-            .map(|u| u.as_ref().and_then(link::Link::new))
+            .map(|u| {
+                u.as_ref()
+                    .and_then(|u| link::Link::new(u, authorization.clone()))
+            })
             .collect();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) = authorization {
+            headers.insert(axum::http::header::AUTHORIZATION, v);
+        }
         AppState {
             inner: Arc::new(Inner {
                 config,
@@ -74,10 +116,14 @@ impl AppState {
                 links,
                 http: reqwest::Client::builder()
                     .pool_idle_timeout(Duration::from_secs(30))
+                    .default_headers(headers)
                     .build()
                     .expect("http client"),
                 buckets: Mutex::new(HashMap::new()),
                 inflight,
+                in_flight,
+                waits,
+                streams,
                 prometheus,
             }),
         }

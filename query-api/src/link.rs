@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{header, Request, StatusCode};
+use axum::http::{header, HeaderValue, Request, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
@@ -24,6 +24,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct Link {
     /// `host:port`, as connected to and named in the upgrade's `Host`.
     authority: String,
+    /// The shard secret's `Authorization` value, sent with the upgrade.
+    authorization: Option<HeaderValue>,
     current: Mutex<Option<Arc<Conn>>>,
     /// Held while connecting, so concurrent calls open one connection, not one each.
     connecting: tokio::sync::Mutex<()>,
@@ -68,13 +70,14 @@ impl Drop for Pending<'_> {
 impl Link {
     /// The link to a shard at `url`, if it is plain `http` with a host (other shards are
     /// called over HTTP).
-    pub(crate) fn new(url: &reqwest::Url) -> Option<Link> {
+    pub(crate) fn new(url: &reqwest::Url, authorization: Option<HeaderValue>) -> Option<Link> {
         if url.scheme() != "http" {
             return None;
         }
         let authority = format!("{}:{}", url.host_str()?, url.port_or_known_default()?);
         Some(Link {
             authority,
+            authorization,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         })
@@ -116,17 +119,23 @@ impl Link {
         if let Some(c) = open(&self.current.lock().unwrap()) {
             return Ok(c);
         }
-        let c = tokio::time::timeout(CONNECT_TIMEOUT, connect(&self.authority))
-            .await
-            .unwrap_or_else(|_| Err("connecting timed out".into()))
-            .map_err(|e| format!("shard link to {}: {e}", self.authority))?;
+        let c = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            connect(&self.authority, self.authorization.as_ref()),
+        )
+        .await
+        .unwrap_or_else(|_| Err("connecting timed out".into()))
+        .map_err(|e| format!("shard link to {}: {e}", self.authority))?;
         *self.current.lock().unwrap() = Some(c.clone());
         Ok(c)
     }
 }
 
 /// Opens a connection, asks for the upgrade, and starts its writer and reader.
-async fn connect(authority: &str) -> Result<Arc<Conn>, String> {
+async fn connect(
+    authority: &str,
+    authorization: Option<&HeaderValue>,
+) -> Result<Arc<Conn>, String> {
     let tcp = TcpStream::connect(authority)
         .await
         .map_err(|e| e.to_string())?;
@@ -137,8 +146,11 @@ async fn connect(authority: &str) -> Result<Arc<Conn>, String> {
     tokio::spawn(async move {
         let _ = handshake.with_upgrades().await;
     });
-    let req = Request::get(wire::link::PATH)
-        .header(header::HOST, authority)
+    let mut req = Request::get(wire::link::PATH).header(header::HOST, authority);
+    if let Some(a) = authorization {
+        req = req.header(header::AUTHORIZATION, a);
+    }
+    let req = req
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, wire::link::UPGRADE)
         .body(axum::body::Body::empty())

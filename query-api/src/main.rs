@@ -1,6 +1,5 @@
 //! `query-api --config query-api.toml`: the public REST tier in front of the indexer shards.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -77,14 +76,11 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> Result<(), String>
             .and_then(|()| std::fs::rename(&tmp, &f))
             .map_err(|e| format!("{}: {e}", f.display()))?;
     }
+    let limits = config.connection_limits();
     let app = query_api::router(query_api::AppState::new(config, prometheus));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
+    serve::serve(listener, app, limits, async {
         let _ = tokio::signal::ctrl_c().await;
     })
-    .await
-    .map_err(|e| e.to_string())
+    .await;
+    Ok(())
 }

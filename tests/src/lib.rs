@@ -338,6 +338,12 @@ pub fn status_mb(pid: u32, field: &str) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// Forgets a process's peak resident memory (`VmHWM` restarts from its current `VmRSS`).
+pub fn reset_peak_rss(pid: u32) -> Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+    Ok(())
+}
+
 /// The size of the files under `dir`, in MB.
 pub fn dir_mb(dir: &Path) -> f64 {
     fn walk(dir: &Path) -> u64 {
@@ -580,6 +586,14 @@ impl Indexer {
             listen,
         ];
         let child = spawn_logged(&indexer_bin(), &args, env, &log)?;
+        // With a shard secret, the harness's own calls present it too.
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some((_, secret)) = env.iter().find(|(k, _)| *k == "INDEXER_SHARD_SECRET") {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {secret}").try_into()?,
+            );
+        }
         Ok(Indexer {
             child: Some(child),
             config: config.to_owned(),
@@ -588,6 +602,7 @@ impl Indexer {
             url: String::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .default_headers(headers)
                 .build()?,
         })
     }

@@ -13,12 +13,12 @@ use wire::Lsn;
 
 use crate::common::Fixture;
 
-const READ: &str = "read-key-0123456789";
-const ADMIN: &str = "admin-key-0123456789";
+pub(crate) const READ: &str = "read-key-0123456789";
+pub(crate) const ADMIN: &str = "admin-key-0123456789";
 
 use e2e::free_port;
 
-fn api_config(f: &Fixture, shard: &str, extra: &str) -> Result<std::path::PathBuf> {
+pub(crate) fn api_config(f: &Fixture, shard: &str, extra: &str) -> Result<std::path::PathBuf> {
     let path = f
         .dir
         .path()
@@ -34,13 +34,13 @@ fn api_config(f: &Fixture, shard: &str, extra: &str) -> Result<std::path::PathBu
     Ok(path)
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
+pub(crate) struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
 }
 
 impl Client {
-    async fn post(
+    pub async fn post(
         &self,
         path: &str,
         key: Option<&str>,
@@ -55,7 +55,7 @@ impl Client {
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
-    async fn get(&self, path: &str, key: Option<&str>) -> Result<(StatusCode, Value)> {
+    pub async fn get(&self, path: &str, key: Option<&str>) -> Result<(StatusCode, Value)> {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(k) = key {
             req = req.header("x-api-key", k);
@@ -69,7 +69,7 @@ impl Client {
         ))
     }
 
-    async fn search(&self, body: Value) -> Result<(StatusCode, Value)> {
+    pub async fn search(&self, body: Value) -> Result<(StatusCode, Value)> {
         self.post("/v1/indexes/places/search", Some(READ), &body)
             .await
     }

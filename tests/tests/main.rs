@@ -6,6 +6,7 @@ mod cdc;
 mod common;
 mod compose;
 mod demo;
+mod doors;
 mod geo;
 mod large_tx;
 mod link;

@@ -25,6 +25,8 @@ pub const MAX_HITS: usize = 10_000;
 pub const MAX_K: usize = 1_000;
 /// Most values one facet returns.
 pub const MAX_FACET_SIZE: usize = 1_000;
+/// Most values of a query vector (pgvector's `vector` type allows as many).
+pub const MAX_VECTOR_DIMS: usize = 16_000;
 
 /// A search: any of text (`q` or `text`), `geo`, `vector` (fused with text by `hybrid`),
 /// `filter`, with sorting, facets and paging, and the caller's freshness demands.
@@ -206,9 +208,9 @@ pub struct HybridRequest {
     pub k: f64,
     #[serde(default)]
     pub weights: Weights,
-    /// How deep each branch is read; default 100 (at least offset + limit).
+    /// How deep each branch is read; default 100 (at least offset + limit), at most 1000.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 10000)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub window: Option<usize>,
 }
 
@@ -243,6 +245,7 @@ impl Default for Weights {
 #[serde(deny_unknown_fields)]
 pub struct VectorRequest {
     /// The query embedding; as many values as the index's vector dimension.
+    #[schema(max_items = 16000)]
     pub values: Vec<f32>,
     #[serde(default = "default_limit")]
     #[schema(minimum = 1, maximum = 1000, default = 10)]

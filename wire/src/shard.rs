@@ -62,6 +62,52 @@ pub mod path {
     }
 }
 
+/// The secret a shard endpoint requires of its callers (`Authorization: Bearer <secret>` on
+/// every route but `/healthz`, the shard link's upgrade included), shared by query-api and the
+/// indexer. It never prints: `Debug` shows it redacted.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Secret(String);
+
+/// Shortest secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+impl TryFrom<String> for Secret {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Secret, String> {
+        if s.len() < MIN_SECRET_LEN || s.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "a shard secret is at least {MIN_SECRET_LEN} printable ASCII characters, without spaces"
+            ));
+        }
+        Ok(Secret(s))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Secret {
+    /// The `Authorization` header value that presents it.
+    pub fn header_value(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+
+    /// Whether an `Authorization` header value presents this secret (constant time in the
+    /// secret's content).
+    pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        use subtle::ConstantTimeEq;
+        let presented = authorization
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        bool::from(presented.ct_eq(self.0.as_bytes()))
+    }
+}
+
 /// `POST /internal/search`: the public request (its paging set by query-api) plus the index,
 /// in one flat JSON object.
 #[derive(Debug, Clone, Serialize)]
@@ -259,6 +305,25 @@ pub struct PartitionStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_admits_only_itself_and_never_prints() {
+        let s = Secret::try_from("0123456789abcdef".to_owned()).unwrap();
+        assert!(s.admits(Some(b"Bearer 0123456789abcdef")));
+        for wrong in [
+            &b"Bearer 0123456789abcdeF"[..],
+            b"Bearer 0123456789abcdef0",
+            b"Bearer 0123456789abcde",
+            b"0123456789abcdef",
+            b"Bearer ",
+        ] {
+            assert!(!s.admits(Some(wrong)));
+        }
+        assert!(!s.admits(None));
+        assert!(!format!("{s:?}").contains("0123"));
+        assert!(Secret::try_from("short".to_owned()).is_err());
+        assert!(Secret::try_from("with a space in it!".to_owned()).is_err());
+    }
 
     #[test]
     fn names_and_keys_are_query_values_only() {

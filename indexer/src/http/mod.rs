@@ -33,6 +33,8 @@ pub struct HttpState {
     /// Per index (by ordinal): its tantivy fields, built once.
     fields: Arc<Vec<Fields>>,
     slot: String,
+    /// What callers must present, when set (`wire::shard::Secret`).
+    secret: Option<Arc<wire::shard::Secret>>,
     prometheus: Option<PrometheusHandle>,
 }
 
@@ -42,6 +44,7 @@ impl HttpState {
         view: Arc<ViewCell>,
         indexes: Vec<ResolvedIndex>,
         slot: String,
+        secret: Option<wire::shard::Secret>,
         prometheus: Option<PrometheusHandle>,
     ) -> HttpState {
         let fields = indexes.iter().map(|ix| Fields::schema(ix).1).collect();
@@ -51,6 +54,7 @@ impl HttpState {
             indexes: Arc::new(indexes),
             fields: Arc::new(fields),
             slot,
+            secret: secret.map(Arc::new),
             prometheus,
         }
     }
@@ -81,7 +85,6 @@ impl HttpState {
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route("/status", get(admin::status))
         .route("/metrics", get(admin::metrics_text))
         .route("/internal/wait", get(admin::wait))
@@ -90,7 +93,35 @@ pub fn router(state: HttpState) -> Router {
         .route("/internal/document", get(admin::document))
         .route(wire::link::PATH, get(link::upgrade))
         .route("/internal/changes", get(feed::changes))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_secret,
+        ))
+        .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
+}
+
+/// Every route but `/healthz` requires the shard secret, when one is configured: a 401 naming
+/// the `authorization` header otherwise.
+async fn require_secret(
+    axum::extract::State(s): axum::extract::State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(secret) = &s.secret {
+        let presented = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !secret.admits(presented) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "authorization",
+                "this shard requires its secret (Authorization: Bearer <shard secret>)",
+            );
+        }
+    }
+    next.run(req).await
 }
 
 /// A query string of the shard protocol (`wire::shard::path`), or a 400 naming it.

@@ -23,9 +23,12 @@ fn parse_cursor(text: &str, shards: usize) -> Option<Vec<Option<String>>> {
     for part in text.split(';').filter(|p| !p.is_empty()) {
         let (i, pos) = part.split_once('=')?;
         let i: usize = i.parse().ok()?;
-        let (lsn, _) = pos.split_once(':').unwrap_or((pos, ""));
-        lsn.parse::<Lsn>().ok()?;
-        *out.get_mut(i)? = Some(pos.to_owned());
+        // Re-rendered from its parts: nothing of the client's text reaches a shard as is.
+        let position = match pos.split_once(':') {
+            Some((lsn, n)) => format!("{}:{}", lsn.parse::<Lsn>().ok()?, n.parse::<u64>().ok()?),
+            None => pos.parse::<Lsn>().ok()?.to_string(),
+        };
+        *out.get_mut(i)? = Some(position);
     }
     Some(out)
 }
@@ -63,7 +66,9 @@ pub(crate) async fn changes(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
+    // The stream holds a share of the streams' pool for as long as it is open.
+    let streaming = s.inner.streams.admit(&caller.id)?;
     let n = s.inner.config.shards.len();
     if let Some(k) = params.keys().find(|k| *k != "since_lsn") {
         return Err(ApiError::invalid(k, "unknown parameter (since_lsn)"));
@@ -140,6 +145,7 @@ pub(crate) async fn changes(
         started: Vec<bool>,
         held: VecDeque<(usize, SseEvent)>,
         ready: bool,
+        _streaming: crate::admission::Admitted,
     }
     let merge = Merge {
         rx,
@@ -147,6 +153,7 @@ pub(crate) async fn changes(
         started: vec![false; n],
         held: VecDeque::new(),
         ready: false,
+        _streaming: streaming,
     };
     let stream = futures_util::stream::unfold(merge, |mut m| async move {
         loop {
@@ -202,5 +209,6 @@ mod tests {
         assert_eq!(parse_cursor(&text, 3), Some(positions));
         assert_eq!(parse_cursor("0=nope", 1), None);
         assert_eq!(parse_cursor("5=0/1", 2), None);
+        assert_eq!(parse_cursor("0=0/0:1&since=zz", 1), None);
     }
 }

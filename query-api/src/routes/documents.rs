@@ -30,7 +30,7 @@ pub(crate) async fn document(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<DocumentResponse>, ApiError> {
-    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let _caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
     let calls = (0..s.inner.config.shards.len()).map(|i| s.shard_document(i, &index, &id));
     let results = futures_util::future::join_all(calls).await;
     let mut unreachable = false;

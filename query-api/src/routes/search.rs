@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use wire::shard::ShardSearchResponse;
 use wire::{
     Freshness, Hit, Lsn, MissingShard, SearchRequest, SearchResponse, ShardFreshness,
-    TotalRelation, MAX_HITS, MAX_K,
+    TotalRelation, MAX_HITS, MAX_K, MAX_VECTOR_DIMS,
 };
 
 use crate::auth::authorize;
@@ -49,7 +49,7 @@ pub(crate) async fn search_post(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
     // JSON whatever the Content-Type says (`curl -d` sends form encoding by default).
     let body = body.map_err(|e| {
         ApiError::new(
@@ -65,7 +65,7 @@ pub(crate) async fn search_post(
     })?;
     let req: SearchRequest = wire::parse(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", &e.field, e.message))?;
-    search(&s, &index, req).await.map(Json)
+    search(&s, &caller.id, &index, req).await.map(Json)
 }
 
 /// The query parameters of `GET …/search` (documentation; parsed by hand to name the field).
@@ -143,9 +143,9 @@ pub(crate) async fn search_get(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
     let req = request_of_params(&params)?;
-    search(&s, &index, req).await.map(Json)
+    search(&s, &caller.id, &index, req).await.map(Json)
 }
 
 fn request_of_params(params: &HashMap<String, String>) -> Result<SearchRequest, ApiError> {
@@ -265,6 +265,7 @@ fn request_of_params(params: &HashMap<String, String>) -> Result<SearchRequest, 
 /// Waits for `min_lsn`, fans out to the shards, merges, checks staleness, pages.
 async fn search(
     s: &AppState,
+    client: &str,
     index: &str,
     mut req: SearchRequest,
 ) -> Result<SearchResponse, ApiError> {
@@ -272,6 +273,16 @@ async fn search(
     req.text = req
         .text_part()
         .map_err(|e| ApiError::invalid(&e.field, e.message))?;
+    if let Some(v) = req
+        .vector
+        .as_ref()
+        .filter(|v| v.values.len() > MAX_VECTOR_DIMS)
+    {
+        return Err(ApiError::invalid(
+            "vector.values",
+            format!("{} values; a query vector has at most {MAX_VECTOR_DIMS} (and as many as the index's dimension)", v.values.len()),
+        ));
+    }
 
     // Freshness demands, and the previous page's freshness when this one follows a cursor.
     let consistency = req.consistency.take().unwrap_or_default();
@@ -322,8 +333,10 @@ async fn search(
     SearchRequest::check_page(limit, offset).map_err(|e| ApiError::invalid(&e.field, e.message))?;
     let targets = route(cfg, &req.regions)?;
 
-    // Read-your-writes: every touched shard must have applied the LSN.
+    // Read-your-writes: every touched shard must have applied the LSN. The wait holds a
+    // share of the waits' pool, so waits cannot take every request slot.
     if let Some(lsn) = min_lsn {
+        let _waiting = s.inner.waits.admit(client)?;
         wait_for(s, &targets, lsn, wait_timeout_ms).await?;
     }
 

@@ -65,7 +65,7 @@ pub(crate) async fn status(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&s, &headers, Some(peer), Scope::Admin)?;
+    let _caller = authorize(&s, &headers, Some(peer), Scope::Admin)?;
     let shards: Vec<Value> = s
         .shard_statuses()
         .await
@@ -105,7 +105,7 @@ pub(crate) async fn indexes(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let _caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
     let mut by_index: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
     for (url, v) in s.shard_statuses().await {
         let Ok(v) = v else { continue };

@@ -63,9 +63,20 @@ async fn main() -> Result<()> {
     let indexer_bin = e2e::indexer_bin();
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("data");
+    // The shards' secret, new for each run (the compose file's default is for a local try).
+    let secret = {
+        use std::hash::{BuildHasher, Hasher};
+        let word = || {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
+        format!("demo-{:016x}{:016x}", word(), word())
+    };
     // The compose file's commands, its variables given this machine's values.
     let local = |var: &str| -> Result<Option<String>> {
         Ok(match var {
+            "INDEXER_SHARD_SECRET" | "QUERY_API_SHARD_SECRET" => Some(secret.clone()),
             "DATABASE_URL" | "INDEXER_DATABASE_URL" => Some(url.clone()),
             "INDEXER_DATA_DIR" => Some(data_dir.display().to_string()),
             // Listening addresses: the harness picks free local ports.
