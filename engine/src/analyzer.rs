@@ -5,14 +5,18 @@
 //! words with vowel signs stay whole). Runs of CJK ideographs, kana and hangul have no spaces
 //! between words: they are cut into overlapping bigrams (one unigram for a lone character),
 //! as Lucene's CJK analyzer does, so any two-character substring of a name is findable; a
-//! query is analyzed the same way and its bigrams matched as a phrase. Then Unicode
-//! lowercasing, ASCII folding (`café` = `cafe`) and, per field, an optional stemmer.
+//! query is analyzed the same way and its bigrams matched as a phrase. Each word is put in
+//! Unicode NFKC form (a decomposed `Zu\u{308}rich` is `Zürich`, full-width `Ｔｏｋｙｏ` is
+//! `Tokyo`), and invisible format characters inside it (zero-width space and joiners, word
+//! joiner, soft hyphen, BOM) are dropped rather than splitting it. Then Unicode lowercasing,
+//! ASCII folding (`café` = `cafe`) and, per field, an optional stemmer.
 
 use tantivy::tokenizer::{
     AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, Stemmer, TextAnalyzer, Token,
     TokenStream, Tokenizer,
 };
 use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 /// Tokens longer than this (bytes) are dropped: they are noise, not words.
 const MAX_TOKEN_BYTES: usize = 100;
@@ -105,6 +109,22 @@ fn is_word(c: char) -> bool {
     c.is_alphanumeric() || is_combining_mark(c)
 }
 
+/// Invisible format characters that may sit inside a word without ending it.
+fn is_ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}'
+    )
+}
+
+/// A word's text: without ignorable characters, in NFKC form (borrowed when it already is).
+fn normal(word: &str) -> String {
+    if !word.chars().any(is_ignorable) && is_nfkc_quick(word.chars()) == IsNormalized::Yes {
+        return word.to_owned();
+    }
+    word.chars().filter(|c| !is_ignorable(*c)).nfkc().collect()
+}
+
 /// Splits text into words, and CJK runs into bigrams (see the module comment).
 #[derive(Clone, Default)]
 pub struct WordTokenizer {
@@ -127,7 +147,7 @@ impl Tokenizer for WordTokenizer {
                 offset_from: from,
                 offset_to: to,
                 position,
-                text: text[from..to].to_owned(),
+                text: normal(&text[from..to]),
                 position_length: 1,
             });
             position += 1;
@@ -141,11 +161,22 @@ impl Tokenizer for WordTokenizer {
                 i += 1;
                 continue;
             }
-            // A run of one kind: CJK characters, or other word characters.
+            // A run of one kind: CJK characters, or other word characters (with ignorable
+            // characters inside it, not at its end).
             let cjk = is_cjk(c);
             let start = i;
-            while i < chars.len() && is_word(chars[i].1) && is_cjk(chars[i].1) == cjk {
-                i += 1;
+            loop {
+                while i < chars.len() && is_word(chars[i].1) && is_cjk(chars[i].1) == cjk {
+                    i += 1;
+                }
+                let mut j = i;
+                while j < chars.len() && is_ignorable(chars[j].1) {
+                    j += 1;
+                }
+                if cjk || j == i || j == chars.len() || !is_word(chars[j].1) || is_cjk(chars[j].1) {
+                    break;
+                }
+                i = j;
             }
             if !cjk || i - start == 1 {
                 push(&mut self.tokens, chars[start].0, end_of(i));
@@ -193,6 +224,33 @@ mod tests {
         );
         assert_eq!(toks("Mililani Mauka 96789"), ["mililani", "mauka", "96789"]);
         assert!(toks("  ,,  ").is_empty());
+    }
+
+    #[test]
+    fn words_are_compared_in_one_unicode_form_and_invisible_characters_do_not_split_them() {
+        // Decomposed (NFD) and composed forms, full-width letters, a ligature.
+        assert_eq!(toks("Zu\u{308}rich"), toks("Zürich"));
+        assert_eq!(toks("Zu\u{308}rich"), ["zurich"]);
+        assert_eq!(toks("Ｔｏｋｙｏ ﬁne"), ["tokyo", "fine"]);
+        assert_eq!(toks("Kyo\u{301}to"), ["kyoto"]);
+        // Zero-width space, joiner, soft hyphen, word joiner inside a word: still one word.
+        assert_eq!(
+            toks("Ams\u{200B}terdam Ro\u{00AD}ma Ber\u{2060}lin"),
+            ["amsterdam", "roma", "berlin"]
+        );
+        // At a word's edge they change nothing; alone they are no word.
+        assert_eq!(toks("\u{200B}paris\u{200B} \u{FEFF}"), ["paris"]);
+        // Highlight offsets still point into the original text.
+        let text = "Zu\u{308}rich";
+        let mut a = analyzer(None);
+        let mut s = a.token_stream(text);
+        assert!(s.advance());
+        assert_eq!(
+            (s.token().offset_from, s.token().offset_to),
+            (0, text.len())
+        );
+        // Persian words with a zero-width non-joiner stay whole.
+        assert_eq!(toks("می\u{200C}خواهم").len(), 1);
     }
 
     #[test]

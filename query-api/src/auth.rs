@@ -35,11 +35,14 @@ pub(crate) fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let address = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+    // A refused key still costs its address a token: guessing keys is rate limited too.
+    let refuse = |e: ApiError| take_token(s, &format!("unauthenticated {address}")).and(Err(e));
     let bucket = if cfg.auth.keys.is_empty() {
-        peer.map(|p| p.ip().to_string()).unwrap_or_default()
+        address.clone()
     } else {
         let Some(presented) = presented else {
-            return Err(ApiError::new(
+            return refuse(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "authorization",
@@ -54,7 +57,7 @@ pub(crate) fn authorize(
         }
         match found {
             None => {
-                return Err(ApiError::new(
+                return refuse(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     "authorization",
@@ -72,10 +75,23 @@ pub(crate) fn authorize(
             Some(_) => presented.to_owned(),
         }
     };
-    let (rate, burst) = (cfg.limits.rate_per_sec, cfg.limits.burst);
+    take_token(s, &bucket)?;
+    let in_flight = s.inner.in_flight.admit(&bucket)?;
+    Ok(Caller {
+        id: bucket,
+        _in_flight: in_flight,
+    })
+}
+
+/// Takes a token from `bucket` (the configured rate and burst), or a 429 with `Retry-After`.
+fn take_token(s: &AppState, bucket: &str) -> Result<(), ApiError> {
+    let (rate, burst) = (
+        s.inner.config.limits.rate_per_sec,
+        s.inner.config.limits.burst,
+    );
     let mut buckets = s.inner.buckets.lock().unwrap();
     let now = Instant::now();
-    let (tokens, last) = buckets.entry(bucket.clone()).or_insert((burst, now));
+    let (tokens, last) = buckets.entry(bucket.to_owned()).or_insert((burst, now));
     *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
     *last = now;
     if *tokens < 1.0 {
@@ -89,10 +105,5 @@ pub(crate) fn authorize(
         .retry_after(wait));
     }
     *tokens -= 1.0;
-    drop(buckets);
-    let in_flight = s.inner.in_flight.admit(&bucket)?;
-    Ok(Caller {
-        id: bucket,
-        _in_flight: in_flight,
-    })
+    Ok(())
 }

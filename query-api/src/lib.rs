@@ -39,6 +39,9 @@ use crate::routes::{changes, documents, search, status};
 
 pub use wire::MAX_HITS;
 
+/// Per shard, in config order: reachable, ready.
+type Readiness = Vec<(bool, bool)>;
+
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -58,6 +61,8 @@ struct Inner {
     in_flight: Arc<admission::Pool>,
     waits: Arc<admission::Pool>,
     streams: Arc<admission::Pool>,
+    /// The last readiness answer and when it was taken.
+    readiness: Mutex<Option<(Instant, Readiness)>>,
     prometheus: Option<PrometheusHandle>,
 }
 
@@ -124,6 +129,7 @@ impl AppState {
                 in_flight,
                 waits,
                 streams,
+                readiness: Mutex::new(None),
                 prometheus,
             }),
         }
@@ -179,7 +185,46 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(cors)
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Every error answer is the JSON error shape, whoever made it: answers of axum's own
+/// extractors and routing (a path that is not UTF-8, a 405) and of the timeout layer come as
+/// plain text or empty, and are rewritten here with their message.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let (code, field) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method"),
+        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => ("timeout", ""),
+        StatusCode::PAYLOAD_TOO_LARGE => ("bad_body", "body"),
+        StatusCode::NOT_FOUND => ("not_found", ""),
+        _ if text.starts_with("Invalid URL") => ("bad_path", "path"),
+        _ if text.starts_with("Failed to deserialize query string") => ("bad_query", "query"),
+        s if s.is_server_error() => ("internal", ""),
+        _ => ("bad_request", ""),
+    };
+    let message = match (text.is_empty() || status.is_server_error(), status) {
+        (false, _) => text,
+        (true, StatusCode::METHOD_NOT_ALLOWED) => "this route does not take that method".to_owned(),
+        (true, StatusCode::GATEWAY_TIMEOUT) => {
+            "the request took longer than its deadline".to_owned()
+        }
+        (true, s) => s.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    ApiError::new(status, code, field, message).into_response()
 }
 
 /// Every request: bounded concurrency (503 when saturated) and metrics by route and status.

@@ -350,7 +350,7 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
         .post("/v1/indexes/places/search", Some(READ), &big)
         .await?;
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
-    let (st, metrics) = c.get("/metrics", None).await?;
+    let (st, metrics) = c.get("/metrics", Some(ADMIN)).await?;
     assert_eq!(st, StatusCode::OK);
     let metrics = metrics.as_str().unwrap();
     assert!(metrics.contains("query_api_requests_total"), "{metrics}");
@@ -402,17 +402,24 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
     assert!(retry_after.is_some_and(|r| r.parse::<u64>().unwrap() >= 1));
 
     // 5. A dead shard: not ready, a clear 503; restarted on its port, answers come back.
+    // (Readiness is reused for up to half a second: `/readyz` needs no key.)
     ix.kill9();
-    let (st, v) = c.get("/readyz", None).await?;
-    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let v = e2e::eventually("readyz says not ready", Duration::from_secs(5), || async {
+        let (st, v) = c.get("/readyz", None).await?;
+        Ok((st == StatusCode::SERVICE_UNAVAILABLE).then_some(v))
+    })
+    .await?;
     assert_eq!(v["shards"][0]["reachable"], false);
     let (st, v) = c.search(json!({"text": {"q": "place"}})).await?;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["error"]["code"], "shards_unavailable");
     let mut ix = Indexer::start_on(&config, &f.data_dir(), &listen).await?;
     ix.wait_ready().await?;
-    let (st, _) = c.get("/readyz", None).await?;
-    assert_eq!(st, StatusCode::OK);
+    e2e::eventually("readyz says ready", Duration::from_secs(5), || async {
+        let (st, _) = c.get("/readyz", None).await?;
+        Ok((st == StatusCode::OK).then_some(()))
+    })
+    .await?;
     let (st, v) = c
         .search(json!({"text": {"q": "place"}, "limit": 3}))
         .await?;

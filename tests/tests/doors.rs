@@ -335,3 +335,149 @@ async fn the_shard_endpoint_requires_its_secret() -> Result<()> {
     ix.stop()?;
     Ok(())
 }
+
+/// A raw request on a new connection (the path as sent, unnormalised): status and JSON body.
+async fn raw(api: &str, request: &str) -> Result<(u16, Value)> {
+    let mut s = TcpStream::connect(api.trim_start_matches("http://")).await?;
+    s.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await??;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split(' ').nth(1).unwrap_or("0").parse()?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{text}"
+    );
+    Ok((status, serde_json::from_str(body)?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_json_naming_its_field_and_text_is_compared_in_one_form() -> Result<()> {
+    let (f, _config, mut ix) = Fixture::indexed(20, "", "").await?;
+    f.client
+        .batch_execute(
+            "INSERT INTO places VALUES (9001, 'europe', 'Zürich', 'a lake town', 5, 47.4, 8.5, '{1,0,0,0}'), \
+             (9002, 'europe', 'Amsterdam', 'canals', 5, 52.4, 4.9, '{0,1,0,0}')",
+        )
+        .await?;
+    let lsn = e2e::current_lsn(&f.client).await?;
+    ix.wait_applied(&lsn).await?;
+    let api = QueryApi::start(
+        &api_config(&f, &ix.url, "[limits]\nrate_per_sec = 0.1\nburst = 30")?,
+        f.dir.path(),
+    )
+    .await?;
+    let c = Client {
+        http: reqwest::Client::new(),
+        base: api.url.clone(),
+    };
+    let close = "Connection: close\r\n";
+    let auth = format!("Authorization: Bearer {ADMIN}\r\n");
+    // A method the route does not take; a path that is not UTF-8; a NUL in an id.
+    let (st, v) = raw(
+        &api.url,
+        &format!("DELETE /v1/indexes/places/documents/1 HTTP/1.1\r\nHost: x\r\n{auth}{close}\r\n"),
+    )
+    .await?;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (405, Some("method")),
+        "{v}"
+    );
+    let (st, v) = raw(
+        &api.url,
+        &format!("GET /v1/indexes/%FF%FE/documents/1 HTTP/1.1\r\nHost: x\r\n{auth}{close}\r\n"),
+    )
+    .await?;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("path")),
+        "{v}"
+    );
+    let (st, v) = c
+        .get("/v1/indexes/places/documents/%00", Some(ADMIN))
+        .await?;
+    assert_eq!(
+        (st.as_u16(), v["error"]["field"].as_str()),
+        (404, Some("id")),
+        "{v}"
+    );
+    // Bodies that are not one JSON value name the body.
+    for body in [
+        r#"{"q" "zurich"}"#,
+        r#"{"q": "x"} trailing"#,
+        r#"{"q": "x"}{"q": "y"}"#,
+    ] {
+        let resp = c
+            .http
+            .post(format!("{}/v1/indexes/places/search", c.base))
+            .bearer_auth(ADMIN)
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+        let v: Value = resp.json().await?;
+        assert_eq!(v["error"]["field"], "body", "{body}: {v}");
+    }
+    // A value beyond f32, and a direction-less vector under cosine.
+    let resp = c
+        .http
+        .post(format!("{}/v1/indexes/places/search", c.base))
+        .bearer_auth(ADMIN)
+        .body(r#"{"vector": {"values": [1e39, 0, 0, 0]}}"#)
+        .send()
+        .await?;
+    let st = resp.status();
+    let v: Value = resp.json().await?;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["field"], "vector.values", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("1e39") && message.contains("32-bit float's range"),
+        "{v}"
+    );
+    let (st, v) = c
+        .post(
+            "/v1/indexes/places/search",
+            Some(ADMIN),
+            &json!({"vector": {"values": [0, 0, 0, 0]}}),
+        )
+        .await?;
+    assert_eq!(
+        (st.as_u16(), v["error"]["field"].as_str()),
+        (422, Some("vector.values")),
+        "{v}"
+    );
+    // One Unicode form: decomposed, composed and with a zero-width space find the same place.
+    for q in ["Zürich", "Zu\u{308}rich", "Zü\u{200B}rich", "ＺＵＲＩＣＨ"] {
+        let (st, v) = c
+            .post("/v1/indexes/places/search", Some(ADMIN), &json!({"q": q}))
+            .await?;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(e2e::hit_keys(&v), ["9001"], "{q:?}: {v}");
+    }
+    // Readiness names no shard address; metrics need an admin key.
+    let (st, v) = c.get("/readyz", None).await?;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(!v.to_string().contains("127.0.0.1"), "{v}");
+    let (st, v) = c.get("/metrics", Some(READ)).await?;
+    assert_eq!(
+        (st.as_u16(), v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    // Guessing keys is rate limited like using one (burst 30 here, per address).
+    let mut statuses = Vec::new();
+    for i in 0..33 {
+        let (st, _) = c
+            .get("/v1/indexes", Some(&format!("guess-{i:016}")))
+            .await?;
+        statuses.push(st.as_u16());
+    }
+    assert_eq!(statuses[..30], [401; 30]);
+    assert_eq!(statuses[30..], [429; 3]);
+    ix.stop()?;
+    Ok(())
+}

@@ -246,6 +246,7 @@ impl Default for Weights {
 pub struct VectorRequest {
     /// The query embedding; as many values as the index's vector dimension.
     #[schema(max_items = 16000)]
+    #[serde(deserialize_with = "f32_values")]
     pub values: Vec<f32>,
     #[serde(default = "default_limit")]
     #[schema(minimum = 1, maximum = 1000, default = 10)]
@@ -448,8 +449,12 @@ impl FieldError {
 /// Parses JSON into a request type; the error names the field at fault by its JSON path
 /// (`body` for the whole), an unknown field included.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(path_error)
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+    // Nothing but whitespace may follow the JSON value.
+    de.end()
+        .map_err(|e| FieldError::new("body", format!("{e}: only one JSON value is allowed")))?;
+    Ok(value)
 }
 
 /// Like [`parse`], from a JSON value.
@@ -459,8 +464,29 @@ pub fn parse_value<T: DeserializeOwned>(v: Value) -> Result<T, FieldError> {
 
 fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> FieldError {
     let path = e.path().to_string();
-    let field = if path == "." { "body".to_owned() } else { path };
+    // A syntax error before any field is known leaves the path "." or "?".
+    let field = if path == "." || path == "?" || path.is_empty() {
+        "body".to_owned()
+    } else {
+        path
+    };
     FieldError::new(field, e.inner().to_string())
+}
+
+/// A vector's values: numbers within a 32-bit float's range (a larger one would become
+/// infinity, and travel on as `null`).
+fn f32_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+    let values: Vec<f64> = Vec::deserialize(d)?;
+    if let Some((i, x)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, x)| x.is_nan() || x.abs() > f64::from(f32::MAX))
+    {
+        return Err(serde::de::Error::custom(format!(
+            "value {i} ({x:e}) is beyond a 32-bit float's range (magnitude at most 3.4e38)"
+        )));
+    }
+    Ok(values.into_iter().map(|x| x as f32).collect())
 }
 
 fn default_limit() -> usize {
@@ -494,6 +520,24 @@ mod tests {
         assert_eq!(e.field, "limit");
         let e = parse::<SearchRequest>(br#""x""#).unwrap_err();
         assert_eq!(e.field, "body");
+        // Malformed JSON, and anything after the one value, name the body.
+        for bad in [
+            &br#"{"q" "x"}"#[..],
+            br#"{"q": "x"} trailing"#,
+            br#"{"q": "x"}{}"#,
+        ] {
+            let e = parse::<SearchRequest>(bad).unwrap_err();
+            assert_eq!(
+                e.field,
+                "body",
+                "{}: {}",
+                String::from_utf8_lossy(bad),
+                e.message
+            );
+        }
+        assert!(parse::<SearchRequest>(b"{\"q\": \"x\"}\n ").is_ok());
+        // Broken inside a field's value: that field is named.
+        assert_eq!(parse::<SearchRequest>(br#"{"q": "#).unwrap_err().field, "q");
     }
 
     #[test]

@@ -261,6 +261,12 @@ pub(super) fn plan(
                     "values must be finite numbers",
                 ));
             }
+            if spec.metric == engine::schema::Metric::Cosine && v.values.iter().all(|x| *x == 0.0) {
+                return Err(FieldError::new(
+                    "vector.values",
+                    "an all-zero vector has no direction: cosine similarity to it is undefined",
+                ));
+            }
             if v.ef.is_some_and(|ef| ef == 0 || ef > 10 * MAX_K) {
                 return Err(FieldError::new(
                     "vector.ef",

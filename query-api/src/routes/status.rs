@@ -27,21 +27,42 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 once every shard is reachable, snapshotted and streaming.
+/// How long a readiness answer is reused: `/readyz` needs no key, so its fan-out to every
+/// shard is made at most this often however often it is asked.
+const READY_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `GET /readyz`: 200 once every shard is reachable, snapshotted and streaming. Shards are
+/// named by their position in the config (their addresses are for `/v1/status`, admin only).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready", body = Object), (status = 503, description = "Not ready; per shard why", body = Object)))]
 pub(crate) async fn readyz(State(s): State<AppState>) -> Response {
-    let statuses = s.shard_statuses().await;
-    let shards: Vec<Value> = statuses
+    let cached = s
+        .inner
+        .readiness
+        .lock()
+        .unwrap()
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < READY_FOR)
+        .map(|(_, r)| r.clone());
+    let shards = match cached {
+        Some(r) => r,
+        None => {
+            let r: Vec<(bool, bool)> = s
+                .shard_statuses()
+                .await
+                .iter()
+                .map(|(_, v)| (v.is_ok(), v.as_ref().is_ok_and(|v| v.ready())))
+                .collect();
+            *s.inner.readiness.lock().unwrap() = Some((std::time::Instant::now(), r.clone()));
+            r
+        }
+    };
+    let ready = shards.iter().all(|(_, ready)| *ready);
+    let shards: Vec<Value> = shards
         .iter()
-        .map(|(url, v)| match v {
-            Ok(v) => json!({"shard": url, "reachable": true, "ready": v.ready()}),
-            Err(_) => json!({"shard": url, "reachable": false, "ready": false}),
-        })
+        .enumerate()
+        .map(|(i, (reachable, ready))| json!({"shard": i, "reachable": reachable, "ready": ready}))
         .collect();
-    let ready = statuses
-        .iter()
-        .all(|(_, v)| v.as_ref().is_ok_and(|v| v.ready()));
     let code = if ready {
         StatusCode::OK
     } else {
@@ -123,12 +144,29 @@ pub(crate) async fn indexes(
     Ok(Json(json!({"indexes": list})))
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format (admin scope: it names the shards, and each scrape
+/// asks every shard for its status).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus metrics", content_type = "text/plain", body = String)))]
-pub(crate) async fn metrics_text(State(s): State<AppState>) -> Response {
+    responses(
+        (status = 200, description = "Prometheus metrics", content_type = "text/plain", body = String),
+        (status = 401, description = "No or unknown API key", body = wire::ErrorResponse),
+        (status = 403, description = "Key lacks admin scope", body = wire::ErrorResponse),
+        (status = 429, description = "Rate limited (see Retry-After)", body = wire::ErrorResponse),
+    ),
+    security((), ("api_key" = []), ("bearer" = [])))]
+pub(crate) async fn metrics_text(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let _caller = authorize(&s, &headers, Some(peer), Scope::Admin)?;
     let Some(h) = &s.inner.prometheus else {
-        return (StatusCode::NOT_FOUND, "metrics are off").into_response();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "",
+            "metrics are off",
+        ));
     };
     // Per shard and partition, as of this scrape: reachable, documents, lag, rejects.
     for (url, v) in s.shard_statuses().await {
@@ -148,5 +186,5 @@ pub(crate) async fn metrics_text(State(s): State<AppState>) -> Response {
                 .set(p.rejected_rows as f64);
         }
     }
-    h.render().into_response()
+    Ok(h.render().into_response())
 }
