@@ -6,6 +6,7 @@ pub const TRANSACTIONS_APPLIED: &str = "indexer_transactions_applied_total";
 pub const COMMITS: &str = "indexer_group_commits_total";
 pub const COMMIT_SECONDS: &str = "indexer_group_commit_seconds";
 pub const REJECTED_ROWS: &str = "indexer_rejected_rows_total";
+pub const SEARCHES_CANCELLED: &str = "indexer_searches_cancelled_total";
 pub const RECONNECTS: &str = "indexer_stream_reconnects_total";
 pub const SNAPSHOT_ROWS: &str = "indexer_snapshot_rows_total";
 pub const APPLIED_LSN: &str = "indexer_applied_lsn";
@@ -23,6 +24,10 @@ pub fn describe() {
         "Row changes applied to partitions (stream and snapshot)"
     );
     describe_counter!(TRANSACTIONS_APPLIED, "Source transactions applied");
+    describe_counter!(
+        SEARCHES_CANCELLED,
+        "Searches stopped before their answer: past their time budget, or their caller gone"
+    );
     describe_counter!(COMMITS, "Group commits made durable");
     describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Duration of a group commit");
     describe_counter!(REJECTED_ROWS, "Rows or fields that could not be indexed");

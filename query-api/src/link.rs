@@ -53,16 +53,26 @@ impl Conn {
     }
 }
 
-/// Forgets a call that ends without its answer (timed out or abandoned).
+/// Forgets a call that ends without its answer (timed out or abandoned), and cancels it.
 struct Pending<'a> {
     conn: &'a Conn,
     id: u64,
 }
 
 impl Drop for Pending<'_> {
+    /// A call still waiting is abandoned: the shard is told to stop it.
     fn drop(&mut self) {
-        if let Some(w) = self.conn.waiting.lock().unwrap().as_mut() {
-            w.remove(&self.id);
+        let abandoned = self
+            .conn
+            .waiting
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|w| w.remove(&self.id))
+            .is_some();
+        if abandoned {
+            let cancel = wire::link::frame(self.id, Call::Cancel.code(), b"");
+            let _ = self.conn.frames.send(Bytes::from(cancel));
         }
     }
 }

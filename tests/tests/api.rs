@@ -40,6 +40,17 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// A client of the API at `base`, with a generous timeout.
+    pub fn of(base: &str) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("an HTTP client"),
+            base: base.to_owned(),
+        }
+    }
+
     pub async fn post(
         &self,
         path: &str,

@@ -15,6 +15,14 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::api::{api_config, Client, ADMIN, READ};
 use crate::common::Fixture;
 
+/// `rows` rows indexed, and query-api with its default limits in front.
+async fn served(rows: i64) -> Result<(Fixture, e2e::Indexer, QueryApi, Client)> {
+    let (f, _config, ix) = Fixture::indexed(rows, "", "").await?;
+    let api = QueryApi::start(&api_config(&f, &ix.url, "")?, f.dir.path()).await?;
+    let c = Client::of(&api.url);
+    Ok((f, ix, api, c))
+}
+
 /// Open file descriptors of a process.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -95,14 +103,7 @@ async fn half_open_connections_are_closed_and_one_address_cannot_fill_the_server
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_cannot_take_every_slot_with_waits_or_streams() -> Result<()> {
-    let (f, _config, mut ix) = Fixture::indexed(20, "", "").await?;
-    let api = QueryApi::start(&api_config(&f, &ix.url, "")?, f.dir.path()).await?;
-    let c = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        base: api.url.clone(),
-    };
+    let (_f, mut ix, _api, c) = served(20).await?;
 
     // 40 waits on a far-future LSN from one key: 32 (its share) wait, the rest are refused
     // at once; another key searches meanwhile.
@@ -182,14 +183,7 @@ async fn one_client_cannot_take_every_slot_with_waits_or_streams() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_too_costly_to_run_is_refused_and_the_shard_stays_small() -> Result<()> {
-    let (f, _config, mut ix) = Fixture::indexed(2_000, "", "").await?;
-    let api = QueryApi::start(&api_config(&f, &ix.url, "")?, f.dir.path()).await?;
-    let c = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        base: api.url.clone(),
-    };
+    let (_f, mut ix, _api, c) = served(2_000).await?;
     let pid = ix.pid().expect("running");
     // The peak from here on (the start-up's is forgotten).
     e2e::reset_peak_rss(pid)?;
@@ -289,10 +283,7 @@ async fn the_shard_endpoint_requires_its_secret() -> Result<()> {
         &[("QUERY_API_SHARD_SECRET", SECRET.to_owned())],
     )
     .await?;
-    let c = Client {
-        http: reqwest::Client::new(),
-        base: with.url.clone(),
-    };
+    let c = Client::of(&with.url);
     let lsn = e2e::current_lsn(&f.client).await?;
     let (st, v) = c
         .search(json!({"q": "place", "consistency": {"min_lsn": lsn}}))
@@ -310,10 +301,7 @@ async fn the_shard_endpoint_requires_its_secret() -> Result<()> {
     assert_eq!(feed.status(), StatusCode::OK);
     drop(feed);
     let without = QueryApi::start(&api_config(&f, &ix.url, "")?, f.dir.path()).await?;
-    let c = Client {
-        http: reqwest::Client::new(),
-        base: without.url.clone(),
-    };
+    let c = Client::of(&without.url);
     let (st, v) = c.search(json!({"q": "place"})).await?;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     // verify presents the secret from the same environment.
@@ -369,10 +357,7 @@ async fn every_error_is_json_naming_its_field_and_text_is_compared_in_one_form()
         f.dir.path(),
     )
     .await?;
-    let c = Client {
-        http: reqwest::Client::new(),
-        base: api.url.clone(),
-    };
+    let c = Client::of(&api.url);
     let close = "Connection: close\r\n";
     let auth = format!("Authorization: Bearer {ADMIN}\r\n");
     // A method the route does not take; a path that is not UTF-8; a NUL in an id.

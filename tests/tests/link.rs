@@ -8,14 +8,50 @@ use anyhow::Result;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use crate::common::Fixture;
+
+/// A connection to the shard at `authority`, upgraded to the link.
+async fn open_link(authority: &str) -> Result<TcpStream> {
+    let mut tcp = TcpStream::connect(authority).await?;
+    let hello = format!(
+        "GET {} HTTP/1.1\r\nHost: {authority}\r\nConnection: upgrade\r\nUpgrade: {}\r\n\r\n",
+        wire::link::PATH,
+        wire::link::UPGRADE
+    );
+    tcp.write_all(hello.as_bytes()).await?;
+    // The 101's head, byte by byte, so no frame is read past it.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await?);
+    }
+    let head = String::from_utf8(head)?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "{head}");
+    Ok(tcp)
+}
+
+async fn send(tcp: &mut TcpStream, frame: &[u8]) -> Result<()> {
+    tcp.write_u32(frame.len() as u32).await?;
+    tcp.write_all(frame).await?;
+    Ok(())
+}
+
+/// The next answer: its call id, status and JSON body.
+async fn answer(tcp: &mut TcpStream) -> Result<(u64, u16, Value)> {
+    let len = tokio::time::timeout(Duration::from_secs(10), tcp.read_u32()).await??;
+    let mut frame = vec![0; len as usize];
+    tcp.read_exact(&mut frame).await?;
+    let (id, status, body) = wire::link::parse(&frame).expect("a whole header");
+    Ok((id, status, serde_json::from_slice(body)?))
+}
 
 /// The shard link, spoken by hand as a hostile or broken peer would: calls answered by id in
 /// one connection, bad bodies and unknown calls refused naming the field, and a frame that is
 /// not one (too short, too long) ends the connection; the path refuses plain requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shard_link_answers_each_call_by_id_and_refuses_garbage() -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_f, _config, mut ix) = Fixture::indexed(10, "", "").await?;
     let authority = ix.url.trim_start_matches("http://").to_owned();
 
@@ -25,35 +61,7 @@ async fn the_shard_link_answers_each_call_by_id_and_refuses_garbage() -> Result<
     let v: Value = resp.json().await?;
     assert_eq!(v["error"]["field"], "upgrade", "{v}");
 
-    let open = || async {
-        let mut tcp = tokio::net::TcpStream::connect(&authority).await?;
-        let hello = format!(
-            "GET {} HTTP/1.1\r\nHost: {authority}\r\nConnection: upgrade\r\nUpgrade: {}\r\n\r\n",
-            wire::link::PATH,
-            wire::link::UPGRADE
-        );
-        tcp.write_all(hello.as_bytes()).await?;
-        // The 101's head, byte by byte, so no frame is read past it.
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(tcp.read_u8().await?);
-        }
-        let head = String::from_utf8(head)?;
-        anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "{head}");
-        Ok::<_, anyhow::Error>(tcp)
-    };
-    async fn send(tcp: &mut tokio::net::TcpStream, frame: &[u8]) -> Result<()> {
-        tcp.write_u32(frame.len() as u32).await?;
-        tcp.write_all(frame).await?;
-        Ok(())
-    }
-    async fn answer(tcp: &mut tokio::net::TcpStream) -> Result<(u64, u16, Value)> {
-        let len = tokio::time::timeout(Duration::from_secs(10), tcp.read_u32()).await??;
-        let mut frame = vec![0; len as usize];
-        tcp.read_exact(&mut frame).await?;
-        let (id, status, body) = wire::link::parse(&frame).expect("a whole header");
-        Ok((id, status, serde_json::from_slice(body)?))
-    }
+    let open = || open_link(&authority);
 
     let mut tcp = open().await?;
     let calls: [(u64, u16, Value); 6] = [
@@ -153,6 +161,117 @@ async fn the_shard_link_answers_each_call_by_id_and_refuses_garbage() -> Result<
     )
     .await?;
     assert_eq!(answer(&mut tcp).await?.1, 200);
+    ix.stop()?;
+    Ok(())
+}
+
+/// A `Cancel` call stops the search it names: sent right behind each of 50 searches (in the
+/// same write), it reaches the shard before most of them have scanned, and those answer 503
+/// "stopped" instead of a page; every call still gets exactly one answer, and a cancel for
+/// an id that is not running changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_call_stops_the_search_it_names() -> Result<()> {
+    let (_f, _config, mut ix) = Fixture::indexed(200, "", "").await?;
+    let mut tcp = open_link(ix.url.trim_start_matches("http://")).await?;
+    let search = json!({"index": "places", "q": "place", "limit": 5, "track_total_hits": true});
+    let mut bytes = Vec::new();
+    for id in 0..50u64 {
+        for frame in [
+            wire::link::frame(
+                id,
+                wire::link::Call::Search.code(),
+                search.to_string().as_bytes(),
+            ),
+            wire::link::frame(id, wire::link::Call::Cancel.code(), b""),
+        ] {
+            bytes.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&frame);
+        }
+    }
+    // A cancel naming no running call.
+    let stray = wire::link::frame(999, wire::link::Call::Cancel.code(), b"");
+    bytes.extend_from_slice(&(stray.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&stray);
+    tcp.write_all(&bytes).await?;
+    let mut stopped = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let (id, status, v) = answer(&mut tcp).await?;
+        assert!(ids.insert(id), "two answers for {id}");
+        match status {
+            200 => assert_eq!(v["total"], 200, "{v}"),
+            503 => {
+                assert!(
+                    v["error"]["message"].as_str().unwrap().contains("stopped"),
+                    "{v}"
+                );
+                stopped += 1;
+            }
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert!(stopped > 0, "no search was stopped");
+    // The connection still serves: a search without a cancel is answered whole.
+    send(
+        &mut tcp,
+        &wire::link::frame(
+            77,
+            wire::link::Call::Search.code(),
+            search.to_string().as_bytes(),
+        ),
+    )
+    .await?;
+    let (id, status, v) = answer(&mut tcp).await?;
+    assert_eq!((id, status), (77, 200), "{v}");
+    let metrics = reqwest::get(format!("{}/metrics", ix.url))
+        .await?
+        .text()
+        .await?;
+    let counted: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("indexer_searches_cancelled_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    assert_eq!(counted, f64::from(stopped), "{metrics}");
+
+    // query-api cancels what it stops waiting for: with a 1 ms shard timeout its searches
+    // time out (partial answers), and the shard is told to stop them.
+    let api = e2e::QueryApi::start(
+        &crate::api::api_config(&_f, &ix.url, "[limits]\nshard_timeout_ms = 1")?,
+        _f.dir.path(),
+    )
+    .await?;
+    let c = crate::api::Client::of(&api.url);
+    // Eight fuzzy words: building their automata alone takes the shard milliseconds.
+    let public = json!({"text": {"q": "plac~2 plce~2 pace~2 plae~2 palce~2 lpace~2 placx~2 plaec~2", "operator": "or"}, "track_total_hits": true});
+    for _ in 0..40 {
+        let (st, v) = c.search(public.clone()).await?;
+        assert!(
+            st == StatusCode::SERVICE_UNAVAILABLE || st == StatusCode::OK,
+            "{v}"
+        );
+    }
+    let cancelled = || async {
+        let metrics = reqwest::get(format!("{}/metrics", ix.url))
+            .await?
+            .text()
+            .await?;
+        Ok::<f64, anyhow::Error>(
+            metrics
+                .lines()
+                .find(|l| l.starts_with("indexer_searches_cancelled_total"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0),
+        )
+    };
+    e2e::eventually(
+        "query-api's abandoned searches are cancelled",
+        Duration::from_secs(10),
+        || async { Ok((cancelled().await? > counted).then_some(())) },
+    )
+    .await?;
     ix.stop()?;
     Ok(())
 }

@@ -15,7 +15,8 @@
 //! Bodies are the shard protocol's JSON (`shard::ShardSearchRequest` and
 //! `shard::DocumentRequest` in, `shard::ShardSearchResponse`, `shard::DocumentResponse` or
 //! `shard::ShardError` out), so both transports share one parser and one answer builder.
-//! Answers come back in any order: the id matches them to their calls.
+//! Answers come back in any order: the id matches them to their calls. A `Cancel` call (code
+//! 3, empty body, never answered) names by its id a call whose answer is no longer wanted.
 
 /// The path the upgrade is asked on.
 pub const PATH: &str = "/internal/link";
@@ -36,6 +37,8 @@ pub enum Call {
     Search,
     /// One document by key (`shard::DocumentRequest`).
     Document,
+    /// Stop the call whose id this frame carries (empty body, no answer): its caller gave up.
+    Cancel,
 }
 
 impl Call {
@@ -43,6 +46,7 @@ impl Call {
         match self {
             Call::Search => 1,
             Call::Document => 2,
+            Call::Cancel => 3,
         }
     }
 
@@ -50,6 +54,7 @@ impl Call {
         match code {
             1 => Some(Call::Search),
             2 => Some(Call::Document),
+            3 => Some(Call::Cancel),
             _ => None,
         }
     }
@@ -128,7 +133,7 @@ mod tests {
         assert_eq!(parse(&f), Some((u64::MAX - 1, 422, &b"{\"x\":1}"[..])));
         assert_eq!(parse(&frame(7, 1, b"")), Some((7, 1, &b""[..])));
         assert_eq!(parse(&f[..9]), None);
-        for c in [Call::Search, Call::Document] {
+        for c in [Call::Search, Call::Document, Call::Cancel] {
             assert_eq!(Call::from_code(c.code()), Some(c));
         }
         assert_eq!(Call::from_code(0), None);

@@ -80,6 +80,7 @@ pub fn hybrid(
             facets: Vec::new(),
             count: false,
             rows: false,
+            cancel: text_search.cancel.clone(),
         },
     )?;
     let vector_branch = vector(

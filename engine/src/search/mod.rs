@@ -4,9 +4,11 @@
 //! top-k concatenated. Synchronous: call it on the blocking pool.
 
 //!
-//! One file per kind: `geo`, `vector`, `text` and `hybrid`; here the scope, the structured
+//! One file per kind: `geo`, `vector`, `text` and `hybrid` (`cancel` stops a scan nobody
+//! waits for); here the scope, the structured
 //! filter's allowed keys (shared by geo and vector) and a document's row.
 
+mod cancel;
 mod geo;
 mod hybrid;
 mod pruned;
@@ -14,6 +16,7 @@ pub(crate) mod shadow;
 mod text;
 mod vector;
 
+pub use cancel::{Cancel, Cancellable};
 pub use geo::{geo, geo_where, GeoHit, GeoQuery};
 pub use hybrid::{hybrid, Fusion, HybridHit};
 pub use text::{text, SortBy, TextAnswer, TextHit, TextSearch};

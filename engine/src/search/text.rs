@@ -35,6 +35,8 @@ pub struct TextSearch {
     pub count: bool,
     /// Fetch each hit's row (and highlights); false: keys and scores only.
     pub rows: bool,
+    /// Stops the scan of committed segments when set (the answer is then to be discarded).
+    pub cancel: Option<Cancel>,
 }
 
 impl TextSearch {
@@ -51,6 +53,7 @@ impl TextSearch {
             facets: Vec::new(),
             count: true,
             rows: true,
+            cancel: None,
         }
     }
 }
@@ -142,7 +145,10 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
     if parts.iter().any(|(_, p)| !p.fresh.docs.is_empty()) {
         query.prepare(&stats)?;
     }
-    let tq = query.to_tantivy();
+    let tq = match &search.cancel {
+        Some(c) => Box::new(Cancellable::new(query.to_tantivy(), c.clone())),
+        None => query.to_tantivy(),
+    };
     let want = search.offset + search.limit;
 
     // The lone query's weight, built at its first partition and used in every other.

@@ -1,9 +1,11 @@
 //! The shard side of the shard link (`wire::link`): `GET /internal/link` upgrades the HTTP
 //! connection, then every frame read is a call, answered on the same connection as soon as it
 //! is done, in any order. A call is answered by the same code as its HTTP route
-//! (`search::answer`, `admin::find_document`).
+//! (`search::answer`, `admin::find_document`). A `Cancel` call stops the search it names
+//! (its caller gave up); a connection that ends stops every search still running on it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -67,19 +69,30 @@ where
     let (answers, mut queued) = mpsc::unbounded_channel::<Bytes>();
     let writer = tokio::spawn(async move { wire::link::send_queued(write, &mut queued).await });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // The searches in flight, by call id: a `Cancel` call stops one, the connection's end all.
+    let running: Arc<Mutex<HashMap<u64, engine::search::Cancel>>> = Arc::default();
     while let Some(Ok(frame)) = calls.next().await {
         let Some((id, code, _)) = wire::link::parse(&frame) else {
             tracing::warn!("shard link: a frame shorter than its header; closing");
             break;
         };
+        if Call::from_code(code) == Some(Call::Cancel) {
+            if let Some(c) = running.lock().unwrap().get(&id) {
+                c.cancel();
+            }
+            continue;
+        }
+        let cancel = engine::search::Cancel::within(search::SEARCH_BUDGET);
+        running.lock().unwrap().insert(id, cancel.clone());
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
-        let (s, answers) = (s.clone(), answers.clone());
+        let (s, answers, running) = (s.clone(), answers.clone(), running.clone());
         tokio::spawn(async move {
             let body = &frame[wire::link::HEADER..];
             let answer = match Call::from_code(code) {
-                Some(Call::Search) => search::answer(&s, body).await,
+                Some(Call::Search) => search::answer(&s, body, cancel).await,
+                Some(Call::Cancel) => unreachable!("handled above"),
                 Some(Call::Document) => match serde_json::from_slice::<DocumentRequest>(body) {
                     Ok(req) => admin::find_document(&s, req).await,
                     Err(e) => Answer::error(StatusCode::BAD_REQUEST, "body", e.to_string()),
@@ -90,11 +103,16 @@ where
                     format!("unknown call {code}"),
                 ),
             };
+            running.lock().unwrap().remove(&id);
             let frame = wire::link::frame(id, answer.status.as_u16(), &answer.body);
             // The connection may be gone: nobody waits for this answer then.
             let _ = answers.send(Bytes::from(frame));
             drop(slot);
         });
+    }
+    // Nobody reads this connection's answers any more: stop what still runs.
+    for c in running.lock().unwrap().values() {
+        c.cancel();
     }
     // The writer ends once every call in flight has queued its answer.
     drop(answers);

@@ -290,6 +290,7 @@ pub(super) fn plan(
                 facets: facet_list,
                 count,
                 rows: true,
+                cancel: None,
             }),
             None => {
                 return Err(FieldError::new(
@@ -330,6 +331,7 @@ pub(super) fn plan(
             facets: facet_list,
             count,
             rows: true,
+            cancel: None,
         }),
         (Some((query, highlight)), Some(v)) => {
             ranked_elsewhere("hybrid searches")?;
@@ -370,6 +372,7 @@ pub(super) fn plan(
                     facets: Vec::new(),
                     count: false,
                     rows: true,
+                    cancel: None,
                 },
                 engine::search::VectorQuery {
                     k: v.k,

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use engine::search::Cancel;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::time::Duration;
 use wire::shard::ShardSearchResponse;
 use wire::{BranchRanks, BranchScores, FacetBucket, Hit, TotalRelation};
 
@@ -38,14 +40,22 @@ fn highlights(h: &[(String, String)]) -> Option<BTreeMap<String, String>> {
     Some(h.iter().cloned().collect())
 }
 
+/// How long a search may scan before it stops itself: query-api gives up on a shard after
+/// its `shard_timeout_ms` (5 s by default) and no one reads a later answer.
+pub(super) const SEARCH_BUDGET: Duration = Duration::from_secs(10);
+
 /// `POST /internal/search`.
 pub(super) async fn search(State(s): State<HttpState>, body: axum::body::Bytes) -> Response {
-    answer(&s, &body).await.into_response()
+    answer(&s, &body, Cancel::within(SEARCH_BUDGET))
+        .await
+        .into_response()
 }
 
 /// Shard search: text, geo, vector, filters, hybrid (the public API is query-api's), from a
 /// `wire::shard::ShardSearchRequest` body.
-pub(super) async fn answer(s: &HttpState, body: &[u8]) -> Answer {
+/// `cancel` stops the scan (its budget passed, or the caller went away): the answer is then a
+/// 503 saying so, never a partial page.
+pub(super) async fn answer(s: &HttpState, body: &[u8], cancel: Cancel) -> Answer {
     let (index, mut req) = match wire::shard::parse_shard_search(body) {
         Ok(r) => r,
         Err(e) => return Answer::error(StatusCode::BAD_REQUEST, &e.field, e.message),
@@ -83,7 +93,7 @@ pub(super) async fn answer(s: &HttpState, body: &[u8]) -> Answer {
         count: req.track_total_hits,
     };
     let fields = &s.fields[ix.ordinal];
-    let query = match plan(&ix, fields, parts, req.limit, req.offset) {
+    let mut query = match plan(&ix, fields, parts, req.limit, req.offset) {
         Ok(q) => q,
         Err(e) => return Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &e.field, e.message),
     };
@@ -119,6 +129,10 @@ pub(super) async fn answer(s: &HttpState, body: &[u8]) -> Answer {
     let (limit, offset) = (req.limit, req.offset);
     let facet_names: Vec<String> = fields.filters.iter().map(|f| f.name.clone()).collect();
     let (lag_ms, lag_bytes) = (s.stats.lag_ms(), s.stats.lag_bytes());
+    if let Planned::Text(t) | Planned::Hybrid(t, ..) = &mut query {
+        t.cancel = Some(cancel.clone());
+    }
+    let cancelled = cancel.clone();
     let answer = run_blocking("search", move || -> tantivy::Result<ShardSearchResponse> {
         let row = |region: &str, key: &str| -> tantivy::Result<Box<RawValue>> {
             let Some(p) = view.partitions.get(&(ix.ordinal, region.to_owned())) else {
@@ -235,6 +249,14 @@ pub(super) async fn answer(s: &HttpState, body: &[u8]) -> Answer {
         })
     })
     .await;
+    if cancelled.is_cancelled() {
+        metrics::counter!(crate::metrics::SEARCHES_CANCELLED).increment(1);
+        return Answer::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "the search was stopped: its time budget passed or its caller went away",
+        );
+    }
     match answer {
         Ok(a) => Answer::json(&a),
         Err(a) => a,
