@@ -83,6 +83,9 @@ pub(crate) fn authorize(
     })
 }
 
+/// Buckets kept before full ones are forgotten.
+const MAX_BUCKETS: usize = 10_000;
+
 /// Takes a token from `bucket` (the configured rate and burst), or a 429 with `Retry-After`.
 fn take_token(s: &AppState, bucket: &str) -> Result<(), ApiError> {
     let (rate, burst) = (
@@ -91,6 +94,13 @@ fn take_token(s: &AppState, bucket: &str) -> Result<(), ApiError> {
     );
     let mut buckets = s.inner.buckets.lock().unwrap();
     let now = Instant::now();
+    // A bucket that has refilled is the same as no bucket: forget those when there are many
+    // (one per key or address ever seen would otherwise grow without bound).
+    if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(bucket) {
+        buckets.retain(|_, (tokens, last)| {
+            *tokens + now.duration_since(*last).as_secs_f64() * rate < burst
+        });
+    }
     let (tokens, last) = buckets.entry(bucket.to_owned()).or_insert((burst, now));
     *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
     *last = now;
@@ -106,4 +116,38 @@ fn take_token(s: &AppState, bucket: &str) -> Result<(), ApiError> {
     }
     *tokens -= 1.0;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn full_buckets_are_forgotten_when_there_are_many_and_spent_ones_kept() {
+        let config = Config::parse(
+            "[[shard]]\nurl = \"http://127.0.0.1:9\"\n[auth]\nopen = true\n[limits]\nrate_per_sec = 0.01\nburst = 2\n",
+        )
+        .unwrap();
+        let s = AppState::new(config, None);
+        // A spent bucket: two tokens taken, the third refused (the next comes in 100 s).
+        take_token(&s, "spender").unwrap();
+        take_token(&s, "spender").unwrap();
+        assert!(take_token(&s, "spender").is_err());
+        // Many clients last seen 1,000 s ago: their buckets have refilled.
+        let long_ago = Instant::now() - std::time::Duration::from_secs(1_000);
+        for i in 0..MAX_BUCKETS {
+            s.inner
+                .buckets
+                .lock()
+                .unwrap()
+                .insert(format!("client {i}"), (1.0, long_ago));
+        }
+        // A new client's first request forgets them, not the spent one.
+        take_token(&s, "newcomer").unwrap();
+        let mut kept: Vec<String> = s.inner.buckets.lock().unwrap().keys().cloned().collect();
+        kept.sort();
+        assert_eq!(kept, ["newcomer", "spender"]);
+        assert!(take_token(&s, "spender").is_err());
+    }
 }
