@@ -38,6 +38,20 @@ async fn send(tcp: &mut TcpStream, frame: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The shard's `indexer_searches_cancelled_total`, from its metrics (0 before the first).
+async fn searches_cancelled(shard: &str) -> Result<f64> {
+    let metrics = reqwest::get(format!("{shard}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(metrics
+        .lines()
+        .find(|l| l.starts_with("indexer_searches_cancelled_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0))
+}
+
 /// The next answer: its call id, status and JSON body.
 async fn answer(tcp: &mut TcpStream) -> Result<(u64, u16, Value)> {
     let len = tokio::time::timeout(Duration::from_secs(10), tcp.read_u32()).await??;
@@ -223,17 +237,8 @@ async fn a_cancel_call_stops_the_search_it_names() -> Result<()> {
     .await?;
     let (id, status, v) = answer(&mut tcp).await?;
     assert_eq!((id, status), (77, 200), "{v}");
-    let metrics = reqwest::get(format!("{}/metrics", ix.url))
-        .await?
-        .text()
-        .await?;
-    let counted: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("indexer_searches_cancelled_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0);
-    assert_eq!(counted, f64::from(stopped), "{metrics}");
+    let counted = searches_cancelled(&ix.url).await?;
+    assert_eq!(counted, f64::from(stopped));
 
     // query-api cancels what it stops waiting for: with a 1 ms shard timeout its searches
     // time out (partial answers), and the shard is told to stop them.
@@ -252,24 +257,10 @@ async fn a_cancel_call_stops_the_search_it_names() -> Result<()> {
             "{v}"
         );
     }
-    let cancelled = || async {
-        let metrics = reqwest::get(format!("{}/metrics", ix.url))
-            .await?
-            .text()
-            .await?;
-        Ok::<f64, anyhow::Error>(
-            metrics
-                .lines()
-                .find(|l| l.starts_with("indexer_searches_cancelled_total"))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0.0),
-        )
-    };
     e2e::eventually(
         "query-api's abandoned searches are cancelled",
         Duration::from_secs(10),
-        || async { Ok((cancelled().await? > counted).then_some(())) },
+        || async { Ok((searches_cancelled(&ix.url).await? > counted).then_some(())) },
     )
     .await?;
     ix.stop()?;

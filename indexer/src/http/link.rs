@@ -76,34 +76,42 @@ where
             tracing::warn!("shard link: a frame shorter than its header; closing");
             break;
         };
-        if Call::from_code(code) == Some(Call::Cancel) {
+        let call = Call::from_code(code);
+        if call == Some(Call::Cancel) {
             if let Some(c) = running.lock().unwrap().get(&id) {
                 c.cancel();
             }
             continue;
         }
-        let cancel = engine::search::Cancel::within(search::SEARCH_BUDGET);
-        running.lock().unwrap().insert(id, cancel.clone());
+        // Only searches scan long enough to be worth stopping.
+        let cancel = (call == Some(Call::Search)).then(|| {
+            let c = engine::search::Cancel::within(search::SEARCH_BUDGET);
+            running.lock().unwrap().insert(id, c.clone());
+            c
+        });
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
         let (s, answers, running) = (s.clone(), answers.clone(), running.clone());
         tokio::spawn(async move {
             let body = &frame[wire::link::HEADER..];
-            let answer = match Call::from_code(code) {
-                Some(Call::Search) => search::answer(&s, body, cancel).await,
-                Some(Call::Cancel) => unreachable!("handled above"),
-                Some(Call::Document) => match serde_json::from_slice::<DocumentRequest>(body) {
-                    Ok(req) => admin::find_document(&s, req).await,
-                    Err(e) => Answer::error(StatusCode::BAD_REQUEST, "body", e.to_string()),
-                },
-                None => Answer::error(
+            let answer = match (call, &cancel) {
+                (_, Some(cancel)) => search::answer(&s, body, cancel.clone()).await,
+                (Some(Call::Document), None) => {
+                    match serde_json::from_slice::<DocumentRequest>(body) {
+                        Ok(req) => admin::find_document(&s, req).await,
+                        Err(e) => Answer::error(StatusCode::BAD_REQUEST, "body", e.to_string()),
+                    }
+                }
+                _ => Answer::error(
                     StatusCode::BAD_REQUEST,
                     "call",
                     format!("unknown call {code}"),
                 ),
             };
-            running.lock().unwrap().remove(&id);
+            if cancel.is_some() {
+                running.lock().unwrap().remove(&id);
+            }
             let frame = wire::link::frame(id, answer.status.as_u16(), &answer.body);
             // The connection may be gone: nobody waits for this answer then.
             let _ = answers.send(Bytes::from(frame));
