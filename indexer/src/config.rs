@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -105,6 +107,11 @@ pub struct HttpConfig {
     /// `shard_secret`; required when `listen` is not a loopback address. Env:
     /// `INDEXER_SHARD_SECRET` (preferred: keeps it out of files).
     pub secret: Option<wire::shard::Secret>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first) and its key (PEM). Env:
+    /// `INDEXER_TLS_CERT`, `INDEXER_TLS_KEY`. Callers trust its root: query-api's
+    /// `tls.shard_ca`, `indexer verify --shard-ca`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -114,6 +121,8 @@ impl Default for HttpConfig {
             header_timeout_ms: 10_000,
             max_connections: 4_096,
             secret: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -132,6 +141,20 @@ impl HttpConfig {
             )));
         }
         Ok(())
+    }
+
+    /// The listener's TLS identity, when `tls_cert` and `tls_key` are set.
+    pub fn server_tls(&self) -> Result<Option<Arc<serve::TlsServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => tls::server_config(cert, key)
+                .map(|c| Some(Arc::new(c)))
+                .map_err(|e| Error::Config(format!("http.tls_cert/tls_key: {e}"))),
+            _ => Err(Error::Config(
+                "http.tls_cert and http.tls_key go together (INDEXER_TLS_CERT, INDEXER_TLS_KEY)"
+                    .into(),
+            )),
+        }
     }
 
     /// The listener's connection limits: no cap per address (query-api is one address).
@@ -273,6 +296,12 @@ impl Config {
                 wire::shard::Secret::try_from(secret)
                     .map_err(|e| Error::Config(format!("INDEXER_SHARD_SECRET: {e}")))?,
             );
+        }
+        if let Ok(cert) = std::env::var("INDEXER_TLS_CERT") {
+            config.http.tls_cert = Some(PathBuf::from(cert));
+        }
+        if let Ok(key) = std::env::var("INDEXER_TLS_KEY") {
+            config.http.tls_key = Some(PathBuf::from(key));
         }
         config.http.check_exposure(config.http.listen)?;
         Ok(config)

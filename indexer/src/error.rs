@@ -10,10 +10,14 @@ pub enum Error {
     /// The configuration file or its match with the database catalog is wrong.
     #[error("config: {0}")]
     Config(String),
-    #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres: {}", chain(.0))]
+    Postgres(tokio_postgres::Error),
     #[error("replication: {0}")]
-    Replication(#[from] pgwire_replication::PgWireError),
+    Replication(pgwire_replication::PgWireError),
+    /// TLS to Postgres failed in a way a retry cannot fix: the server's certificate does not
+    /// prove what `sslmode` asks, or the server does not speak TLS.
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("pgoutput: {0}")]
     Decode(#[from] crate::pgoutput::DecodeError),
     #[error("engine: {0}")]
@@ -50,6 +54,7 @@ impl Error {
         match self {
             Error::Postgres(_) | Error::Replication(_) | Error::Io(_) => true,
             Error::Config(_)
+            | Error::Tls(_)
             | Error::Decode(_)
             | Error::Engine(_)
             | Error::Sample(_)
@@ -61,6 +66,52 @@ impl Error {
             | Error::ApplierStopped(_) => false,
         }
     }
+}
+
+/// The error with its causes: tokio-postgres' own text is only "db error" or "error
+/// performing TLS handshake"; what the server or TLS said is in the source.
+fn chain(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Error {
+        let text = chain(&e);
+        if is_tls_refusal(&text) {
+            Error::Tls(text)
+        } else {
+            Error::Postgres(e)
+        }
+    }
+}
+
+impl From<pgwire_replication::PgWireError> for Error {
+    fn from(e: pgwire_replication::PgWireError) -> Error {
+        match e {
+            pgwire_replication::PgWireError::Tls(detail) if is_tls_refusal(&detail) => {
+                Error::Tls(detail)
+            }
+            other => Error::Replication(other),
+        }
+    }
+}
+
+/// A certificate refused, a server without TLS, or TLS settings that cannot work: what a
+/// reconnect would only meet again (a handshake cut by the network is retried).
+fn is_tls_refusal(message: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "does not support TLS",
+        "TLS config error",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// How a replication slot was lost.

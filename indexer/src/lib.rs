@@ -66,14 +66,25 @@ pub async fn run(
     );
     let addr = listener.local_addr()?;
     config.http.check_exposure(addr)?;
+    let tls = config.http.server_tls()?;
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the shard endpoint is reachable beyond this machine without TLS: \
+            its secret and every answer cross the network in clear (set http.tls_cert and tls_key)");
+    }
     write_addr_file(&config.storage.data_dir, &addr.to_string())?;
-    tracing::info!(%addr, "shard endpoint listening");
+    tracing::info!(%addr, tls = tls.is_some(), "shard endpoint listening");
     let mut http_shutdown = shutdown.clone();
     let limits = config.http.connection_limits();
     let server = tokio::spawn(async move {
-        serve::serve(listener, http::router(http_state), limits, async move {
-            let _ = http_shutdown.wait_for(|s| *s).await;
-        })
+        serve::serve(
+            listener,
+            http::router(http_state),
+            limits,
+            tls,
+            async move {
+                let _ = http_shutdown.wait_for(|s| *s).await;
+            },
+        )
         .await;
     });
     let poller = tokio::spawn(poll_slot(

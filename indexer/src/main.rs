@@ -57,6 +57,10 @@ enum Command {
         /// Re-reads before reporting a difference (writes may be in flight).
         #[arg(long, default_value_t = 5)]
         attempts: u32,
+        /// Root certificate (PEM) an `https` indexer URL's certificate must lead to
+        /// (default: the Mozilla roots).
+        #[arg(long, env = "INDEXER_SHARD_CA")]
+        shard_ca: Option<PathBuf>,
     },
     /// Apply the SQL migrations of a directory, in name order, each once.
     Migrate {
@@ -134,13 +138,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             common,
             indexer_url,
             attempts,
+            shard_ca,
         } => {
             let overrides = Overrides {
                 database_url: common.database_url,
                 ..Default::default()
             };
             let config = Config::load(&common.config, &overrides)?;
-            let report = indexer::verify::verify(&config, &indexer_url, attempts).await?;
+            let report =
+                indexer::verify::verify(&config, &indexer_url, shard_ca.as_deref(), attempts)
+                    .await?;
             println!("verify at {}:", report.lsn);
             for line in &report.lines {
                 println!("{line}");
@@ -189,6 +196,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = Config::load(&common.config, &overrides)?;
             let conn = indexer::pg::PgConn::from_url(&config.source.database_url)?;
             let client = conn.connect().await?;
+            println!(
+                "postgres: {} ({})",
+                indexer::pg::encryption(&client).await?,
+                conn.tls().describe()
+            );
             for ix in indexer::catalog::resolve(&client, &config).await? {
                 println!(
                     "index {}: {}.{} columns [{}]",

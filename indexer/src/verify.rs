@@ -32,7 +32,14 @@ impl Report {
     }
 }
 
-pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result<Report> {
+/// Compares the table with the index served at `indexer_url` (an `https` one is trusted
+/// when its certificate leads to `shard_ca`, or to a Mozilla root when `None`).
+pub async fn verify(
+    config: &Config,
+    indexer_url: &str,
+    shard_ca: Option<&std::path::Path>,
+    attempts: u32,
+) -> Result<Report> {
     let conn = PgConn::from_url(&config.source.database_url)?;
     let client = conn.connect().await?;
     let indexes = catalog::resolve(&client, config).await?;
@@ -47,9 +54,15 @@ pub async fn verify(config: &Config, indexer_url: &str, attempts: u32) -> Result
         v.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
-        .default_headers(headers)
+        .default_headers(headers);
+    if indexer_url.starts_with("https://") {
+        let tls = tls::client_config(tls::Verify::Full, shard_ca)
+            .map_err(|e| Error::Config(format!("--shard-ca: {e}")))?;
+        http = http.tls_backend_preconfigured(tls);
+    }
+    let http = http
         .build()
         .map_err(|e| Error::Shard(format!("http client: {e}")))?;
     let base = indexer_url.trim_end_matches('/');

@@ -129,7 +129,7 @@ mod tests {
             "[[shard]]\nurl = \"http://127.0.0.1:9\"\n[auth]\nopen = true\n[limits]\nrate_per_sec = 0.01\nburst = 2\n",
         )
         .unwrap();
-        let s = AppState::new(config, None);
+        let s = AppState::new(config, None).unwrap();
         // A spent bucket: two tokens taken, the third refused (the next comes in 100 s).
         take_token(&s, "spender").unwrap();
         take_token(&s, "spender").unwrap();

@@ -1,6 +1,9 @@
 //! query-api configuration: one TOML file, a few environment overrides. Unknown keys are
 //! errors that name the key.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -21,6 +24,24 @@ pub struct Config {
     /// `QUERY_API_SHARD_SECRET` (preferred: keeps it out of files).
     #[serde(default)]
     pub shard_secret: Option<wire::shard::Secret>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// TLS on the public listener, and the roots `https` shard URLs are checked against.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve HTTPS with this certificate chain (PEM, leaf first) and key (PEM). Env:
+    /// `QUERY_API_TLS_CERT`, `QUERY_API_TLS_KEY`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Root certificate(s) (PEM) an `https` shard's certificate must lead to; its host name
+    /// is checked too. Default: the Mozilla roots. Env: `QUERY_API_SHARD_CA`.
+    #[serde(default)]
+    pub shard_ca: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -204,6 +225,27 @@ impl Config {
         }
     }
 
+    /// The listener's TLS identity, when `tls.cert` and `tls.key` are set.
+    pub fn server_tls(&self) -> Result<Option<Arc<serve::TlsServerConfig>>, String> {
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => tls::server_config(cert, key)
+                .map(|c| Some(Arc::new(c)))
+                .map_err(|e| format!("tls.cert/tls.key: {e}")),
+            _ => Ok(None),
+        }
+    }
+
+    /// How `https` shards are reached: their certificate must lead to `tls.shard_ca` and name
+    /// their host. None when no shard URL is `https`.
+    pub fn shard_tls(&self) -> Result<Option<tls::rustls::ClientConfig>, String> {
+        if !self.shards.iter().any(|s| s.url.starts_with("https://")) {
+            return Ok(None);
+        }
+        tls::client_config(tls::Verify::Full, self.tls.shard_ca.as_deref())
+            .map(Some)
+            .map_err(|e| format!("tls.shard_ca: {e}"))
+    }
+
     pub fn parse(text: &str) -> Result<Config, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         c.check()?;
@@ -211,7 +253,8 @@ impl Config {
     }
 
     /// `QUERY_API_LISTEN`, `QUERY_API_KEYS` (`key:scope,key:scope`), `QUERY_API_SHARDS`
-    /// (`url` or `url=region|region`, comma-separated) and `QUERY_API_SHARD_SECRET` override
+    /// (`url` or `url=region|region`, comma-separated), `QUERY_API_SHARD_SECRET` and the
+    /// `tls` paths (`QUERY_API_TLS_CERT`, `QUERY_API_TLS_KEY`, `QUERY_API_SHARD_CA`) override
     /// the file.
     pub fn apply_env(&mut self) -> Result<(), String> {
         if let Ok(l) = std::env::var("QUERY_API_LISTEN") {
@@ -222,6 +265,15 @@ impl Config {
                 wire::shard::Secret::try_from(secret)
                     .map_err(|e| format!("QUERY_API_SHARD_SECRET: {e}"))?,
             );
+        }
+        for (var, slot) in [
+            ("QUERY_API_TLS_CERT", &mut self.tls.cert),
+            ("QUERY_API_TLS_KEY", &mut self.tls.key),
+            ("QUERY_API_SHARD_CA", &mut self.tls.shard_ca),
+        ] {
+            if let Ok(v) = std::env::var(var) {
+                *slot = Some(PathBuf::from(v));
+            }
         }
         if let Ok(shards) = std::env::var("QUERY_API_SHARDS") {
             self.shards = parse_shards(&shards)?;
@@ -259,8 +311,16 @@ impl Config {
         }
         for s in &self.shards {
             if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
-                return Err(format!("shard url {:?} must start with http://", s.url));
+                return Err(format!(
+                    "shard url {:?} must start with http:// or https://",
+                    s.url
+                ));
             }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(
+                "tls.cert and tls.key go together (QUERY_API_TLS_CERT, QUERY_API_TLS_KEY)".into(),
+            );
         }
         if self.auth.keys.is_empty() && !self.auth.open {
             return Err(

@@ -53,7 +53,7 @@ struct Inner {
     /// Each shard's search URL, parsed once (parsing it per request was 2% of the CPU of a
     /// text load); None when the configured URL does not parse.
     search_urls: Vec<Option<reqwest::Url>>,
-    /// Each shard's link (`wire::link`), for a plain `http` URL: searches and documents.
+    /// Each shard's link (`wire::link`): searches and documents.
     links: Vec<Option<link::Link>>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     inflight: tokio::sync::Semaphore,
@@ -67,7 +67,8 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(config: Config, prometheus: Option<PrometheusHandle>) -> AppState {
+    /// The state for `config`; an error when its shard TLS settings cannot be used.
+    pub fn new(config: Config, prometheus: Option<PrometheusHandle>) -> Result<AppState, String> {
         let l = &config.limits;
         let inflight = tokio::sync::Semaphore::new(l.max_concurrent_requests);
         let in_flight = admission::Pool::new(
@@ -103,27 +104,36 @@ impl AppState {
             v.set_sensitive(true);
             v
         });
+        let shard_tls = config.shard_tls()?;
+        let connector = shard_tls
+            .clone()
+            .map(|c| tokio_rustls::TlsConnector::from(Arc::new(c)));
         let links = search_urls
             .iter()
             .map(|u| {
                 u.as_ref()
-                    .and_then(|u| link::Link::new(u, authorization.clone()))
+                    .and_then(|u| link::Link::new(u, authorization.clone(), connector.clone()))
             })
             .collect();
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(v) = authorization {
             headers.insert(axum::http::header::AUTHORIZATION, v);
         }
-        AppState {
+        let mut http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .default_headers(headers);
+        if let Some(tls) = shard_tls {
+            http = http.tls_backend_preconfigured(tls);
+        }
+        let http = http
+            .build()
+            .map_err(|e| format!("shard http client: {e}"))?;
+        Ok(AppState {
             inner: Arc::new(Inner {
                 config,
                 search_urls,
                 links,
-                http: reqwest::Client::builder()
-                    .pool_idle_timeout(Duration::from_secs(30))
-                    .default_headers(headers)
-                    .build()
-                    .expect("http client"),
+                http,
                 buckets: Mutex::new(HashMap::new()),
                 inflight,
                 in_flight,
@@ -132,7 +142,7 @@ impl AppState {
                 readiness: Mutex::new(None),
                 prometheus,
             }),
-        }
+        })
     }
 }
 

@@ -12,10 +12,17 @@ use axum::http::{header, HeaderValue, Request, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::FramedRead;
 use wire::link::Call;
+
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// How long opening a connection (TCP and the upgrade) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,6 +33,8 @@ pub(crate) struct Link {
     authority: String,
     /// The shard secret's `Authorization` value, sent with the upgrade.
     authorization: Option<HeaderValue>,
+    /// For an `https` shard: the TLS client and the name its certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     current: Mutex<Option<Arc<Conn>>>,
     /// Held while connecting, so concurrent calls open one connection, not one each.
     connecting: tokio::sync::Mutex<()>,
@@ -78,16 +87,26 @@ impl Drop for Pending<'_> {
 }
 
 impl Link {
-    /// The link to a shard at `url`, if it is plain `http` with a host (other shards are
-    /// called over HTTP).
-    pub(crate) fn new(url: &reqwest::Url, authorization: Option<HeaderValue>) -> Option<Link> {
-        if url.scheme() != "http" {
-            return None;
-        }
-        let authority = format!("{}:{}", url.host_str()?, url.port_or_known_default()?);
+    /// The link to a shard at `url` (`http`, or `https` through `tls`), if it has a host.
+    pub(crate) fn new(
+        url: &reqwest::Url,
+        authorization: Option<HeaderValue>,
+        tls: Option<TlsConnector>,
+    ) -> Option<Link> {
+        let host = url.host_str()?;
+        let tls = match (url.scheme(), tls) {
+            ("http", _) => None,
+            ("https", Some(connector)) => {
+                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned()).ok()?;
+                Some((connector, name))
+            }
+            _ => return None,
+        };
+        let authority = format!("{host}:{}", url.port_or_known_default()?);
         Some(Link {
             authority,
             authorization,
+            tls,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         })
@@ -131,7 +150,11 @@ impl Link {
         }
         let c = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            connect(&self.authority, self.authorization.as_ref()),
+            connect(
+                &self.authority,
+                self.authorization.as_ref(),
+                self.tls.as_ref(),
+            ),
         )
         .await
         .unwrap_or_else(|_| Err("connecting timed out".into()))
@@ -145,12 +168,22 @@ impl Link {
 async fn connect(
     authority: &str,
     authorization: Option<&HeaderValue>,
+    tls: Option<&(TlsConnector, ServerName<'static>)>,
 ) -> Result<Arc<Conn>, String> {
     let tcp = TcpStream::connect(authority)
         .await
         .map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (mut sender, handshake) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some((connector, name)) => Box::new(
+            connector
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?,
+        ),
+    };
+    let (mut sender, handshake) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(async move {

@@ -69,7 +69,12 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> Result<(), String>
         .await
         .map_err(|e| format!("listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, shards = config.shards.len(), "query-api listening");
+    tracing::info!(
+        %addr,
+        shards = config.shards.len(),
+        tls = config.tls.cert.is_some(),
+        "query-api listening"
+    );
     if let Some(f) = addr_file {
         let tmp = f.with_extension("tmp");
         std::fs::write(&tmp, addr.to_string())
@@ -77,8 +82,9 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> Result<(), String>
             .map_err(|e| format!("{}: {e}", f.display()))?;
     }
     let limits = config.connection_limits();
-    let app = query_api::router(query_api::AppState::new(config, prometheus));
-    serve::serve(listener, app, limits, async {
+    let tls = config.server_tls()?;
+    let app = query_api::router(query_api::AppState::new(config, prometheus)?);
+    serve::serve(listener, app, limits, tls, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;

@@ -9,6 +9,8 @@
 //!   (whose soft value is raised to the hard one first); over the cap, accepting waits.
 //! - At most [`Limits::max_per_address`] from one client address: a connection over it is
 //!   closed at once, so one client cannot take the others' share of the cap.
+//! - With TLS ([`serve`]'s `tls`), the handshake must also finish within the header timeout;
+//!   a client that fails it is closed and logged at debug level.
 //! - On shutdown accepting stops; open connections finish the request in hand (graceful) for at
 //!   most [`DRAIN`], then the rest are dropped.
 //!
@@ -27,9 +29,13 @@ use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tower::Service;
+
+pub use tokio_rustls::rustls::ServerConfig as TlsServerConfig;
 
 /// How long open connections may take to finish after shutdown is asked.
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -49,9 +55,14 @@ pub struct Limits {
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains (see [`DRAIN`]). Handlers
 /// see the client's address as `ConnectInfo<SocketAddr>`; sockets are set `TCP_NODELAY`
-/// (answers are written whole).
-pub async fn serve<F>(listener: TcpListener, app: Router, limits: Limits, shutdown: F)
-where
+/// (answers are written whole). With `tls`, every connection speaks HTTPS.
+pub async fn serve<F>(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<Arc<TlsServerConfig>>,
+    shutdown: F,
+) where
     F: Future<Output = ()> + Send,
 {
     let cap = limits.max_connections.min(fd_budget()).max(1);
@@ -65,6 +76,7 @@ where
     let open = Arc::new(Semaphore::new(cap));
     let addresses = Arc::new(Mutex::new(HashMap::new()));
     let (stop, stopping) = watch::channel(false);
+    let tls = tls.map(TlsAcceptor::from);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -89,14 +101,14 @@ where
             tracing::debug!(%peer, "connection refused: its address is at its cap");
             continue;
         };
-        tokio::spawn(connection(
-            tcp,
+        let conn = Connection {
             peer,
-            app.clone(),
-            limits.header_timeout,
-            stopping.clone(),
-            (permit, share),
-        ));
+            app: app.clone(),
+            header_timeout: limits.header_timeout,
+            stopping: stopping.clone(),
+            held: (permit, share),
+        };
+        tokio::spawn(conn.run(tcp, tls.clone()));
     }
     drop(listener);
     let _ = stop.send(true);
@@ -113,41 +125,70 @@ where
 }
 
 /// One connection, until it ends or the drain after shutdown does. `held` is released with it.
-async fn connection(
-    tcp: TcpStream,
+struct Connection {
     peer: SocketAddr,
     app: Router,
     header_timeout: Duration,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
     held: (OwnedSemaphorePermit, AddressShare),
-) {
-    let _held = held;
-    metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
-    let _ = tcp.set_nodelay(true);
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let mut app = app.clone();
-        async move { app.call(req.map(axum::body::Body::new)).await }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+}
+
+impl Connection {
+    async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
+        let _ = tcp.set_nodelay(true);
+        match tls {
+            None => self.http(tcp).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.header_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => self.http(stream).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                    }
+                }
             }
         }
-        _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.as_mut().await;
-        }
     }
-    metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+
+    async fn http<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            peer,
+            app,
+            header_timeout,
+            mut stopping,
+            held: _held,
+        } = self;
+        metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let mut app = app.clone();
+            async move { app.call(req.map(axum::body::Body::new)).await }
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+            _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
+            }
+        }
+        metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+    }
 }
 
 /// One connection's share of its address's cap, returned when dropped.
@@ -215,6 +256,13 @@ mod tests {
     };
 
     async fn start(limits: Limits) -> (SocketAddr, watch::Sender<bool>) {
+        start_tls(limits, None).await
+    }
+
+    async fn start_tls(
+        limits: Limits,
+        tls: Option<Arc<TlsServerConfig>>,
+    ) -> (SocketAddr, watch::Sender<bool>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new().route(
@@ -222,7 +270,7 @@ mod tests {
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }),
         );
         let (tx, mut rx) = watch::channel(false);
-        tokio::spawn(serve(listener, app, limits, async move {
+        tokio::spawn(serve(listener, app, limits, tls, async move {
             let _ = rx.wait_for(|s| *s).await;
         }));
         (addr, tx)
@@ -303,6 +351,60 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut again = TcpStream::connect(addr).await.unwrap();
         assert_eq!(get_root(&mut again).await, "127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn over_tls_a_handshake_is_served_and_a_silent_client_is_closed_in_time() {
+        let ca = tls::test_certs::TestCa::new("test CA");
+        let issued = ca.issue(&["localhost"]);
+        let dir = std::env::temp_dir().join(format!("serve-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let (cert, key, root) = (
+            file("cert.pem", &issued.cert_pem),
+            file("key.pem", &issued.key_pem),
+            file("ca.pem", &ca.pem()),
+        );
+        let server = Arc::new(tls::server_config(&cert, &key).unwrap());
+        let client = tls::client_config(tls::Verify::Full, Some(&root)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (addr, _stop) = start_tls(LIMITS, Some(server)).await;
+
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut s = connector.connect(name, tcp).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("127.0.0.1"),
+            "{text}"
+        );
+
+        // A client that opens TCP and never starts the handshake is closed after the timeout.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let d = closed_after(&mut silent).await;
+        assert!(
+            d >= Duration::from_millis(250) && d < Duration::from_secs(2),
+            "{d:?}"
+        );
+        // Plain HTTP on the TLS port gets no HTTP answer.
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0; 4096];
+        let n = plain.read(&mut buf).await.unwrap_or(0);
+        assert!(!String::from_utf8_lossy(&buf[..n]).contains("200"));
     }
 
     #[tokio::test]

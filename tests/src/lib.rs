@@ -269,6 +269,38 @@ impl PgServer {
         Ok(client)
     }
 
+    /// Turns TLS on with this certificate and key (PEM), and lets every role but `postgres`
+    /// (the harness's own, still plain) connect only over TLS; restarts the server.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        let data = self.data();
+        let write = |name: &str, text: &str, mode: &str| -> Result<()> {
+            let path = data.join(name);
+            std::fs::write(&path, text)?;
+            run(Command::new("chmod").args([mode, path.to_str().unwrap()]))?;
+            if self.as_postgres {
+                run(Command::new("chown").args(["postgres:postgres", path.to_str().unwrap()]))?;
+            }
+            Ok(())
+        };
+        write("server.crt", cert_pem, "644")?;
+        write("server.key", key_pem, "600")?;
+        let conf = std::fs::read_to_string(data.join("postgresql.auto.conf"))?;
+        write(
+            "postgresql.auto.conf",
+            &format!("{conf}ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"),
+            "600",
+        )?;
+        write(
+            "pg_hba.conf",
+            "host    all          postgres  127.0.0.1/32  trust\n\
+             host    replication  postgres  127.0.0.1/32  trust\n\
+             hostssl all          all       127.0.0.1/32  trust\n\
+             hostssl replication  all       127.0.0.1/32  trust\n",
+            "600",
+        )?;
+        self.restart()
+    }
+
     /// A new, empty database; returns its name.
     pub async fn fresh_db(&self) -> Result<String> {
         let name = unique("t");
@@ -458,7 +490,7 @@ impl QueryApi {
         };
         let child = api.child.as_mut().expect("just spawned");
         let addr = wait_addr_file("query-api", child, &api.log, &addr_file, 30).await?;
-        api.url = format!("http://{addr}");
+        api.url = service_url(&addr, env, "QUERY_API_TLS_CERT");
         Ok(api)
     }
 
@@ -521,6 +553,18 @@ async fn wait_addr_file(
     }
 }
 
+/// The URL of a service listening on `addr`: `https://localhost:<port>` when `env` gives it a
+/// certificate in `cert_var` (tests issue it for `localhost`), else `http://<addr>`.
+fn service_url(addr: &str, env: &[(&str, String)], cert_var: &str) -> String {
+    match env.iter().any(|(k, _)| *k == cert_var) {
+        true => format!(
+            "https://localhost:{}",
+            addr.rsplit(':').next().unwrap_or("")
+        ),
+        false => format!("http://{addr}"),
+    }
+}
+
 /// The real indexer as a child process.
 pub struct Indexer {
     child: Option<Child>,
@@ -554,7 +598,7 @@ impl Indexer {
         let addr_file = data_dir.join(indexer::ADDR_FILE);
         let child = ix.child.as_mut().expect("just spawned");
         let addr = wait_addr_file("indexer", child, &ix.log, &addr_file, 60).await?;
-        ix.url = format!("http://{addr}");
+        ix.url = service_url(&addr, env, "INDEXER_TLS_CERT");
         Ok(ix)
     }
 
@@ -594,16 +638,23 @@ impl Indexer {
                 format!("Bearer {secret}").try_into()?,
             );
         }
+        let mut http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .default_headers(headers);
+        // Over TLS, the harness trusts the root that `verify` would (INDEXER_SHARD_CA).
+        if let Some((_, ca)) = env.iter().find(|(k, _)| *k == "INDEXER_SHARD_CA") {
+            http = http.tls_backend_preconfigured(tls::client_config(
+                tls::Verify::Full,
+                Some(Path::new(ca)),
+            )?);
+        }
         Ok(Indexer {
             child: Some(child),
             config: config.to_owned(),
             data_dir: data_dir.to_owned(),
             log,
             url: String::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .default_headers(headers)
-                .build()?,
+            http: http.build()?,
         })
     }
 

@@ -128,7 +128,7 @@ filter_fields = ["population"]
         indexer: &Indexer,
     ) -> Result<indexer::verify::Report> {
         let cfg = indexer::config::Config::load(config, &Default::default())?;
-        Ok(indexer::verify::verify(&cfg, &indexer.url, 5).await?)
+        Ok(indexer::verify::verify(&cfg, &indexer.url, None, 5).await?)
     }
 
     pub async fn assert_equal(

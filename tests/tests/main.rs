@@ -13,5 +13,6 @@ mod link;
 mod resilience;
 mod shards;
 mod text;
+mod tls;
 mod vector;
 mod verify_cmd;

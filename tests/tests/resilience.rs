@@ -136,7 +136,7 @@ async fn reconnects_after_postgres_restart() -> Result<()> {
     let status = ix.status().await?;
     assert!(status["reconnects"].as_u64().unwrap() >= 1, "{status}");
     let cfg = indexer::config::Config::load(&config, &Default::default())?;
-    let report = indexer::verify::verify(&cfg, &ix.url, 5).await?;
+    let report = indexer::verify::verify(&cfg, &ix.url, None, 5).await?;
     assert!(report.equal(), "{:?}", report.differences);
     ix.stop()?;
     Ok(())
