@@ -380,11 +380,16 @@ fn statistics<'a>(
     parts: &[(&str, &'a crate::shard::PartitionView)],
     query: &TextQuery,
 ) -> (Statistics<'a>, QueryTerms) {
+    // Each term once: a word the query repeats ("place 42 OR place 3") would otherwise be
+    // counted twice per fresh document, and a document frequency above the document count
+    // makes tantivy's idf panic.
+    let mut seen = std::collections::HashSet::new();
     let terms: QueryTerms = match parts.first() {
         None => Vec::new(),
         Some((_, p)) => query
             .terms()
             .into_iter()
+            .filter(|term| seen.insert(term.clone()))
             .filter_map(|term| {
                 let field = p.fields.text.iter().position(|t| t.field == term.field())?;
                 let text = term.value().as_str()?.to_owned();

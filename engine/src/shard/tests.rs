@@ -514,6 +514,34 @@ mod text_answers {
     }
 
     #[test]
+    fn a_word_repeated_in_the_query_is_counted_once_over_fresh_documents() {
+        // Every document fresh and holding "paris": a repeated word once counted twice per
+        // fresh document, a document frequency above the document count (tantivy panicked).
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shard, view) = Shard::open_unobserved(dir.path(), vec![index()], 10_000).unwrap();
+        shard
+            .apply(&Transaction::at(
+                10,
+                vec![
+                    row(1, "eu", "Paris", "Paris again"),
+                    row(2, "eu", "Paris", "Paris, Texas"),
+                ],
+            ))
+            .unwrap();
+        shard.make_searchable(Lsn(10));
+        let v = view.load().unwrap();
+        let hits = find(&v, "paris texas OR paris", Operator::And);
+        assert_eq!(hits.len(), 2, "{hits:?}");
+        shard.commit().unwrap();
+        shard
+            .apply(&Transaction::at(20, vec![row(3, "eu", "Paris", "Paris")]))
+            .unwrap();
+        shard.make_searchable(Lsn(20));
+        let v = view.load().unwrap();
+        assert_eq!(find(&v, "paris paris name:paris", Operator::And).len(), 3);
+    }
+
+    #[test]
     fn fresh_and_committed_documents_rank_alike_and_shadow_correctly() {
         let dir = tempfile::tempdir().unwrap();
         let (mut shard, view) = Shard::open_unobserved(dir.path(), vec![index()], 10_000).unwrap();
