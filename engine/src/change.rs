@@ -2,7 +2,11 @@
 //! aligned to an index's configured columns), and the change events a reader of the feed sees
 //! once they are searchable.
 
+use std::sync::Arc;
+
 use wire::Lsn;
+
+use crate::filter::FilterValue;
 
 /// One column value in a change: pgoutput may say a TOASTed value is unchanged.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,8 +79,13 @@ pub struct ChangeEvent {
     /// None for TRUNCATE.
     pub key: Option<String>,
     pub op: Op,
-    /// Where the document now lives (upsert); None for deletes and TRUNCATE.
+    /// Where the document now lives (upsert), or lived (delete); None for TRUNCATE, and for
+    /// a delete whose document was not found (or came in a large transaction).
     pub region: Option<String>,
+    /// The document's filter values (`ResolvedIndex::filters` order) as the change left it
+    /// (upsert) or found it (delete), so a scoped reader sees only changes within its
+    /// filter; None when unknown (as `region`) or the index has no filter fields.
+    pub filters: Option<Arc<[Option<FilterValue>]>>,
 }
 
 impl ChangeEvent {

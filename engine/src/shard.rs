@@ -20,6 +20,7 @@ use tantivy::Searcher;
 use crate::change::{Cell, Change, ChangeEvent, Op, Transaction};
 use crate::document::{map, row_key, Document, MapLimits, Mapped, Rejection, Row};
 use crate::error::Result;
+use crate::filter::FilterValue;
 use crate::partition::{CommitItem, Derived, Fields, FreshLayer, Partition};
 use crate::schema::ResolvedIndex;
 use wire::Lsn;
@@ -411,7 +412,7 @@ impl Shard {
                     }
                 }
                 Change::Truncate { index } => {
-                    self.event(*index, None, Op::Truncate, None);
+                    self.event(*index, None, Op::Truncate, None, None);
                     if self.large.is_some() {
                         self.large_truncate(*index)?;
                         continue;
@@ -427,7 +428,14 @@ impl Shard {
         Ok(())
     }
 
-    fn event(&mut self, index: usize, key: Option<&str>, op: Op, region: Option<&str>) {
+    fn event(
+        &mut self,
+        index: usize,
+        key: Option<&str>,
+        op: Op,
+        region: Option<&str>,
+        filters: Option<&[Option<FilterValue>]>,
+    ) {
         let (lsn, n) = self.event_at;
         let event = ChangeEvent {
             lsn,
@@ -436,6 +444,7 @@ impl Shard {
             key: key.map(str::to_owned),
             op,
             region: region.map(str::to_owned),
+            filters: filters.filter(|f| !f.is_empty()).map(Arc::from),
         };
         match &mut self.large {
             Some(large) => large.keep_event(event),
@@ -553,22 +562,49 @@ impl Shard {
     ) -> Result<()> {
         if let Some(d) = doc {
             self.partition(index, &d.region)?;
-        }
-        match doc {
-            Some(d) => self.event(index, Some(key), Op::Upsert, Some(&d.region.clone())),
-            None => self.event(index, Some(key), Op::Delete, None),
+            self.event(
+                index,
+                Some(key),
+                Op::Upsert,
+                Some(&d.region),
+                Some(&d.filters),
+            );
         }
         if self.large.is_some() {
+            if doc.is_none() {
+                self.event(index, Some(key), Op::Delete, None, None);
+            }
             self.large_set(index, key, doc.cloned());
             return Ok(());
         }
+        // A delete's event says where the document was and what its filter values were.
+        let mut deleted: Option<(String, Vec<Option<FilterValue>>)> = None;
         for p in self.partitions.values_mut() {
             if p.index != index || lsn <= p.checkpoint() {
                 continue;
             }
             let want = doc.filter(|d| d.region == p.region);
             if want.is_some() || p.contains(key)? {
+                if doc.is_none() && deleted.is_none() {
+                    let old = p.get(key)?.and_then(|row| {
+                        match crate::document::map(&self.indexes[index], row, &self.limits) {
+                            Mapped::Doc(d, _) => Some(d.filters),
+                            Mapped::Skip(_) => None,
+                        }
+                    });
+                    deleted = Some((p.region.clone(), old.unwrap_or_default()));
+                }
                 p.set(key, want, lsn);
+            }
+        }
+        if doc.is_none() {
+            match &deleted {
+                Some((region, filters)) => {
+                    let filters = (!filters.is_empty() || self.indexes[index].filters.is_empty())
+                        .then_some(filters.as_slice());
+                    self.event(index, Some(key), Op::Delete, Some(region), filters);
+                }
+                None => self.event(index, Some(key), Op::Delete, None, None),
             }
         }
         Ok(())

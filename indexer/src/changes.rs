@@ -141,6 +141,7 @@ mod tests {
             key: Some(key.into()),
             op: Op::Upsert,
             region: Some("eu".into()),
+            filters: None,
         }
     }
 

@@ -63,6 +63,7 @@ pub async fn run(
         config.source.slot.clone(),
         config.http.secret.clone(),
         prometheus,
+        conn.clone(),
     );
     let addr = listener.local_addr()?;
     config.http.check_exposure(addr)?;

@@ -11,12 +11,15 @@ use subtle::ConstantTimeEq;
 
 use crate::admission::Admitted;
 use crate::config::Scope;
+use crate::scope::Restriction;
 use crate::{ApiError, AppState};
 
 /// An authorized caller: who it is (its key, or its address when the API is open) and its
 /// share of the requests in flight, held until dropped.
 pub(crate) struct Caller {
     pub id: String,
+    /// What its key may read (tenant-scoped keys; none for the others).
+    pub restriction: Restriction,
     _in_flight: Admitted,
 }
 
@@ -38,6 +41,7 @@ pub(crate) fn authorize(
     let address = peer.map(|p| p.ip().to_string()).unwrap_or_default();
     // A refused key still costs its address a token: guessing keys is rate limited too.
     let refuse = |e: ApiError| take_token(s, &format!("unauthenticated {address}")).and(Err(e));
+    let mut restriction = Restriction::default();
     let bucket = if cfg.auth.keys.is_empty() {
         address.clone()
     } else {
@@ -49,10 +53,10 @@ pub(crate) fn authorize(
                 "an API key is required (Authorization: Bearer <key>, or X-API-Key)",
             ));
         };
-        let mut found: Option<Scope> = None;
+        let mut found: Option<&crate::config::ApiKey> = None;
         for k in &cfg.auth.keys {
             if bool::from(k.key.as_bytes().ct_eq(presented.as_bytes())) {
-                found = Some(k.scope);
+                found = Some(k);
             }
         }
         match found {
@@ -64,7 +68,7 @@ pub(crate) fn authorize(
                     "unknown API key",
                 ))
             }
-            Some(Scope::Read) if need == Scope::Admin => {
+            Some(k) if k.scope == Scope::Read && need == Scope::Admin => {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "forbidden",
@@ -72,13 +76,17 @@ pub(crate) fn authorize(
                     "this key has read scope; the route needs admin",
                 ))
             }
-            Some(_) => presented.to_owned(),
+            Some(k) => {
+                restriction = k.restriction();
+                presented.to_owned()
+            }
         }
     };
     take_token(s, &bucket)?;
     let in_flight = s.inner.in_flight.admit(&bucket)?;
     Ok(Caller {
         id: bucket,
+        restriction,
         _in_flight: in_flight,
     })
 }

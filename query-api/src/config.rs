@@ -73,6 +73,28 @@ pub struct AuthConfig {
 pub struct ApiKey {
     pub key: String,
     pub scope: Scope,
+    /// A tenant's key (read scope only): the indexes it may read, the regions, and a filter
+    /// every search, document read and change-feed event must pass (public filter syntax).
+    #[serde(default)]
+    pub indexes: Option<Vec<String>>,
+    #[serde(default)]
+    pub regions: Option<Vec<String>>,
+    #[serde(default)]
+    pub filter: Option<serde_json::Value>,
+}
+
+impl ApiKey {
+    pub(crate) fn restriction(&self) -> crate::scope::Restriction {
+        crate::scope::Restriction {
+            indexes: self.indexes.clone(),
+            regions: self.regions.clone(),
+            filter: self.filter.clone(),
+        }
+    }
+
+    fn is_restricted(&self) -> bool {
+        self.indexes.is_some() || self.regions.is_some() || self.filter.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -298,6 +320,9 @@ impl Config {
                     Ok(ApiKey {
                         key: key.to_owned(),
                         scope,
+                        indexes: None,
+                        regions: None,
+                        filter: None,
                     })
                 })
                 .collect::<Result<_, String>>()?;
@@ -330,6 +355,25 @@ impl Config {
         }
         if self.auth.keys.iter().any(|k| k.key.len() < 16) {
             return Err("API keys must be at least 16 characters".into());
+        }
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            if k.is_restricted() && k.scope != Scope::Read {
+                return Err(format!(
+                    "auth.keys[{i}]: indexes, regions and filter restrict read keys only"
+                ));
+            }
+            if k.indexes.as_ref().is_some_and(Vec::is_empty)
+                || k.regions.as_ref().is_some_and(Vec::is_empty)
+            {
+                return Err(format!(
+                    "auth.keys[{i}]: an empty indexes or regions list would allow nothing; leave it out to allow all"
+                ));
+            }
+            if k.filter.as_ref().is_some_and(|f| !f.is_object()) {
+                return Err(format!(
+                    "auth.keys[{i}].filter: a filter object, e.g. {{ term = {{ tenant_id = 42 }} }}"
+                ));
+            }
         }
         let l = &self.limits;
         for (name, v) in [

@@ -19,6 +19,7 @@ mod link;
 mod merge;
 mod openapi;
 mod routes;
+mod scope;
 mod shards;
 
 use std::collections::HashMap;

@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use wire::link::Call;
 use wire::shard::{
-    path, DocumentRequest, DocumentResponse, ShardError, ShardSearchRequest, ShardSearchResponse,
-    ShardStatus, WaitResponse,
+    path, DocumentRequest, DocumentResponse, ReadScope, ShardError, ShardSearchRequest,
+    ShardSearchResponse, ShardStatus, WaitResponse,
 };
 use wire::{Lsn, MissingShard, SearchRequest};
 
@@ -198,17 +198,24 @@ impl AppState {
         shard: usize,
         index: &str,
         key: &str,
+        scope: &ReadScope,
     ) -> Result<DocumentResponse, CallError> {
         let deadline = Duration::from_secs(5);
         if let Some(link) = &self.inner.links[shard] {
             let body = serde_json::to_vec(&DocumentRequest {
                 index: index.to_owned(),
                 key: key.to_owned(),
+                scope_regions: scope.scope_regions.clone(),
+                scope_filter: scope.scope_filter.clone(),
             })
             .expect("requests serialize");
             return self.link_call(link, Call::Document, &body, deadline).await;
         }
-        let url = format!("{}{}", self.shard_url(shard), path::document(index, key));
+        let url = format!(
+            "{}{}",
+            self.shard_url(shard),
+            path::document(index, key, scope)
+        );
         let req = self.inner.http.get(url);
         self.call(req, deadline, &[]).await
     }
@@ -219,8 +226,13 @@ impl AppState {
         shard: usize,
         index: &str,
         since: Option<&str>,
+        scope: &ReadScope,
     ) -> Result<reqwest::Response, CallError> {
-        let url = format!("{}{}", self.shard_url(shard), path::changes(index, since));
+        let url = format!(
+            "{}{}",
+            self.shard_url(shard),
+            path::changes(index, since, scope)
+        );
         let open = async {
             let resp = self
                 .inner

@@ -6,6 +6,7 @@
 //! Long (~740 lines): the one harness every test and the demo share (Postgres server, the two
 //! services as child processes, waits), kept in one place so no test copies it.
 
+pub mod browser;
 pub mod compose;
 pub mod dev_data;
 

@@ -132,28 +132,10 @@ async fn the_demo_comes_up_and_every_printed_example_answers() -> Result<()> {
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .context("the API address")?;
-    let repo = e2e::compose::repo();
-    let shot = repo.join("target/screenshots/search-page.png");
+    let shot = e2e::compose::repo().join("target/screenshots/search-page.png");
     std::fs::create_dir_all(shot.parent().unwrap())?;
     let _ = std::fs::remove_file(&shot);
-    let playwright = repo.join("target/tools/browser/node_modules/playwright-core");
-    assert!(
-        playwright.exists(),
-        "{} is missing: run scripts/ensure-browser (scripts/test does)",
-        playwright.display()
-    );
-    let out = tokio::process::Command::new("node")
-        .arg(repo.join("tests/browser/search_page.cjs"))
-        .args([api, shot.to_str().unwrap()])
-        .env("PLAYWRIGHT_CORE", &playwright)
-        .output()
-        .await?;
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "browser test failed:\n{report}");
+    let report = e2e::browser::run("search_page.cjs", &[api, shot.to_str().unwrap()]).await?;
     assert!(
         report.contains("live rows found through the page"),
         "{report}"

@@ -23,6 +23,88 @@ async fn served(rows: i64) -> Result<(Fixture, e2e::Indexer, QueryApi, Client)> 
     Ok((f, ix, api, c))
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_feed_from_beyond_the_servers_wal_is_refused_and_a_fresh_commit_is_not(
+) -> Result<()> {
+    let (f, _ix, _api, c) = served(5).await?;
+    let open = |since: String| {
+        let c = &c;
+        async move {
+            let resp = c
+                .http
+                .get(format!(
+                    "{}/v1/indexes/places/changes?since_lsn={since}",
+                    c.base
+                ))
+                .header("x-api-key", READ)
+                .send()
+                .await?;
+            let status = resp.status();
+            let body = match status {
+                StatusCode::OK => Value::Null, // a stream: not read
+                _ => resp.json().await?,
+            };
+            anyhow::Ok((status, body))
+        }
+    };
+    let t = Instant::now();
+    let (st, v) = open("FFFFFFFF/FFFFFFFF".into()).await?;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["field"], "since_lsn", "{v}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Each of a burst is answered within about a second (Postgres is asked once a second).
+    let t = Instant::now();
+    let burst =
+        futures_util::future::join_all((0..20).map(|i| open(format!("FFFFFFFF/{i:X}")))).await;
+    for r in burst {
+        assert_eq!(r?.0, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // A client's own commit, followed at once (the shard may not have applied it yet): 200.
+    for id in 100..105i64 {
+        f.client
+            .execute(
+                "INSERT INTO places (id, region, name) VALUES ($1, 'asia', 'x')",
+                &[&id],
+            )
+            .await?;
+        let (st, v) = open(f.lsn().await?).await?;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_page_works_with_keys_without_putting_one_in_a_url() -> Result<()> {
+    let (f, _ix, api, _c) = served(30).await?;
+    // A writer for the page's change stream to follow, until the page is done.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (writing, pg, db) = (writing.clone(), f.pg, f.db.clone());
+        tokio::spawn(async move {
+            let client = pg.connect(&db).await?;
+            let mut id: i64 = 1_000;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                id += 1;
+                client
+                    .execute(
+                        "INSERT INTO places (id, region, name) VALUES ($1, 'europe', 'written')",
+                        &[&id],
+                    )
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let report = e2e::browser::run("keyed_page.cjs", &[&api.url, READ]).await;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await??;
+    let report = report?;
+    assert!(report.contains("badge: live"), "{report}");
+    Ok(())
+}
+
 /// Open file descriptors of a process.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -11,6 +11,7 @@ mod geo;
 mod large_tx;
 mod link;
 mod resilience;
+mod scoped;
 mod shards;
 mod text;
 mod tls;

@@ -43,22 +43,56 @@ pub mod path {
         format!("/internal/dump?{}", query(&[("index", index)]))
     }
 
-    pub fn document(index: &str, key: &str) -> String {
+    /// The scope's parameters, as pairs beside the others.
+    fn scoped<'a>(mut pairs: Vec<(&'a str, &'a str)>, scope: &'a super::ReadScope) -> String {
+        if let Some(r) = &scope.scope_regions {
+            pairs.push(("scope_regions", r));
+        }
+        if let Some(f) = &scope.scope_filter {
+            pairs.push(("scope_filter", f));
+        }
+        query(&pairs)
+    }
+
+    pub fn document(index: &str, key: &str, scope: &super::ReadScope) -> String {
         format!(
             "/internal/document?{}",
-            query(&[("index", index), ("key", key)])
+            scoped(vec![("index", index), ("key", key)], scope)
         )
     }
 
     /// The feed of `index`, after `since` (a position `LSN:n`, or an LSN) when given.
-    pub fn changes(index: &str, since: Option<&str>) -> String {
-        match since {
-            Some(s) => format!(
-                "/internal/changes?{}",
-                query(&[("index", index), ("since", s)])
-            ),
-            None => format!("/internal/changes?{}", query(&[("index", index)])),
+    pub fn changes(index: &str, since: Option<&str>, scope: &super::ReadScope) -> String {
+        let mut pairs = vec![("index", index)];
+        if let Some(s) = since {
+            pairs.push(("since", s));
         }
+        format!("/internal/changes?{}", scoped(pairs, scope))
+    }
+}
+
+/// What a caller with a scoped key may read, carried with its document reads and change
+/// feeds (its searches carry it inside the request: regions and an AND-ed filter). Both as
+/// text, so they travel as query values too: regions comma-separated (region names have no
+/// commas), the filter as JSON in the public filter syntax. None: no restriction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadScope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_regions: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_filter: Option<String>,
+}
+
+impl ReadScope {
+    pub fn is_open(&self) -> bool {
+        self.scope_regions.is_none() && self.scope_filter.is_none()
+    }
+
+    /// The regions allowed, when restricted.
+    pub fn regions(&self) -> Option<Vec<&str>> {
+        self.scope_regions
+            .as_deref()
+            .map(|r| r.split(',').filter(|r| !r.is_empty()).collect())
     }
 }
 
@@ -185,6 +219,20 @@ impl ShardError {
 pub struct DocumentRequest {
     pub index: String,
     pub key: String,
+    /// A scoped caller's restriction: a document outside it is not found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_regions: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_filter: Option<String>,
+}
+
+impl DocumentRequest {
+    pub fn scope(&self) -> ReadScope {
+        ReadScope {
+            scope_regions: self.scope_regions.clone(),
+            scope_filter: self.scope_filter.clone(),
+        }
+    }
 }
 
 /// `GET /internal/document?index=…&key=…`: one document's stored fields.
@@ -212,7 +260,7 @@ pub struct ChangeData {
     pub key: Option<String>,
     /// `upsert`, `delete` or `truncate`.
     pub op: String,
-    /// Where the document now lives (upsert).
+    /// Where the document now lives (upsert) or lived (delete; None when that is unknown).
     pub region: Option<String>,
     pub lsn: Lsn,
 }
@@ -328,12 +376,20 @@ mod tests {
     #[test]
     fn names_and_keys_are_query_values_only() {
         assert_eq!(
-            path::document("places", "../../status?x=1&y=2#z"),
+            path::document("places", "../../status?x=1&y=2#z", &ReadScope::default()),
             "/internal/document?index=places&key=..%2F..%2Fstatus%3Fx%3D1%26y%3D2%23z"
+        );
+        let scope = ReadScope {
+            scope_regions: Some("eu,asia".into()),
+            scope_filter: Some(r#"{"term":{"t":"a&b"}}"#.into()),
+        };
+        assert_eq!(
+            path::document("p", "1", &scope),
+            "/internal/document?index=p&key=1&scope_regions=eu%2Casia&scope_filter=%7B%22term%22%3A%7B%22t%22%3A%22a%26b%22%7D%7D"
         );
         assert_eq!(path::dump("café"), "/internal/dump?index=caf%C3%A9");
         assert_eq!(
-            path::changes("p", Some("0/1:2")),
+            path::changes("p", Some("0/1:2"), &ReadScope::default()),
             "/internal/changes?index=p&since=0%2F1%3A2"
         );
     }

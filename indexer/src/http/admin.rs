@@ -1,6 +1,7 @@
 //! Operations on the shard endpoint: status, Prometheus metrics, wait-for-LSN, one document
 //! by key, and the per-key dump `verify` compares with the table.
 
+use super::scope::Scope;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -248,20 +249,28 @@ pub(super) async fn document(State(s): State<HttpState>, p: Params<DocumentReque
 
 /// One document by key, from whichever region holds it: its stored fields and region.
 pub(super) async fn find_document(s: &HttpState, req: DocumentRequest) -> Answer {
-    let DocumentRequest { index, key } = req;
-    let ix = match s.index(&index) {
+    let ix = match s.index(&req.index) {
         Ok(ix) => ix.clone(),
         Err(r) => return r.into(),
     };
+    let scope = match Scope::parse(&req.scope(), &s.fields[ix.ordinal]) {
+        Ok(scope) => scope,
+        Err((field, message)) => {
+            return Answer::error(StatusCode::UNPROCESSABLE_ENTITY, &field, message)
+        }
+    };
+    let key = req.key;
     let Some((view, applied_lsn)) = s.view() else {
         return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
     };
     let found = run_blocking("document lookup", move || {
         for ((i, region), p) in &view.partitions {
-            if *i != ix.ordinal {
+            if *i != ix.ordinal || !scope.allows_region(region) {
                 continue;
             }
-            if let Some(row) = engine::search::row_of(p, &key)? {
+            // Outside a scoped caller's filter, the document is not found.
+            if let Some(row) = engine::search::row_of(p, &key)?.filter(|r| scope.allows_row(&ix, r))
+            {
                 return Ok(Some(DocumentResponse {
                     key,
                     region: region.clone(),

@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 use wire::shard::{ChangeData, ShardError};
 
+use super::scope::Scope;
 use super::{error, params, HttpState, Params};
 
 #[derive(Deserialize)]
@@ -14,6 +15,9 @@ use super::{error, params, HttpState, Params};
 pub(super) struct ChangesParams {
     index: String,
     since: Option<String>,
+    /// A scoped caller's restriction (`wire::shard::ReadScope`): only changes within it.
+    scope_regions: Option<String>,
+    scope_filter: Option<String>,
 }
 
 /// The change feed of one index as server-sent events: `id` is the change's position
@@ -48,7 +52,25 @@ pub(super) async fn changes(
             Err(e) => return error(StatusCode::BAD_REQUEST, "since", e),
         },
     };
+    // From beyond the server's WAL the feed would stay silent: say so instead.
+    if after.0 > s.stats.applied() {
+        if let Some(current) = s.wal.beyond(after.0).await {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "since",
+                format!("{} is beyond the server's WAL position {current}", after.0),
+            );
+        }
+    }
     let ordinal = ix.ordinal;
+    let scope = wire::shard::ReadScope {
+        scope_regions: params.scope_regions,
+        scope_filter: params.scope_filter,
+    };
+    let scope = match Scope::parse(&scope, &s.fields[ordinal]) {
+        Ok(scope) => std::sync::Arc::new(scope),
+        Err((field, message)) => return error(StatusCode::UNPROCESSABLE_ENTITY, &field, message),
+    };
     if let Err(gone) = s.stats.changes.read_after(after, ordinal, 0) {
         let mut body = ShardError::new(
             "since",
@@ -79,12 +101,17 @@ pub(super) async fn changes(
     let stream =
         futures_util::stream::unfold((after, rx, stats), move |(mut pos, mut rx, stats)| {
             let to_event = to_event.clone();
+            let scope = scope.clone();
             async move {
                 loop {
                     match stats.changes.read_after(pos, ordinal, 512) {
                         Ok(events) if !events.is_empty() => {
                             pos = events.last().expect("non-empty").position();
-                            let items: Vec<_> = events.iter().map(&to_event).collect();
+                            let items: Vec<_> = events
+                                .iter()
+                                .filter(|e| scope.is_open() || scope.allows_event(e))
+                                .map(&to_event)
+                                .collect();
                             return Some((futures_util::stream::iter(items), (pos, rx, stats)));
                         }
                         Ok(_) => {

@@ -9,7 +9,9 @@ mod admin;
 mod feed;
 mod link;
 mod plan;
+mod scope;
 mod search;
+mod wal;
 
 use std::sync::Arc;
 
@@ -36,6 +38,8 @@ pub struct HttpState {
     /// What callers must present, when set (`wire::shard::Secret`).
     secret: Option<Arc<wire::shard::Secret>>,
     prometheus: Option<PrometheusHandle>,
+    /// The server's WAL position, for feeds asked from beyond it.
+    wal: Arc<wal::WalClock>,
 }
 
 impl HttpState {
@@ -46,6 +50,7 @@ impl HttpState {
         slot: String,
         secret: Option<wire::shard::Secret>,
         prometheus: Option<PrometheusHandle>,
+        conn: crate::pg::PgConn,
     ) -> HttpState {
         let fields = indexes.iter().map(|ix| Fields::schema(ix).1).collect();
         HttpState {
@@ -56,6 +61,7 @@ impl HttpState {
             slot,
             secret: secret.map(Arc::new),
             prometheus,
+            wal: Arc::new(wal::WalClock::new(conn)),
         }
     }
 

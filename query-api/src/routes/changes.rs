@@ -67,6 +67,8 @@ pub(crate) async fn changes(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
+    caller.restriction.check_index(&index)?;
+    let scope = caller.restriction.read_scope();
     // The stream holds a share of the streams' pool for as long as it is open.
     let streaming = s.inner.streams.admit(&caller.id)?;
     let n = s.inner.config.shards.len();
@@ -86,7 +88,10 @@ pub(crate) async fn changes(
     // Open every shard's feed first, so errors (unknown index, too old) are answered plainly.
     let mut bodies = Vec::new();
     for (i, position) in positions.iter().enumerate() {
-        match s.shard_changes(i, &index, position.as_deref()).await {
+        match s
+            .shard_changes(i, &index, position.as_deref(), &scope)
+            .await
+        {
             Ok(resp) => bodies.push((i, resp)),
             Err(CallError::Rejected { status, error }) => {
                 let code = match status.as_u16() {
@@ -94,10 +99,11 @@ pub(crate) async fn changes(
                     410 => "gone",
                     _ => "invalid",
                 };
-                let field = if status == StatusCode::GONE {
-                    "since_lsn"
-                } else {
-                    &error.error.field
+                // The shard's `since` is this route's `since_lsn` (or Last-Event-ID).
+                let field = match error.error.field.as_str() {
+                    _ if status == StatusCode::GONE => "since_lsn",
+                    "since" => "since_lsn",
+                    other => other,
                 };
                 let mut e = ApiError::new(status, code, field, error.error.message.clone());
                 if let Some(c) = error.complete_after {

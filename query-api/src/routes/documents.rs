@@ -30,8 +30,11 @@ pub(crate) async fn document(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<DocumentResponse>, ApiError> {
-    let _caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
-    let calls = (0..s.inner.config.shards.len()).map(|i| s.shard_document(i, &index, &id));
+    let caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
+    caller.restriction.check_index(&index)?;
+    // A scoped key's regions and filter go with the read: outside them, no such document.
+    let scope = caller.restriction.read_scope();
+    let calls = (0..s.inner.config.shards.len()).map(|i| s.shard_document(i, &index, &id, &scope));
     let results = futures_util::future::join_all(calls).await;
     let mut unreachable = false;
     for r in results {

@@ -17,7 +17,7 @@ use wire::{
     TotalRelation, MAX_HITS, MAX_K, MAX_VECTOR_DIMS,
 };
 
-use crate::auth::authorize;
+use crate::auth::{authorize, Caller};
 use crate::config::Scope;
 use crate::cursor::{search_hash, Cursor};
 use crate::merge::{compare_hits, fuse, merge_facets, order_of};
@@ -33,6 +33,7 @@ use crate::{ApiError, AppState};
         (status = 200, description = "Hits, freshness, next cursor", body = wire::SearchResponse),
         (status = 400, description = "Malformed body (the field is named)", body = wire::ErrorResponse),
         (status = 401, description = "No or unknown API key", body = wire::ErrorResponse),
+        (status = 403, description = "A scoped key asked for a region beyond its own", body = wire::ErrorResponse),
         (status = 404, description = "Unknown index", body = wire::ErrorResponse),
         (status = 409, description = "min_lsn not reached in time, or too stale", body = wire::ErrorResponse),
         (status = 413, description = "Body too large", body = wire::ErrorResponse),
@@ -65,7 +66,7 @@ pub(crate) async fn search_post(
     })?;
     let req: SearchRequest = wire::parse(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", &e.field, e.message))?;
-    search(&s, &caller.id, &index, req).await.map(Json)
+    search(&s, &caller, &index, req).await.map(Json)
 }
 
 /// The query parameters of `GET …/search` (documentation; parsed by hand to name the field).
@@ -128,6 +129,7 @@ const GET_PARAMS: &[&str] = &[
         (status = 200, description = "Hits, freshness, next cursor", body = wire::SearchResponse),
         (status = 400, description = "Malformed cursor", body = wire::ErrorResponse),
         (status = 401, description = "No or unknown API key", body = wire::ErrorResponse),
+        (status = 403, description = "A scoped key asked for a region beyond its own", body = wire::ErrorResponse),
         (status = 404, description = "Unknown index", body = wire::ErrorResponse),
         (status = 409, description = "min_lsn not reached in time, or too stale", body = wire::ErrorResponse),
         (status = 422, description = "Invalid parameter (named)", body = wire::ErrorResponse),
@@ -145,7 +147,7 @@ pub(crate) async fn search_get(
 ) -> Result<Json<SearchResponse>, ApiError> {
     let caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
     let req = request_of_params(&params)?;
-    search(&s, &caller.id, &index, req).await.map(Json)
+    search(&s, &caller, &index, req).await.map(Json)
 }
 
 fn request_of_params(params: &HashMap<String, String>) -> Result<SearchRequest, ApiError> {
@@ -265,11 +267,15 @@ fn request_of_params(params: &HashMap<String, String>) -> Result<SearchRequest, 
 /// Waits for `min_lsn`, fans out to the shards, merges, checks staleness, pages.
 async fn search(
     s: &AppState,
-    client: &str,
+    caller: &Caller,
     index: &str,
     mut req: SearchRequest,
 ) -> Result<SearchResponse, ApiError> {
     let cfg = &s.inner.config;
+    let client = caller.id.as_str();
+    // A scoped key's restriction first, so the cursor's search hash covers it too.
+    caller.restriction.check_index(index)?;
+    caller.restriction.apply(&mut req)?;
     req.text = req
         .text_part()
         .map_err(|e| ApiError::invalid(&e.field, e.message))?;

@@ -126,15 +126,24 @@ pub(crate) async fn indexes(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let _caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let caller = authorize(&s, &headers, Some(peer), Scope::Read)?;
+    let r = &caller.restriction;
     let mut by_index: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
     for (url, v) in s.shard_statuses().await {
         let Ok(v) = v else { continue };
         for p in v.partitions {
-            by_index.entry(p.index).or_default().push(
-                json!({"shard": url, "region": p.region, "documents": p.documents,
-                       "applied_lsn": p.applied_lsn, "lag_ms": p.lag_ms}),
-            );
+            // A scoped key sees its indexes and regions only, and no counts when filtered
+            // (they would count other tenants' documents).
+            let region_ok = r.regions.as_ref().is_none_or(|rs| rs.contains(&p.region));
+            if !r.shows_index(&p.index) || !region_ok {
+                continue;
+            }
+            let mut part = json!({"shard": url, "region": p.region, "documents": p.documents,
+                                  "applied_lsn": p.applied_lsn, "lag_ms": p.lag_ms});
+            if r.filter.is_some() {
+                part["documents"] = Value::Null;
+            }
+            by_index.entry(p.index).or_default().push(part);
         }
     }
     let list: Vec<Value> = by_index
