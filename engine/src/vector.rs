@@ -284,10 +284,21 @@ impl VectorStore {
     }
 
     /// The `k` best vectors for `query`, skipping keys for which `skip` is true.
-    pub fn search(&self, query: &[f32], k: usize, skip: impl Fn(&str) -> bool) -> Vec<Scored> {
+    /// The `k` best of every vector but those `skip` names; `stop` is asked before each chunk
+    /// of 1,024 (true: the scan ends with what it has).
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        skip: impl Fn(&str) -> bool,
+        stop: &dyn Fn() -> bool,
+    ) -> Vec<Scored> {
         let q_inv = inv_norm(query);
         let mut top = TopK::new(k);
         for c in &self.chunks {
+            if stop() {
+                break;
+            }
             for (i, key) in c.keys.iter().enumerate() {
                 let Some(key) = key else { continue };
                 let v = &c.data[i * self.dim..(i + 1) * self.dim];
@@ -415,15 +426,15 @@ mod tests {
         assert_eq!(s.live_ids().len(), 2);
         assert_eq!(s.get("a"), Some(&[0.0, 2.0][..]));
         let top: Vec<String> = s
-            .search(&[0.0, 1.0], 2, |_| false)
+            .search(&[0.0, 1.0], 2, |_| false, &|| false)
             .iter()
             .map(|h| h.key.to_string())
             .collect();
         assert_eq!(top, ["a", "b"]);
         s.set("a", None);
         assert_eq!(s.len(), 1);
-        assert_eq!(s.search(&[0.0, 1.0], 5, |_| false).len(), 1);
-        assert_eq!(s.search(&[0.0, 1.0], 5, |k| k == "b").len(), 0);
+        assert_eq!(s.search(&[0.0, 1.0], 5, |_| false, &|| false).len(), 1);
+        assert_eq!(s.search(&[0.0, 1.0], 5, |k| k == "b", &|| false).len(), 0);
     }
 
     #[test]
@@ -461,7 +472,7 @@ mod tests {
                 let (key, _) = live.remove(d.index(live.len()));
                 s.set(&key, None);
             }
-            let got: Vec<String> = s.search(&q, k, |_| false).iter().map(|h| h.key.to_string()).collect();
+            let got: Vec<String> = s.search(&q, k, |_| false, &|| false).iter().map(|h| h.key.to_string()).collect();
             prop_assert_eq!(got, brute(&live, &q, k, metric));
         }
     }

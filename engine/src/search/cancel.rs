@@ -51,6 +51,13 @@ impl Cancel {
     }
 }
 
+/// The same signal: clones of one `Cancel` are equal, two made apart are not.
+impl PartialEq for Cancel {
+    fn eq(&self, other: &Cancel) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// A query whose scan stops once its [`Cancel`] is set.
 #[derive(Debug)]
 pub struct Cancellable {

@@ -88,6 +88,7 @@ pub fn hybrid(
         scope,
         &VectorQuery {
             k: window,
+            cancel: text_search.cancel.clone(),
             ..vector_query.clone()
         },
     )?;

@@ -29,6 +29,9 @@ pub struct VectorQuery {
     pub filter: Option<GeoQuery>,
     /// Only documents passing this structured filter.
     pub fields_filter: Option<Filter>,
+    /// Stops the scans once set (checked every 1,024 vectors); the answer is then partial
+    /// and its caller discards it. The graph walk is bounded by `ef` and not checked.
+    pub cancel: Option<Cancel>,
 }
 
 /// The search breadth when a query names none.
@@ -255,6 +258,13 @@ fn partition(
 ) -> tantivy::Result<Searched> {
     let metric = store.metric();
     let score = |v: &[f32], inv: f64| vector::score(metric, &query.values, q_inv, v, inv);
+    let stopped = || query.cancel.as_ref().is_some_and(Cancel::is_cancelled);
+    if stopped() {
+        return Ok(Searched {
+            hits: Vec::new(),
+            graph: false,
+        });
+    }
     let allowed = allowed_slots(p, store, query)?;
     let mut top = TopK::new(query.k);
     let offer = |top: &mut TopK, key: &std::sync::Arc<str>, s: f64| {
@@ -314,20 +324,26 @@ fn partition(
     if !use_graph {
         match &allowed {
             Some(slots) => {
-                for slot in slots.iter() {
+                for (n, slot) in slots.iter().enumerate() {
+                    if n % 1024 == 1023 && stopped() {
+                        break;
+                    }
                     if let Some((key, v, inv)) = store.by_slot(slot) {
                         offer(&mut top, key, score(v, inv));
                     }
                 }
             }
             None => {
-                for hit in store.search(&query.values, query.k, |k| p.fresh.shadows(k)) {
+                for hit in store.search(&query.values, query.k, |k| p.fresh.shadows(k), &stopped) {
                     offer(&mut top, &hit.key, hit.score);
                 }
             }
         }
     }
-    for (key, e) in &p.fresh.docs {
+    for (n, (key, e)) in p.fresh.docs.iter().enumerate() {
+        if n % 1024 == 1023 && stopped() {
+            break;
+        }
         let Some(doc) = &e.doc else { continue };
         let Some(v) = doc.vector.as_deref() else {
             continue;

@@ -373,6 +373,7 @@ mod engine_answers {
             exact: false,
             filter: None,
             fields_filter: None,
+            cancel: None,
         };
         let vec = search::vector(view, &scope, &q).unwrap();
         let mut g: Vec<String> = geo
@@ -452,6 +453,49 @@ mod engine_answers {
             job.run(&std::sync::atomic::AtomicBool::new(false));
         }
         assert_eq!(answers(&view.load().unwrap()), only);
+    }
+
+    #[test]
+    fn a_cancelled_vector_scan_stops_with_what_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shard, view) = Shard::open_unobserved(dir.path(), vec![index()], 100).unwrap();
+        // 3,000 committed vectors (three chunks of the store) and 1,500 fresh ones.
+        let rows = |from: u32, to: u32| -> Vec<Change> {
+            (from..to)
+                .map(|i| row(i, "eu", 1.0, &format!("{{1,{}}}", i % 17)))
+                .collect()
+        };
+        shard.apply(&Transaction::at(10, rows(0, 3_000))).unwrap();
+        shard.make_searchable(Lsn(10));
+        shard.commit().unwrap();
+        shard
+            .apply(&Transaction::at(20, rows(3_000, 4_500)))
+            .unwrap();
+        shard.make_searchable(Lsn(20));
+        let v = view.load().unwrap();
+        let query = |cancel: Option<search::Cancel>| VectorQuery {
+            values: vec![1.0, 0.5],
+            k: 4_500,
+            ef: None,
+            exact: true,
+            filter: None,
+            fields_filter: None,
+            cancel,
+        };
+        let all = search::vector(&v, &Scope::all(0), &query(None)).unwrap();
+        assert_eq!(all.len(), 4_500);
+        let live = search::Cancel::default();
+        let uncancelled = search::vector(&v, &Scope::all(0), &query(Some(live))).unwrap();
+        assert_eq!(uncancelled.len(), 4_500);
+        let cancel = search::Cancel::default();
+        cancel.cancel();
+        let stopped = search::vector(&v, &Scope::all(0), &query(Some(cancel))).unwrap();
+        assert!(stopped.is_empty(), "{} hits", stopped.len());
+        // Past its deadline, the scan stops too.
+        let late = search::Cancel::within(std::time::Duration::ZERO);
+        assert!(search::vector(&v, &Scope::all(0), &query(Some(late)))
+            .unwrap()
+            .is_empty());
     }
 }
 

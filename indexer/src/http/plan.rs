@@ -84,6 +84,8 @@ fn validate_geo(g: GeoRequest) -> Result<engine::search::GeoQuery, FieldError> {
 }
 
 /// What a search request asks the engines for.
+// One per request, built once and moved once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Planned {
     Geo(engine::search::GeoQuery, Option<engine::filter::Filter>),
     Vector(engine::search::VectorQuery),
@@ -318,6 +320,7 @@ pub(super) fn plan(
                 exact: v.exact,
                 filter: geo_filter(ix, geo, "vector")?,
                 fields_filter,
+                cancel: None,
             })
         }
         (Some((query, highlight)), None) => Planned::Text(engine::search::TextSearch {
@@ -381,6 +384,7 @@ pub(super) fn plan(
                     exact: v.exact,
                     filter,
                     fields_filter,
+                    cancel: None,
                 },
                 engine::search::Fusion {
                     k: h.k,

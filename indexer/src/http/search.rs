@@ -129,8 +129,10 @@ pub(super) async fn answer(s: &HttpState, body: &[u8], cancel: Cancel) -> Answer
     let (limit, offset) = (req.limit, req.offset);
     let facet_names: Vec<String> = fields.filters.iter().map(|f| f.name.clone()).collect();
     let (lag_ms, lag_bytes) = (s.stats.lag_ms(), s.stats.lag_bytes());
-    if let Planned::Text(t) | Planned::Hybrid(t, ..) = &mut query {
-        t.cancel = Some(cancel.clone());
+    match &mut query {
+        Planned::Text(t) | Planned::Hybrid(t, ..) => t.cancel = Some(cancel.clone()),
+        Planned::Vector(v) => v.cancel = Some(cancel.clone()),
+        Planned::Geo(..) => {}
     }
     let cancelled = cancel.clone();
     let answer = run_blocking("search", move || -> tantivy::Result<ShardSearchResponse> {

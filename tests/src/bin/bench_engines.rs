@@ -378,6 +378,7 @@ fn main() -> Result<()> {
                     exact: true,
                     filter: None,
                     fields_filter: None,
+                    cancel: None,
                 },
             )
             .map(|hits| hits.into_iter().map(|h| h.key).collect())
@@ -396,6 +397,7 @@ fn main() -> Result<()> {
                 exact: true,
                 filter: None,
                 fields_filter: None,
+                cancel: None,
             },
         )?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -419,6 +421,7 @@ fn main() -> Result<()> {
                     exact: false,
                     filter: None,
                     fields_filter: None,
+                    cancel: None,
                 },
             )?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);

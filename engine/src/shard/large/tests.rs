@@ -135,6 +135,7 @@ fn seen(view: &ShardView) -> Seen {
         exact: true,
         filter: None,
         fields_filter: None,
+        cancel: None,
     };
     let mut vectors: Vec<String> = search::vector(view, &scope, &q)
         .unwrap()
