@@ -584,16 +584,26 @@ impl Shard {
                 continue;
             }
             let want = doc.filter(|d| d.region == p.region);
-            if want.is_some() || p.contains(key)? {
-                if doc.is_none() && deleted.is_none() {
-                    let old = p.get(key)?.and_then(|row| {
-                        match crate::document::map(&self.indexes[index], row, &self.limits) {
-                            Mapped::Doc(d, _) => Some(d.filters),
-                            Mapped::Skip(_) => None,
-                        }
-                    });
-                    deleted = Some((p.region.clone(), old.unwrap_or_default()));
+            // A delete reads the document it finds once: its presence and its pre-image.
+            let present = if want.is_some() {
+                true
+            } else if doc.is_none() && deleted.is_none() {
+                match p.get(key)? {
+                    Some(row) => {
+                        let filters =
+                            match crate::document::map(&self.indexes[index], row, &self.limits) {
+                                Mapped::Doc(d, _) => d.filters,
+                                Mapped::Skip(_) => Vec::new(),
+                            };
+                        deleted = Some((p.region.clone(), filters));
+                        true
+                    }
+                    None => false,
                 }
+            } else {
+                p.contains(key)?
+            };
+            if present {
                 p.set(key, want, lsn);
             }
         }
