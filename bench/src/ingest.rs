@@ -121,7 +121,7 @@ pub async fn snapshots(
     let mut ix = Indexer::start_on(&cfg, &data, &listen).await?;
     // Where the snapshot's time goes: a profile of its first seconds.
     let snap_secs = (rows as f64 / 10_000.0).clamp(1.0, 10.0);
-    let profiler = Profiler::new(ix.pid(), dir);
+    let profiler = Profiler::new(dir);
     let (s, hot) = tokio::join!(ix.wait_ready(), profiler.record(snap_secs, "snapshot"));
     let s = s?;
     r.put("profile.snapshot", hot);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use e2e::PgServer;
 use serde_json::{json, Value};
 use tokio_postgres::{Client, Row, Statement};
@@ -62,40 +62,70 @@ pub async fn search(http: &reqwest::Client, url: &str, body: &Value) -> Result<V
 }
 
 /// Runs `bodies` round-robin against the public search from `c` clients for `budget`.
+///
+/// Each client is one HTTP/1.1 connection (hyper's, no pool), as each peer client is one
+/// Postgres connection: the load generator shares the two cores with what it measures, and
+/// reqwest's pool, URL parsing and header maps cost about as much CPU per request as
+/// query-api itself. Connections are open before the clock starts, like the peers'.
 pub async fn http_load(
-    http: &reqwest::Client,
     url: &str,
     bodies: &Arc<Vec<Value>>,
     c: usize,
     budget: Duration,
 ) -> Result<Lat> {
-    // Bodies are encoded once, as the peers' parameters are formatted once: the load
-    // generator shares the machine, and re-encoding 384 floats per request took its CPU.
+    // Bodies are encoded once, as the peers' parameters are formatted once.
     let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
         bodies
             .iter()
             .map(|b| serde_json::to_vec(b).map(bytes::Bytes::from))
             .collect::<Result<_, _>>()?,
     );
+    let uri: hyper::Uri = url.parse()?;
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .context("the search URL has no host")?;
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let senders = futures_util::future::try_join_all((0..c).map(|_| {
+        let authority = authority.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            tcp.set_nodelay(true)?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            anyhow::Ok(sender)
+        }
+    }))
+    .await?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..c {
-        let (http, url, bodies, next) =
-            (http.clone(), url.to_owned(), bodies.clone(), next.clone());
+    for mut sender in senders {
+        let (bodies, next, authority, path) = (
+            bodies.clone(),
+            next.clone(),
+            authority.clone(),
+            path.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while started.elapsed() < budget {
                 let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len();
+                let req = hyper::Request::post(path.as_str())
+                    .header(hyper::header::HOST, authority.as_str())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .body(http_body_util::Full::new(bodies[i].clone()))?;
                 let t = Instant::now();
-                let resp = http
-                    .post(&url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(bodies[i].clone())
-                    .send()
-                    .await?;
+                sender.ready().await?;
+                let resp = sender.send_request(req).await?;
                 let status = resp.status();
-                let body = resp.bytes().await?;
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await?
+                    .to_bytes();
                 ensure!(
                     status.is_success(),
                     "{status}: {}",
@@ -272,12 +302,13 @@ pub fn ratios(ours: &Rounds, peer: &Rounds) -> Value {
 pub struct Measured {
     pub ours: Rounds,
     pub peer: Option<Rounds>,
+    /// `Profiler::record` of our first c=32 load, and of the peer's.
     pub profile: Value,
+    pub peer_profile: Value,
 }
 
 /// What the loads run against: our public search and the peer's database, `budget` each.
 pub struct Loads<'a> {
-    pub http: &'a reqwest::Client,
     pub url: &'a str,
     pub pg: &'a PgServer,
     pub db: &'a str,
@@ -286,18 +317,19 @@ pub struct Loads<'a> {
 
 impl Loads<'_> {
     /// After a short warm-up of each side: `rounds` times ours c=1, peer c=1, ours c=32,
-    /// peer c=32, profiling our first c=32 load.
+    /// peer c=32, profiling the first c=32 load of each side.
     pub async fn run(&self, cell: &Cell, rounds: usize, profiler: &Profiler) -> Result<Measured> {
         const WARM_UP: Duration = Duration::from_millis(300);
-        let ours = |c| http_load(self.http, self.url, &cell.ours, c, self.budget);
-        http_load(self.http, self.url, &cell.ours, 1, WARM_UP).await?;
+        let ours = |c| http_load(self.url, &cell.ours, c, self.budget);
+        http_load(self.url, &cell.ours, 1, WARM_UP).await?;
         if let Some(work) = &cell.peer {
             pg_load(self.pg, self.db, work, 1, WARM_UP).await?;
         }
         let mut m = Measured {
             ours: Rounds::default(),
             peer: cell.peer.as_ref().map(|_| Rounds::default()),
-            profile: json!([]),
+            profile: json!({}),
+            peer_profile: json!({}),
         };
         for round in 0..rounds {
             let our_one = ours(1).await?;
@@ -315,7 +347,17 @@ impl Loads<'_> {
             };
             m.ours.0.push((our_one, our_many));
             if let (Some(work), Some(one), Some(rounds)) = (&cell.peer, peer_one, &mut m.peer) {
-                rounds.0.push((one, self.peer(work, 32).await?));
+                let peer_many = if round == 0 {
+                    let seconds = (self.budget.as_secs_f64() - 0.5).max(0.5);
+                    let name = format!("{} (peer)", cell.name);
+                    let (many, hot) =
+                        tokio::join!(self.peer(work, 32), profiler.record(seconds, &name));
+                    m.peer_profile = hot;
+                    many?
+                } else {
+                    self.peer(work, 32).await?
+                };
+                rounds.0.push((one, peer_many));
             }
             eprintln!(
                 "bench: {} round {}/{rounds}: ours c=1 p50 {:.3} ms, c=32 {:.0} QPS",

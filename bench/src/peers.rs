@@ -12,20 +12,21 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::report::Report;
 
-pub const TEXT_SQL: &str = "SELECT id FROM pg_places WHERE tsv @@ plainto_tsquery('simple', $1) \
+// Every peer query returns what our hits carry: the key, the region and the stored fields.
+pub const TEXT_SQL: &str = "SELECT id, region, name, population, country_code FROM pg_places WHERE tsv @@ plainto_tsquery('simple', $1) \
     ORDER BY ts_rank_cd(tsv, plainto_tsquery('simple', $1)) DESC LIMIT 10";
 pub const PHRASE_SQL: &str =
-    "SELECT id FROM pg_places WHERE tsv @@ phraseto_tsquery('simple', $1) \
+    "SELECT id, region, name, population, country_code FROM pg_places WHERE tsv @@ phraseto_tsquery('simple', $1) \
     ORDER BY ts_rank_cd(tsv, phraseto_tsquery('simple', $1)) DESC LIMIT 10";
-pub const WITHIN_SQL: &str = "SELECT id FROM pg_places \
+pub const WITHIN_SQL: &str = "SELECT id, region, name, population, country_code FROM pg_places \
     WHERE ST_DWithin(geog, ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography, $3) \
     ORDER BY geog <-> ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography LIMIT 10";
-pub const NEAREST_SQL: &str = "SELECT id FROM pg_places \
+pub const NEAREST_SQL: &str = "SELECT id, region, name, population, country_code FROM pg_places \
     ORDER BY geog <-> ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography LIMIT 10";
 pub const VECTOR_SQL: &str =
-    "SELECT id FROM pg_places ORDER BY embedding <=> $1::text::vector LIMIT 10";
+    "SELECT id, region, name, population, country_code FROM pg_places ORDER BY embedding <=> $1::text::vector LIMIT 10";
 pub const VECTOR_REGION_SQL: &str =
-    "SELECT id FROM pg_places WHERE region = $2 ORDER BY embedding <=> $1::text::vector LIMIT 10";
+    "SELECT id, region, name, population, country_code FROM pg_places WHERE region = $2 ORDER BY embedding <=> $1::text::vector LIMIT 10";
 
 /// pgvector's ceiling for `hnsw.ef_search`.
 pub const EF_SEARCH_MAX: usize = 1000;

@@ -1,39 +1,75 @@
-//! Flat CPU profiles with `perf` (when present): where the indexer's and the query-api's time
-//! goes during a load.
+//! Flat CPU profiles with `perf` (when present): where the machine's time goes during a load.
+//!
+//! The recording is system-wide, so it also shows what the load generator and Postgres cost:
+//! on two shared cores the client's share decides much of a throughput figure. Processes are
+//! told apart by thread name: the indexer's and query-api's runtime threads are named after
+//! their process, the benchmark's own `bench-client`, Postgres' backends `postgres`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-/// Records `pids` into files under `dir`.
+/// The thread names (perf's `comm`, at most 15 bytes) of our processes: the runtimes', the
+/// engine's own threads and tantivy's (indexing, doc store compression, merges).
+const OURS: &[&str] = &[
+    "indexer",
+    "indexer-search",
+    "query-api",
+    "applier",
+    "committer",
+    "graph-builder",
+    "thrd-tantivy-in",
+    "docstore-compre",
+    "merge_thread_0",
+    "merge_thread_1",
+    "segment_updater",
+];
+
+/// Records into files under `dir`.
 pub struct Profiler {
-    pids: Vec<u32>,
     dir: PathBuf,
 }
 
+/// Which process a thread name belongs to.
+fn process_of(comm: &str) -> &'static str {
+    match comm {
+        "query-api" => "query-api",
+        "bench-client" | "bench" => "load generator",
+        "postgres" => "postgres",
+        c if OURS.contains(&c) => "indexer",
+        c if c.starts_with("swapper") || c.starts_with("kworker") || c.starts_with("ksoftirq") => {
+            "kernel threads"
+        }
+        _ => "other",
+    }
+}
+
 impl Profiler {
-    pub fn new(pids: impl IntoIterator<Item = u32>, dir: &Path) -> Profiler {
+    pub fn new(dir: &Path) -> Profiler {
         Profiler {
-            pids: pids.into_iter().collect(),
             dir: dir.to_owned(),
         }
     }
 
-    /// A flat profile for `seconds`: the hottest symbols (over 2% of the samples, at most 8)
-    /// as `[percent, "process symbol"]`; empty when perf is missing or fails.
+    /// A profile of the whole machine for `seconds`: `cpu`, the cores each process used
+    /// (`{"indexer": 0.7, …}`, idle excluded); `hot`, our processes' hottest symbols (over 2%
+    /// of their threads' samples, at most 8) as `[percent, "thread symbol"]`. Empty when perf is
+    /// missing or fails.
     pub async fn record(&self, seconds: f64, name: &str) -> Value {
-        let data = self
-            .dir
-            .join(format!("perf-{}.data", name.replace([' ', '/'], "_")));
-        let pids: Vec<String> = self.pids.iter().map(u32::to_string).collect();
+        let data = self.dir.join(format!(
+            "perf-{}.data",
+            name.replace([' ', '/', '(', ')'], "_")
+        ));
         // BENCH_CALL_GRAPH=1 also records call stacks (DWARF), for `perf report` on the data
         // files kept under BENCH_DIR; the flat figures stay the same.
         let graph: &[&str] = match std::env::var_os("BENCH_CALL_GRAPH") {
             Some(_) => &["--call-graph", "dwarf,32768"],
             None => &[],
         };
+        const HZ: f64 = 499.0;
         let recorded = tokio::process::Command::new("perf")
-            .args(["record", "-q", "-F", "499", "-p", &pids.join(","), "-o"])
+            .args(["record", "-q", "-a", "-F", "499", "-o"])
             .arg(&data)
             .args(graph)
             .args(["--", "sleep", &format!("{seconds}")])
@@ -43,15 +79,43 @@ impl Profiler {
             .await
             .is_ok_and(|s| s.success());
         if !recorded {
-            return json!([]);
+            return json!({});
         }
-        let out = tokio::process::Command::new("perf")
+        let report = |args: &'static [&'static str]| {
+            let data = data.clone();
+            async move {
+                tokio::process::Command::new("perf")
+                    .args(["report", "--stdio", "--no-children", "-g", "none", "-n"])
+                    .args(args)
+                    .arg("-i")
+                    .arg(&data)
+                    .output()
+                    .await
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            }
+        };
+        // Samples per thread name → cores per process (a core sampled at HZ for `seconds`).
+        let mut cpu: BTreeMap<&str, f64> = BTreeMap::new();
+        for line in report(&["--sort", "comm"]).await.lines() {
+            let mut it = line.split_whitespace();
+            let (Some(_pct), Some(n), Some(comm)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<f64>() else { continue };
+            if comm == "swapper" {
+                continue; // idle
+            }
+            *cpu.entry(process_of(comm)).or_default() += n / (HZ * seconds);
+        }
+        let comms = OURS.join(",");
+        let text = tokio::process::Command::new("perf")
             .args(["report", "--stdio", "--no-children", "-g", "none"])
+            .args(["--comms", &comms, "--percentage", "relative"])
             .args(["--sort", "comm,sym", "--percent-limit", "2", "-i"])
             .arg(&data)
             .output()
-            .await;
-        let text = out
+            .await
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         let hot: Vec<(f64, String)> = text
@@ -67,6 +131,21 @@ impl Profiler {
             })
             .take(8)
             .collect();
-        json!(hot)
+        json!({"cpu": cpu, "hot": hot})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_of;
+
+    #[test]
+    fn threads_are_counted_to_their_process() {
+        assert_eq!(process_of("indexer"), "indexer");
+        assert_eq!(process_of("thrd-tantivy-in"), "indexer");
+        assert_eq!(process_of("query-api"), "query-api");
+        assert_eq!(process_of("bench-client"), "load generator");
+        assert_eq!(process_of("postgres"), "postgres");
+        assert_eq!(process_of("sshd"), "other");
     }
 }

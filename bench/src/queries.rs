@@ -199,7 +199,7 @@ pub fn cells(w: &Workload, ext: &Extensions, curves: &[Curve]) -> Vec<Cell> {
 }
 
 /// Measures every cell in `rounds` interleaved rounds and records each side's medians and
-/// spread, the ratios and our profile.
+/// spread, the ratios and the profiles.
 pub async fn run(
     loads: &Loads<'_>,
     cells: &[Cell],
@@ -221,6 +221,7 @@ pub async fn run(
         };
         let ratios = m.peer.as_ref().map(|p| ratios(&m.ours, p));
         r.put(&format!("profile.{}", cell.name), m.profile);
+        r.put(&format!("profile.{} (peer)", cell.name), m.peer_profile);
         r.put(
             &format!("query.{}", cell.name),
             json!({"note": cell.note, "ours": m.ours.json(), "peer": peer, "ratios": ratios}),

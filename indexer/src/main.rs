@@ -94,7 +94,9 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    // Threads named after the process, so profiles and `top -H` tell the two apart.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("indexer")
         .enable_all()
         .build()
         .expect("tokio runtime");

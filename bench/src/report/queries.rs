@@ -59,8 +59,9 @@ pub(super) fn section(md: &mut Vec<String>, j: &Figures) {
     ));
     md.push(String::new());
     md.push(format!(
-        "Ours: client → query-api over HTTP/1.1 and JSON, query-api → indexer on the shard link (one connection, many calls in flight), all regions unless named, top 10 with stored fields (text without snippets, like the Postgres queries). \
-         Peers: prepared statements over Postgres's wire protocol, on a copy of the table with its own indexes, all built before the first load (our indexer and query-api stay up, idle, while a peer runs). \
+        "Ours: client → query-api over HTTP/1.1 and JSON, query-api → indexer on the shard link (one connection, many calls in flight), all regions unless named, top 10 with the key, region and stored fields (text without snippets, like the Postgres queries). \
+         Peers: prepared statements over Postgres's wire protocol, on a copy of the table with its own indexes, all built before the first load (our indexer and query-api stay up, idle, while a peer runs), returning the same columns. \
+         Each client of either side is one connection opened before the clock starts (hyper's HTTP/1.1 client for ours, tokio-postgres for the peers), in the same load generator process. \
          Each query type runs {rounds_text} of interleaved loads — ours c=1, peer c=1, ours c=32, peer c=32 — after a short warm-up of each side; \
          a figure is the median of the rounds, with their range (min–max) in brackets. Vector types at a recall run each side at its own breadth, the smallest reaching that recall@10 on the recall curve (see Vectors)."
     ));
@@ -138,17 +139,61 @@ fn stability(rounds: f64, widths: &mut [(f64, f64, f64, &str, &str)]) -> String 
 }
 
 fn profiles(md: &mut Vec<String>, j: &Figures, names: &[String]) {
+    const PROCESSES: [&str; 6] = [
+        "load generator",
+        "query-api",
+        "indexer",
+        "postgres",
+        "kernel threads",
+        "other",
+    ];
+    let cores = |key: &str| -> Option<Vec<f64>> {
+        let cpu = j.get(key).get("cpu")?.as_object()?;
+        Some(
+            PROCESSES
+                .iter()
+                .map(|p| cpu.get(*p).and_then(Value::as_f64).unwrap_or(0.0))
+                .collect(),
+        )
+    };
+    let split: Vec<(String, Vec<f64>)> = names
+        .iter()
+        .flat_map(|n| [(n.clone(), "ours"), (format!("{n} (peer)"), "peer")])
+        .filter_map(|(key, side)| {
+            let c = cores(&format!("profile.{key}"))?;
+            let label = key.trim_end_matches(" (peer)");
+            Some((format!("{label} | {side}"), c))
+        })
+        .collect();
+    if !split.is_empty() {
+        md.push("Cores used by each process during the first round's c=32 load of each side (a system-wide `perf` recording at 499 Hz; 2.0 is the whole machine; idle excluded). The load generator's share is taken from the servers':".into());
+        md.push(String::new());
+        md.push(format!(
+            "| query | side | {} | total |",
+            PROCESSES.join(" | ")
+        ));
+        md.push(format!("|---|---|{}---|", "---|".repeat(PROCESSES.len())));
+        for (label, c) in split {
+            let cells: Vec<String> = c.iter().map(|x| format!("{x:.2}")).collect();
+            md.push(format!(
+                "| {label} | {} | {:.2} |",
+                cells.join(" | "),
+                c.iter().sum::<f64>()
+            ));
+        }
+        md.push(String::new());
+    }
     let profiled: Vec<(&str, &Vec<Value>)> = std::iter::once("snapshot")
         .chain(names.iter().map(String::as_str))
         .filter_map(|name| {
-            let hot = j.get(&format!("profile.{name}")).as_array()?;
+            let hot = j.get(&format!("profile.{name}")).get("hot")?.as_array()?;
             (!hot.is_empty()).then_some((name, hot))
         })
         .collect();
     if profiled.is_empty() {
         return;
     }
-    md.push("Where the CPU goes (a flat `perf` profile of the indexer and query-api during the first round's c=32 load of each type, and of the indexer during the first seconds of the text + geo + vector snapshot; symbols over 2% of their samples; the load generator runs beside them):".into());
+    md.push("Where our processes' CPU goes (the same recordings, the indexer's and query-api's threads only, and the indexer's during the first seconds of the text + geo + vector snapshot; symbols over 2% of those samples, by thread name):".into());
     md.push(String::new());
     for (name, hot) in profiled {
         let items: Vec<String> = hot

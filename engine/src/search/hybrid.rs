@@ -65,33 +65,41 @@ pub fn hybrid(
     limit: usize,
 ) -> tantivy::Result<Vec<HybridHit>> {
     let window = fusion.window.max(offset + limit);
-    let text_branch = text(
-        view,
-        scope,
-        &TextSearch {
-            query: text_search.query.clone(),
-            limit: window,
-            offset: 0,
-            filter: text_search.filter.clone(),
-            fields_filter: text_search.fields_filter.clone(),
-            // Keys and scores only: rows and snippets for the page's hits alone, below.
-            highlight: false,
-            sort: None,
-            facets: Vec::new(),
-            count: false,
-            rows: false,
-            cancel: text_search.cancel.clone(),
-        },
-    )?;
-    let vector_branch = vector(
-        view,
-        scope,
-        &VectorQuery {
-            k: window,
-            cancel: text_search.cancel.clone(),
-            ..vector_query.clone()
-        },
-    )?;
+    let text_branch = || {
+        text(
+            view,
+            scope,
+            &TextSearch {
+                query: text_search.query.clone(),
+                limit: window,
+                offset: 0,
+                filter: text_search.filter.clone(),
+                fields_filter: text_search.fields_filter.clone(),
+                // Keys and scores only: rows and snippets for the page's hits alone, below.
+                highlight: false,
+                sort: None,
+                facets: Vec::new(),
+                count: false,
+                rows: false,
+                cancel: text_search.cancel.clone(),
+            },
+        )
+    };
+    let vector_branch = || {
+        vector(
+            view,
+            scope,
+            &VectorQuery {
+                k: window,
+                cancel: text_search.cancel.clone(),
+                ..vector_query.clone()
+            },
+        )
+    };
+    // The branches side by side when a core is free (rayon runs both on this thread when
+    // none is): the answer then takes as long as the longer branch, not their sum.
+    let (text_branch, vector_branch) = rayon::join(text_branch, vector_branch);
+    let (text_branch, vector_branch) = (text_branch?, vector_branch?);
     let mut fused: HashMap<String, HybridHit> = HashMap::new();
     for (rank, h) in text_branch.hits.into_iter().enumerate() {
         let e = hit_of(&mut fused, &h.key, &h.region);

@@ -116,7 +116,10 @@ pub fn vector(
             .enumerate()
             .filter(|&(i, &c)| c > 0 && answers[i].as_ref().is_ok_and(|a| a.graph))
             .map(|(i, &c)| (i, (ef * c).div_ceil(query.k).max(first)))
-            .filter(|&(_, e)| e > first)
+            // A second look starts the walk over: worth it only when a quarter broader at
+            // least (a deep `k`, as hybrid's window of 100, made the first look nearly as
+            // broad as the second in most partitions).
+            .filter(|&(_, e)| e * 4 > first * 5)
             .collect();
         let redone = run(again.clone());
         for ((i, _), answer) in again.into_iter().zip(redone) {

@@ -263,25 +263,28 @@ pub(super) async fn find_document(s: &HttpState, req: DocumentRequest) -> Answer
     let Some((view, applied_lsn)) = s.view() else {
         return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "", "not ready");
     };
-    let found = run_blocking("document lookup", move || {
-        for ((i, region), p) in &view.partitions {
-            if *i != ix.ordinal || !scope.allows_region(region) {
-                continue;
+    let found = s
+        .reads
+        .run("document lookup", move || {
+            for ((i, region), p) in &view.partitions {
+                if *i != ix.ordinal || !scope.allows_region(region) {
+                    continue;
+                }
+                // Outside a scoped caller's filter, the document is not found.
+                if let Some(row) =
+                    engine::search::row_of(p, &key)?.filter(|r| scope.allows_row(&ix, r))
+                {
+                    return Ok(Some(DocumentResponse {
+                        key,
+                        region: region.clone(),
+                        fields: fields_json(&ix, &row),
+                        applied_lsn,
+                    }));
+                }
             }
-            // Outside a scoped caller's filter, the document is not found.
-            if let Some(row) = engine::search::row_of(p, &key)?.filter(|r| scope.allows_row(&ix, r))
-            {
-                return Ok(Some(DocumentResponse {
-                    key,
-                    region: region.clone(),
-                    fields: fields_json(&ix, &row),
-                    applied_lsn,
-                }));
-            }
-        }
-        Ok::<_, tantivy::TantivyError>(None)
-    })
-    .await;
+            Ok::<_, tantivy::TantivyError>(None)
+        })
+        .await;
     match found {
         Ok(Some(doc)) => Answer::json(&doc),
         Ok(None) => Answer::error(StatusCode::NOT_FOUND, "key", "no such document"),

@@ -2,13 +2,14 @@
 //! crate's shard protocol: search (`search.rs`, planned by `plan.rs`), the change feed
 //! (`feed.rs`), and health, status, metrics, wait-for-LSN, documents and the per-key dump
 //! (`admin.rs`); searches and documents also on the shard link (`link.rs`, one connection
-//! carrying many calls). Answers are built here from domain types; engine work runs on the
-//! blocking pool.
+//! carrying many calls). Answers are built here from domain types; searches and document
+//! lookups run on the reads pool (`reads.rs`), other engine work on the blocking pool.
 
 mod admin;
 mod feed;
 mod link;
 mod plan;
+mod reads;
 mod scope;
 mod search;
 mod wal;
@@ -40,6 +41,8 @@ pub struct HttpState {
     prometheus: Option<PrometheusHandle>,
     /// The server's WAL position, for feeds asked from beyond it.
     wal: Arc<wal::WalClock>,
+    /// Where searches and document lookups run.
+    reads: Arc<reads::Reads>,
 }
 
 impl HttpState {
@@ -62,6 +65,7 @@ impl HttpState {
             secret: secret.map(Arc::new),
             prometheus,
             wal: Arc::new(wal::WalClock::new(conn)),
+            reads: Arc::new(reads::Reads::new()),
         }
     }
 

@@ -14,7 +14,7 @@ use wire::shard::ShardSearchResponse;
 use wire::{BranchRanks, BranchScores, FacetBucket, Hit, TotalRelation};
 
 use super::plan::{plan, Parts, Planned};
-use super::{fields_json, run_blocking, Answer, HttpState};
+use super::{fields_json, Answer, HttpState};
 
 /// A text score as the JSON number it always was: the shortest decimal that reads back as
 /// the same f32 (widening the f32 itself would print float noise digits).
@@ -135,122 +135,127 @@ pub(super) async fn answer(s: &HttpState, body: &[u8], cancel: Cancel) -> Answer
         Planned::Geo(..) => {}
     }
     let cancelled = cancel.clone();
-    let answer = run_blocking("search", move || -> tantivy::Result<ShardSearchResponse> {
-        let row = |region: &str, key: &str| -> tantivy::Result<Box<RawValue>> {
-            let Some(p) = view.partitions.get(&(ix.ordinal, region.to_owned())) else {
-                return Ok(RawValue::NULL.to_owned());
+    let answer = s
+        .reads
+        .run("search", move || -> tantivy::Result<ShardSearchResponse> {
+            let row = |region: &str, key: &str| -> tantivy::Result<Box<RawValue>> {
+                let Some(p) = view.partitions.get(&(ix.ordinal, region.to_owned())) else {
+                    return Ok(RawValue::NULL.to_owned());
+                };
+                Ok(engine::search::row_of(p, key)?
+                    .map(|r| fields_json(&ix, &r))
+                    .unwrap_or_else(|| RawValue::NULL.to_owned()))
             };
-            Ok(engine::search::row_of(p, key)?
-                .map(|r| fields_json(&ix, &r))
-                .unwrap_or_else(|| RawValue::NULL.to_owned()))
-        };
-        let mut total = None;
-        let mut total_relation = None;
-        let mut facets = None;
-        let hits: Vec<Hit> = match &query {
-            Planned::Geo(q, f) => {
-                let hits = engine::search::geo_where(&view, &scope, q, offset + limit, f.as_ref())?;
-                hits.iter()
-                    .skip(offset)
-                    .map(|h| {
-                        Ok(Hit {
-                            distance_m: Some(h.distance_m),
-                            ..hit(&h.key, &h.region, row(&h.region, &h.key)?)
-                        })
-                    })
-                    .collect::<tantivy::Result<_>>()?
-            }
-            Planned::Vector(q) => engine::search::vector(&view, &scope, q)?
-                .iter()
-                .skip(offset)
-                .take(limit)
-                .map(|h| {
-                    Ok(Hit {
-                        score: Some(h.score),
-                        ..hit(&h.key, &h.region, row(&h.region, &h.key)?)
-                    })
-                })
-                .collect::<tantivy::Result<_>>()?,
-            Planned::Text(q) => {
-                let answer = engine::search::text(&view, &scope, q)?;
-                total = Some(answer.total);
-                total_relation = Some(if answer.total_exact {
-                    TotalRelation::Eq
-                } else {
-                    TotalRelation::Gte
-                });
-                if !q.facets.is_empty() {
-                    facets = Some(
-                        q.facets
-                            .iter()
-                            .zip(&answer.facets)
-                            .map(|(&(f, _), values)| {
-                                let buckets = values
-                                    .iter()
-                                    .map(|(v, n)| FacetBucket {
-                                        value: v.to_json(),
-                                        count: *n,
-                                    })
-                                    .collect();
-                                (facet_names[f].clone(), buckets)
+            let mut total = None;
+            let mut total_relation = None;
+            let mut facets = None;
+            let hits: Vec<Hit> = match &query {
+                Planned::Geo(q, f) => {
+                    let hits =
+                        engine::search::geo_where(&view, &scope, q, offset + limit, f.as_ref())?;
+                    hits.iter()
+                        .skip(offset)
+                        .map(|h| {
+                            Ok(Hit {
+                                distance_m: Some(h.distance_m),
+                                ..hit(&h.key, &h.region, row(&h.region, &h.key)?)
                             })
-                            .collect(),
-                    );
+                        })
+                        .collect::<tantivy::Result<_>>()?
                 }
-                answer
-                    .hits
+                Planned::Vector(q) => engine::search::vector(&view, &scope, q)?
                     .iter()
-                    .map(|h| Hit {
-                        score: h.score.map(text_score),
-                        distance_m: h.distance_m,
-                        highlights: q.highlight.then(|| highlights(&h.highlights)).flatten(),
-                        sort_value: q
-                            .sort
-                            .is_some()
-                            .then(|| h.sort_value.as_ref().map_or(Value::Null, |k| k.to_json())),
-                        ..hit(&h.key, &h.region, fields_json(&ix, &h.row))
-                    })
-                    .collect()
-            }
-            Planned::Hybrid(t, v, f) => {
-                engine::search::hybrid(&view, &scope, t, v, f, offset, limit)?
-                    .iter()
+                    .skip(offset)
+                    .take(limit)
                     .map(|h| {
                         Ok(Hit {
                             score: Some(h.score),
-                            ranks: Some(BranchRanks {
-                                text: h.text_rank,
-                                vector: h.vector_rank,
-                            }),
-                            branch_scores: Some(BranchScores {
-                                text: h.text_score.map(text_score),
-                                vector: h.vector_score,
-                            }),
-                            highlights: t.highlight.then(|| highlights(&h.highlights)).flatten(),
-                            ..hit(
-                                &h.key,
-                                &h.region,
-                                h.row.as_ref().map_or_else(
-                                    || RawValue::NULL.to_owned(),
-                                    |r| fields_json(&ix, r),
-                                ),
-                            )
+                            ..hit(&h.key, &h.region, row(&h.region, &h.key)?)
                         })
                     })
-                    .collect::<tantivy::Result<_>>()?
-            }
-        };
-        Ok(ShardSearchResponse {
-            applied_lsn,
-            lag_ms,
-            lag_bytes,
-            hits,
-            total,
-            total_relation,
-            facets,
+                    .collect::<tantivy::Result<_>>()?,
+                Planned::Text(q) => {
+                    let answer = engine::search::text(&view, &scope, q)?;
+                    total = Some(answer.total);
+                    total_relation = Some(if answer.total_exact {
+                        TotalRelation::Eq
+                    } else {
+                        TotalRelation::Gte
+                    });
+                    if !q.facets.is_empty() {
+                        facets = Some(
+                            q.facets
+                                .iter()
+                                .zip(&answer.facets)
+                                .map(|(&(f, _), values)| {
+                                    let buckets = values
+                                        .iter()
+                                        .map(|(v, n)| FacetBucket {
+                                            value: v.to_json(),
+                                            count: *n,
+                                        })
+                                        .collect();
+                                    (facet_names[f].clone(), buckets)
+                                })
+                                .collect(),
+                        );
+                    }
+                    answer
+                        .hits
+                        .iter()
+                        .map(|h| Hit {
+                            score: h.score.map(text_score),
+                            distance_m: h.distance_m,
+                            highlights: q.highlight.then(|| highlights(&h.highlights)).flatten(),
+                            sort_value: q.sort.is_some().then(|| {
+                                h.sort_value.as_ref().map_or(Value::Null, |k| k.to_json())
+                            }),
+                            ..hit(&h.key, &h.region, fields_json(&ix, &h.row))
+                        })
+                        .collect()
+                }
+                Planned::Hybrid(t, v, f) => {
+                    engine::search::hybrid(&view, &scope, t, v, f, offset, limit)?
+                        .iter()
+                        .map(|h| {
+                            Ok(Hit {
+                                score: Some(h.score),
+                                ranks: Some(BranchRanks {
+                                    text: h.text_rank,
+                                    vector: h.vector_rank,
+                                }),
+                                branch_scores: Some(BranchScores {
+                                    text: h.text_score.map(text_score),
+                                    vector: h.vector_score,
+                                }),
+                                highlights: t
+                                    .highlight
+                                    .then(|| highlights(&h.highlights))
+                                    .flatten(),
+                                ..hit(
+                                    &h.key,
+                                    &h.region,
+                                    h.row.as_ref().map_or_else(
+                                        || RawValue::NULL.to_owned(),
+                                        |r| fields_json(&ix, r),
+                                    ),
+                                )
+                            })
+                        })
+                        .collect::<tantivy::Result<_>>()?
+                }
+            };
+            Ok(ShardSearchResponse {
+                applied_lsn,
+                lag_ms,
+                lag_bytes,
+                hits,
+                total,
+                total_relation,
+                facets,
+            })
         })
-    })
-    .await;
+        .await;
     if cancelled.is_cancelled() {
         metrics::counter!(crate::metrics::SEARCHES_CANCELLED).increment(1);
         return Answer::error(
