@@ -218,11 +218,15 @@ pub async fn graph_state(ix: &Indexer, r: &mut Report) -> Result<()> {
 /// The public API in front of the indexer at `listen`, open and without rate limits.
 pub async fn query_api(dir: &Path, listen: &str) -> Result<QueryApi> {
     let cfg = dir.join("query-api.toml");
+    // Every request of the run comes from one address, where it stands for many clients: the
+    // per-client shares (requests in flight, searches waiting for their LSN) are the whole
+    // API's, or the freshness probes at 5k rows/s would be refused for holding over 32 waits.
     std::fs::write(
         &cfg,
         format!(
             "[[shard]]\nurl = \"http://{listen}\"\n[auth]\nopen = true\n\
-             [limits]\nrate_per_sec = 1000000.0\nburst = 1000000.0\nmax_concurrent_requests = 4096\n"
+             [limits]\nrate_per_sec = 1000000.0\nburst = 1000000.0\nmax_concurrent_requests = 4096\n\
+             max_concurrent_per_client = 4096\nmax_waits = 2048\nmax_waits_per_client = 2048\n"
         ),
     )?;
     QueryApi::start(&cfg, dir).await

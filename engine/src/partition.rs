@@ -191,19 +191,6 @@ impl FreshLayer {
     }
 }
 
-/// Segments of a level merged together once there are this many (tantivy's default is 8).
-/// Every text query looks each of its terms up in every segment of every partition it
-/// reads, twice (statistics, then postings): term-dictionary lookups were a third of a
-/// rare word's CPU with 16 segments over 6 partitions. Fewer, larger segments cost more
-/// merging, which a search service's read-mostly load repays.
-const MERGE_AT_SEGMENTS: usize = 3;
-
-fn merge_policy() -> tantivy::indexer::LogMergePolicy {
-    let mut policy = tantivy::indexer::LogMergePolicy::default();
-    policy.set_min_num_segments(MERGE_AT_SEGMENTS);
-    policy
-}
-
 /// A write queued for the tantivy writer, applied by the committer.
 pub enum WriteOp {
     Delete(Term),
@@ -467,7 +454,6 @@ impl Partition {
         };
         analyzer::register(&index);
         let writer: Writer = index.writer_with_num_threads(1, writer_memory)?;
-        writer.set_merge_policy(Box::new(merge_policy()));
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
