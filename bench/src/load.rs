@@ -72,6 +72,7 @@ pub async fn http_load(
     bodies: &Arc<Vec<Value>>,
     c: usize,
     budget: Duration,
+    clock: Option<Clock>,
 ) -> Result<Lat> {
     // Bodies are encoded once, as the peers' parameters are formatted once.
     let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
@@ -103,6 +104,9 @@ pub async fn http_load(
     .await?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    if let Some(clock) = clock {
+        let _ = clock.send(());
+    }
     let mut tasks = Vec::new();
     for mut sender in senders {
         let (bodies, next, authority, path) = (
@@ -143,6 +147,29 @@ pub async fn http_load(
     Ok(Lat::of(all, started.elapsed().as_secs_f64()))
 }
 
+/// Told when a load's clock starts (its connections are open): a profile of the load
+/// starts then, not during the set-up.
+pub type Clock = tokio::sync::oneshot::Sender<()>;
+
+/// Runs `load`, profiling it from the moment its clock starts.
+async fn profiled<F>(
+    load: impl FnOnce(Clock) -> F,
+    profiler: &Profiler,
+    seconds: f64,
+    name: &str,
+) -> (Result<Lat>, Value)
+where
+    F: std::future::Future<Output = Result<Lat>>,
+{
+    let (clock, started) = tokio::sync::oneshot::channel();
+    tokio::join!(load(clock), async {
+        match started.await {
+            Ok(()) => profiler.record(seconds, name).await,
+            Err(_) => json!({}),
+        }
+    })
+}
+
 /// The parameters of one Postgres-side query.
 #[derive(Clone)]
 pub enum PgQ {
@@ -178,13 +205,14 @@ pub struct PgWork {
 
 /// Runs `work` from `c` connections for `budget`. The connections are set up, prepared and
 /// warmed (a backend's first query loads the extension and fills its caches) before the
-/// clock starts, as our HTTP client's pooled connections are.
+/// clock starts, as our HTTP client's connections are; `clock` is told when it starts.
 pub async fn pg_load(
     pg: &PgServer,
     db: &str,
     work: &PgWork,
     c: usize,
     budget: Duration,
+    clock: Option<Clock>,
 ) -> Result<Lat> {
     let clients = futures_util::future::try_join_all((0..c).map(|i| async move {
         let client = pg.connect(db).await?;
@@ -200,6 +228,9 @@ pub async fn pg_load(
     .await?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    if let Some(clock) = clock {
+        let _ = clock.send(());
+    }
     let mut tasks = Vec::new();
     for (client, stmt) in clients {
         let (queries, next) = (work.queries.clone(), next.clone());
@@ -320,10 +351,10 @@ impl Loads<'_> {
     /// peer c=32, profiling the first c=32 load of each side.
     pub async fn run(&self, cell: &Cell, rounds: usize, profiler: &Profiler) -> Result<Measured> {
         const WARM_UP: Duration = Duration::from_millis(300);
-        let ours = |c| http_load(self.url, &cell.ours, c, self.budget);
-        http_load(self.url, &cell.ours, 1, WARM_UP).await?;
+        let ours = |c, clock| http_load(self.url, &cell.ours, c, self.budget, clock);
+        http_load(self.url, &cell.ours, 1, WARM_UP, None).await?;
         if let Some(work) = &cell.peer {
-            pg_load(self.pg, self.db, work, 1, WARM_UP).await?;
+            pg_load(self.pg, self.db, work, 1, WARM_UP, None).await?;
         }
         let mut m = Measured {
             ours: Rounds::default(),
@@ -332,30 +363,31 @@ impl Loads<'_> {
             peer_profile: json!({}),
         };
         for round in 0..rounds {
-            let our_one = ours(1).await?;
+            let our_one = ours(1, None).await?;
             let peer_one = match &cell.peer {
-                Some(work) => Some(self.peer(work, 1).await?),
+                Some(work) => Some(self.peer(work, 1, None).await?),
                 None => None,
             };
             let our_many = if round == 0 {
                 let seconds = (self.budget.as_secs_f64() - 0.5).max(0.5);
-                let (many, hot) = tokio::join!(ours(32), profiler.record(seconds, &cell.name));
+                let load = |clock| ours(32, Some(clock));
+                let (many, hot) = profiled(load, profiler, seconds, &cell.name).await;
                 m.profile = hot;
                 many?
             } else {
-                ours(32).await?
+                ours(32, None).await?
             };
             m.ours.0.push((our_one, our_many));
             if let (Some(work), Some(one), Some(rounds)) = (&cell.peer, peer_one, &mut m.peer) {
                 let peer_many = if round == 0 {
                     let seconds = (self.budget.as_secs_f64() - 0.5).max(0.5);
                     let name = format!("{} (peer)", cell.name);
-                    let (many, hot) =
-                        tokio::join!(self.peer(work, 32), profiler.record(seconds, &name));
+                    let load = |clock| self.peer(work, 32, Some(clock));
+                    let (many, hot) = profiled(load, profiler, seconds, &name).await;
                     m.peer_profile = hot;
                     many?
                 } else {
-                    self.peer(work, 32).await?
+                    self.peer(work, 32, None).await?
                 };
                 rounds.0.push((one, peer_many));
             }
@@ -370,8 +402,8 @@ impl Loads<'_> {
         Ok(m)
     }
 
-    async fn peer(&self, work: &PgWork, c: usize) -> Result<Lat> {
-        pg_load(self.pg, self.db, work, c, self.budget).await
+    async fn peer(&self, work: &PgWork, c: usize, clock: Option<Clock>) -> Result<Lat> {
+        pg_load(self.pg, self.db, work, c, self.budget, clock).await
     }
 }
 
