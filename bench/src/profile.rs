@@ -31,6 +31,22 @@ pub struct Profiler {
     dir: PathBuf,
 }
 
+/// perf's sampling rate, per core.
+const HZ: f64 = 499.0;
+
+/// A flat `perf report` of `data` with `args` added: its text, empty when perf fails.
+async fn report(data: &Path, args: &[&str]) -> String {
+    tokio::process::Command::new("perf")
+        .args(["report", "--stdio", "--no-children", "-g", "none"])
+        .args(args)
+        .arg("-i")
+        .arg(data)
+        .output()
+        .await
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// Which process a thread name belongs to.
 fn process_of(comm: &str) -> &'static str {
     match comm {
@@ -67,9 +83,8 @@ impl Profiler {
             Some(_) => &["--call-graph", "dwarf,32768"],
             None => &[],
         };
-        const HZ: f64 = 499.0;
         let recorded = tokio::process::Command::new("perf")
-            .args(["record", "-q", "-a", "-F", "499", "-o"])
+            .args(["record", "-q", "-a", "-F", &HZ.to_string(), "-o"])
             .arg(&data)
             .args(graph)
             .args(["--", "sleep", &format!("{seconds}")])
@@ -81,23 +96,9 @@ impl Profiler {
         if !recorded {
             return json!({});
         }
-        let report = |args: &'static [&'static str]| {
-            let data = data.clone();
-            async move {
-                tokio::process::Command::new("perf")
-                    .args(["report", "--stdio", "--no-children", "-g", "none", "-n"])
-                    .args(args)
-                    .arg("-i")
-                    .arg(&data)
-                    .output()
-                    .await
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default()
-            }
-        };
         // Samples per thread name → cores per process (a core sampled at HZ for `seconds`).
         let mut cpu: BTreeMap<&str, f64> = BTreeMap::new();
-        for line in report(&["--sort", "comm"]).await.lines() {
+        for line in report(&data, &["-n", "--sort", "comm"]).await.lines() {
             let mut it = line.split_whitespace();
             let (Some(_pct), Some(n), Some(comm)) = (it.next(), it.next(), it.next()) else {
                 continue;
@@ -109,15 +110,20 @@ impl Profiler {
             *cpu.entry(process_of(comm)).or_default() += n / (HZ * seconds);
         }
         let comms = OURS.join(",");
-        let text = tokio::process::Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "-g", "none"])
-            .args(["--comms", &comms, "--percentage", "relative"])
-            .args(["--sort", "comm,sym", "--percent-limit", "2", "-i"])
-            .arg(&data)
-            .output()
-            .await
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
+        let text = report(
+            &data,
+            &[
+                "--comms",
+                &comms,
+                "--percentage",
+                "relative",
+                "--sort",
+                "comm,sym",
+                "--percent-limit",
+                "2",
+            ],
+        )
+        .await;
         let hot: Vec<(f64, String)> = text
             .lines()
             .filter_map(|l| {
