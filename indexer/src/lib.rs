@@ -35,6 +35,12 @@ use crate::status::{SnapshotProgress, Stats};
 use engine::shard::{Shard, ViewCell};
 use wire::Lsn;
 
+/// The log filter when `RUST_LOG` is not set: our own INFO, the libraries' warnings only.
+/// The replication library logs an ERROR for every dropped connection (the stream logs one
+/// WARN per reconnect with the cause and the next attempt instead), and hnsw_rs dozens of
+/// INFO lines per graph at every start.
+pub const LOG_DEFAULT: &str = "info,pgwire_replication=off,hnsw_rs=warn,anndists=warn,tantivy=warn";
+
 /// Name of the file, in the data directory, that holds the HTTP address actually bound.
 pub const ADDR_FILE: &str = "indexer.addr";
 
@@ -88,10 +94,12 @@ pub async fn run(
         )
         .await;
     });
+    let (slot_seen, slot_rx) = watch::channel(None);
     let poller = tokio::spawn(poll_slot(
         conn.clone(),
         config.source.slot.clone(),
         stats.clone(),
+        slot_seen,
     ));
 
     let ctx = RunContext {
@@ -100,6 +108,7 @@ pub async fn run(
         indexes: &indexes,
         stats: &stats,
         view: &view,
+        slot_seen: &slot_rx,
     };
     let result = loop {
         match run_once(&ctx, shutdown.clone()).await {
@@ -123,6 +132,8 @@ struct RunContext<'a> {
     indexes: &'a [ResolvedIndex],
     stats: &'a Arc<Stats>,
     view: &'a Arc<ViewCell>,
+    /// The slot poller's latest reading.
+    slot_seen: &'a watch::Receiver<Option<source::SlotSeen>>,
 }
 
 /// One life of the shard: snapshot or resume, then stream until shutdown or an error.
@@ -251,7 +262,9 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
             searchable: searchable_rx,
             durable: durable_rx,
         };
-        source.stream(apply_tx, progress, shutdown.clone()).await
+        source
+            .stream(apply_tx, progress, shutdown.clone(), ctx.slot_seen.clone())
+            .await
     }
     .await;
     // The stream has dropped its sender: the applier drains, commits and stops.
@@ -295,22 +308,38 @@ fn fingerprint(indexes: &[ResolvedIndex], regions: &[String]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(s.as_bytes()))
 }
 
-/// Keeps the slot's health (`wal_status`, `safe_wal_size`) in the status, every 2 s.
-async fn poll_slot(conn: PgConn, slot: String, stats: Arc<Stats>) {
+/// Keeps the slot's health (`wal_status`, `safe_wal_size`) in the status, and the server's
+/// WAL position for the lag while the stream is down, every 2 s; publishes each reading, so
+/// the stream stops on a slot that is gone or invalidated whatever its connection says.
+async fn poll_slot(
+    conn: PgConn,
+    slot: String,
+    stats: Arc<Stats>,
+    seen: watch::Sender<Option<source::SlotSeen>>,
+) {
     let mut client = None;
+    let mut reported_lost = false;
     loop {
         if client.is_none() {
             client = conn.connect().await.ok();
         }
         if let Some(c) = &client {
+            let at = std::time::Instant::now();
             match pg::slot_status(c, &slot).await {
                 Ok(s) => {
-                    if let Some(st) = &s {
-                        if st.wal_status.as_deref() == Some("lost") {
-                            tracing::error!(slot = %slot, "replication slot invalidated: WAL it needed was removed");
-                        }
+                    let lost = s
+                        .as_ref()
+                        .is_some_and(|st| st.wal_status.as_deref() == Some("lost"));
+                    if lost && !reported_lost {
+                        tracing::error!(slot = %slot, "replication slot invalidated: WAL it needed was removed");
                     }
-                    *stats.slot.lock().unwrap() = s;
+                    reported_lost = lost;
+                    *stats.slot.lock().unwrap() = s.clone();
+                    seen.send_replace(Some(source::SlotSeen { at, slot: s }));
+                    match pg::wal_end(c).await {
+                        Ok(end) => stats.observe_server_wal(end),
+                        Err(_) => client = None,
+                    }
                 }
                 Err(_) => client = None,
             }

@@ -90,7 +90,8 @@ fn main() -> ExitCode {
         .with_writer(indexer::progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| indexer::LOG_DEFAULT.into()),
         )
         .init();
     let cli = Cli::parse();
@@ -110,6 +111,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// A bind failure that names the address, where it was set, and what to do.
+fn bind_error(addr: &str, e: &std::io::Error) -> anyhow::Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another process listens there (an indexer already running?): stop it, or choose another address"
+        }
+        std::io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose another",
+        std::io::ErrorKind::AddrNotAvailable => "; no interface of this machine has that address",
+        _ => "",
+    };
+    anyhow::anyhow!(
+        "cannot listen on {addr} (set by http.listen in the config, INDEXER_LISTEN or --listen): {e}{hint}"
+    )
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
@@ -126,7 +142,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let prometheus =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
             indexer::metrics::describe();
-            let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
+            let listen = config.http.listen;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| bind_error(&listen.to_string(), &e))?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;

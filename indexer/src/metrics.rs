@@ -13,6 +13,8 @@ pub const APPLIED_LSN: &str = "indexer_applied_lsn";
 pub const SERVER_WAL_END: &str = "indexer_server_wal_end_lsn";
 pub const LAG_BYTES: &str = "indexer_lag_bytes";
 pub const LAG_SECONDS: &str = "indexer_lag_seconds";
+pub const STREAMING: &str = "indexer_streaming";
+pub const LAST_COMMIT_AGE_SECONDS: &str = "indexer_last_commit_age_seconds";
 pub const PARTITION_DOCS: &str = "indexer_partition_documents";
 pub const PARTITION_REJECTED: &str = "indexer_partition_rejected_rows";
 pub const SLOT_SAFE_WAL_BYTES: &str = "indexer_slot_safe_wal_size_bytes";
@@ -41,12 +43,21 @@ pub fn describe() {
     describe_gauge!(
         LAG_BYTES,
         Unit::Bytes,
-        "WAL bytes between the server and the applied LSN"
+        "WAL bytes between the server and the applied LSN (while the stream is down, the server's position as last polled)"
     );
     describe_gauge!(
         LAG_SECONDS,
         Unit::Seconds,
-        "Age of the oldest change not yet searchable"
+        "Age of the oldest change not yet searchable; while the stream is down, at least the time since it was live"
+    );
+    describe_gauge!(
+        STREAMING,
+        "1 while the replication stream is live, 0 while it connects, reconnects or is lost"
+    );
+    describe_gauge!(
+        LAST_COMMIT_AGE_SECONDS,
+        Unit::Seconds,
+        "Time since the commit time of the last transaction applied"
     );
     describe_gauge!(PARTITION_DOCS, "Documents per partition");
     describe_gauge!(PARTITION_REJECTED, "Rejected rows per partition");

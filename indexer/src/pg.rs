@@ -307,6 +307,19 @@ pub async fn slot_status(client: &Client, slot: &str) -> Result<Option<SlotStatu
     }))
 }
 
+/// The server's WAL position: what it has written (on a standby, what it has received).
+pub async fn wal_end(client: &Client) -> Result<Lsn> {
+    let text: Option<String> = client
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
+             ELSE pg_current_wal_lsn() END)::text",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(text.and_then(|t| t.parse().ok()).unwrap_or(Lsn::ZERO))
+}
+
 /// Drops the slot, waiting (bounded) for a walsender of a previous process to let go of it.
 pub async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
     for attempt in 0..50 {

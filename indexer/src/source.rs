@@ -23,6 +23,24 @@ use engine::change::{Cell, Change, Transaction};
 use wire::Lsn;
 
 /// What the stream hears back from the applier.
+/// One reading of the slot by the poller: when it was asked, and its row (`None`: no slot).
+#[derive(Debug, Clone)]
+pub struct SlotSeen {
+    pub at: Instant,
+    pub slot: Option<crate::status::SlotStatus>,
+}
+
+impl SlotSeen {
+    /// How the slot is lost, if it is: dropped, or invalidated (`wal_status = 'lost'`).
+    pub fn loss(&self) -> Option<SlotLoss> {
+        match &self.slot {
+            None => Some(SlotLoss::Missing),
+            Some(s) if s.wal_status.as_deref() == Some("lost") => Some(SlotLoss::Invalidated),
+            Some(_) => None,
+        }
+    }
+}
+
 pub struct ProgressRx {
     pub searchable: watch::Receiver<Lsn>,
     pub durable: watch::Receiver<Lsn>,
@@ -203,7 +221,46 @@ impl Source {
     /// Streams changes from the slot until `shutdown`, reconnecting with backoff after
     /// network errors and server restarts. Returns an error only for what retrying cannot
     /// fix (a lost slot, a decoding error, a stopped applier).
+    ///
+    /// A slot that the poller (`slot_seen`) finds gone or invalidated, in a reading taken
+    /// after streaming began, ends the stream with `SlotLost` whatever the connection is
+    /// doing: Postgres ends the walsender of a slot it invalidates, and what a reconnect then
+    /// hears (or whether it hears anything before a timeout) is no signal to rely on.
     pub async fn stream(
+        &self,
+        applier: mpsc::Sender<ApplyCmd>,
+        progress: ProgressRx,
+        shutdown: watch::Receiver<bool>,
+        mut slot_seen: watch::Receiver<Option<SlotSeen>>,
+    ) -> Result<()> {
+        let since = Instant::now();
+        let lost = async {
+            let mut loss = None;
+            // A closed channel (the poller gone) only ends the watch, never the stream.
+            let _ = slot_seen
+                .wait_for(|seen| {
+                    loss = seen
+                        .as_ref()
+                        .filter(|s| s.at >= since)
+                        .and_then(SlotSeen::loss);
+                    loss.is_some()
+                })
+                .await;
+            match loss {
+                Some(loss) => loss,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = self.stream_until_error(applier, progress, shutdown) => r,
+            loss = lost => {
+                self.stats.set_stream_state("slot lost");
+                Err(Error::SlotLost { slot: self.slot.clone(), loss })
+            }
+        }
+    }
+
+    async fn stream_until_error(
         &self,
         applier: mpsc::Sender<ApplyCmd>,
         mut progress: ProgressRx,
@@ -296,7 +353,7 @@ impl Source {
         let mut client = ReplicationClient::connect(config).await?;
         client.wait_started().await?;
         *backoff = Duration::from_millis(100);
-        self.stats.set_stream_state("streaming");
+        self.stats.set_stream_state(crate::status::STREAMING);
         tracing::info!(slot = %self.slot, from = %start, "streaming");
 
         let mut relations: HashMap<u32, Option<RelationMap>> = HashMap::new();

@@ -13,11 +13,18 @@ use wire::Lsn;
 /// Microseconds between the Unix epoch and Postgres' epoch (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 const RECENT_REJECTIONS: usize = 100;
+/// The stream state of a live stream.
+pub const STREAMING: &str = "streaming";
 
 #[derive(Default)]
 pub struct Stats {
     /// Server WAL end from the latest keepalive or data message.
     pub server_wal_end: AtomicU64,
+    /// The server's WAL position as the slot poller last read it (every 2 s): the lag's end
+    /// while the stream is down and hears nothing.
+    pub polled_wal_end: AtomicU64,
+    /// When (µs since 2000) the stream stopped streaming; 0 while it streams.
+    pub stream_down_since: AtomicI64,
     /// Highest LSN that is both durable and searchable (or has nothing for us).
     pub applied: AtomicU64,
     /// Postgres commit time (µs since 2000) of the oldest received transaction not yet
@@ -84,27 +91,58 @@ impl Stats {
         self.server_wal_end.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
+    /// The server's WAL position as the poller read it.
+    pub fn observe_server_wal(&self, lsn: Lsn) {
+        self.polled_wal_end.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+
+    /// Whether the stream is live (not connecting, reconnecting or stopped).
+    pub fn streaming(&self) -> bool {
+        self.stream_down_since.load(Ordering::Acquire) == 0
+    }
+
+    /// Bytes of WAL the server has beyond what is applied: up to the stream's last word
+    /// while it streams; while it is down, up to what the poller last read from the server.
     pub fn lag_bytes(&self) -> u64 {
-        self.applied().bytes_until(self.server_wal_end())
+        let mut end = self.server_wal_end();
+        if !self.streaming() {
+            end = end.max(Lsn(self.polled_wal_end.load(Ordering::Acquire)));
+        }
+        self.applied().bytes_until(end)
     }
 
     /// Milliseconds the index is behind: 0 when caught up, else the age of the oldest
     /// received-but-unapplied transaction (or of the last applied one when Postgres holds
-    /// more that we have not received yet).
+    /// more that we have not received yet). While the stream is down nothing says what the
+    /// server holds, so the lag is at least the time since it was last live: an answer
+    /// never claims a freshness it cannot know.
     pub fn lag_ms(&self) -> u64 {
+        let now = now_pg_micros();
+        let down = match self.stream_down_since.load(Ordering::Acquire) {
+            0 => 0,
+            since => ((now - since).max(0) / 1000) as u64,
+        };
         let pending = self.oldest_pending_commit.load(Ordering::Acquire);
         let reference = if pending != 0 {
             pending
         } else if self.lag_bytes() > 0 {
             self.last_applied_commit.load(Ordering::Acquire)
         } else {
-            return 0;
+            0
         };
         if reference == 0 {
-            return 0;
+            return down;
         }
-        let age = now_pg_micros() - reference;
-        (age.max(0) / 1000) as u64
+        (((now - reference).max(0) / 1000) as u64).max(down)
+    }
+
+    /// Milliseconds since the Postgres commit time of the last transaction applied by this
+    /// process; `None` before the first.
+    pub fn last_commit_age_ms(&self) -> Option<u64> {
+        match self.last_applied_commit.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(((now_pg_micros() - t).max(0) / 1000) as u64),
+        }
     }
 
     pub fn record_rejection(&self, region: &str, r: Rejection) {
@@ -124,8 +162,34 @@ impl Stats {
         recent.push_back(r);
     }
 
+    /// The stream's state as `/status` shows it; anything but `streaming` starts (or keeps)
+    /// the clock of `stream_down_since`.
     pub fn set_stream_state(&self, s: impl Into<String>) {
-        *self.stream_state.lock().unwrap() = s.into();
+        let s = s.into();
+        if s == STREAMING {
+            self.stream_down_since.store(0, Ordering::Release);
+        } else {
+            let _ = self.stream_down_since.compare_exchange(
+                0,
+                now_pg_micros(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        *self.stream_state.lock().unwrap() = s;
+    }
+
+    /// The stream's state, one word: `streaming`, `connecting`, `reconnecting`, `slot lost`,
+    /// `snapshot` (copying, not streaming yet), `stopped`.
+    pub fn stream_word(&self) -> String {
+        let state = self.stream_state.lock().unwrap();
+        if state.starts_with("reconnecting") {
+            "reconnecting".to_owned()
+        } else if state.is_empty() {
+            "snapshot".to_owned()
+        } else {
+            state.clone()
+        }
     }
 }
 

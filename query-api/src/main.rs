@@ -26,6 +26,7 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -69,7 +70,17 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> Result<(), String>
         .ok();
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "; another process listens there (a query-api already running?): stop it, or choose another address"
+            } else {
+                ""
+            };
+            format!(
+                "cannot listen on {} (set by listen in the config, QUERY_API_LISTEN or --listen): {e}{hint}",
+                config.listen
+            )
+        })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         %addr,

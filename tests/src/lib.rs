@@ -219,6 +219,12 @@ impl PgServer {
 
     /// Stops the server (fast shutdown) and starts it again on the same port.
     pub fn restart(&self) -> Result<()> {
+        self.stop()?;
+        self.start_again()
+    }
+
+    /// Stops the server (fast shutdown); `start_again` brings it back on the same port.
+    pub fn stop(&self) -> Result<()> {
         self.pg_cmd(
             "pg_ctl",
             &[
@@ -229,7 +235,11 @@ impl PgServer {
                 "-w",
                 "stop",
             ],
-        )?;
+        )
+    }
+
+    /// Starts a server stopped by `stop`.
+    pub fn start_again(&self) -> Result<()> {
         self.pg_ctl_start()
     }
 
@@ -514,13 +524,14 @@ impl Drop for QueryApi {
     }
 }
 
-/// Starts `bin` with `args` and `env` (and `RUST_LOG=info`), its output in the file `log`.
+/// Starts `bin` with `args` and `env`, its output in the file `log`; without `RUST_LOG`, so
+/// it logs as it does by default.
 fn spawn_logged(bin: &Path, args: &[&str], env: &[(&str, String)], log: &Path) -> Result<Child> {
     let log_file = std::fs::File::create(log)?;
     Ok(Command::new(bin)
         .args(args)
+        .env_remove("RUST_LOG")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -608,7 +619,8 @@ impl Indexer {
         Self::spawn_on(config, data_dir, "127.0.0.1:0")
     }
 
-    fn spawn_on(config: &Path, data_dir: &Path, listen: &str) -> Result<Indexer> {
+    /// `spawn`, listening on a given address.
+    pub fn spawn_on(config: &Path, data_dir: &Path, listen: &str) -> Result<Indexer> {
         Self::spawn_with_env(config, data_dir, listen, &[])
     }
 
@@ -747,6 +759,18 @@ impl Indexer {
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP: the process stays, its connections open, and does nothing until `resume`.
+    pub fn pause(&self) -> Result<()> {
+        let pid = self.pid().context("not running")?;
+        run(Command::new("kill").args(["-STOP", &pid.to_string()]))
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) -> Result<()> {
+        let pid = self.pid().context("not running")?;
+        run(Command::new("kill").args(["-CONT", &pid.to_string()]))
     }
 
     /// SIGTERM, then waits for a clean exit.

@@ -203,13 +203,7 @@ async fn lost_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidated_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> {
-    // A cluster of its own: the WAL limit is cluster-wide.
-    let pg: &'static PgServer = Box::leak(Box::new(PgServer::start_with_watchdog()?));
-    let f = Fixture::on(pg).await?;
-    f.client
-        .batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
-        .await?;
-    f.client.batch_execute("SELECT pg_reload_conf()").await?;
+    let f = small_wal_keep().await?;
     f.insert_range(1, 200).await?;
     let config = f.config("", "")?;
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
@@ -217,19 +211,7 @@ async fn invalidated_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> 
     assert!(ix.stop()?.success());
 
     // With the indexer down, write more WAL than the slot may keep; a checkpoint invalidates it.
-    let (client, slot) = (&f.client, &f.slot);
-    e2e::eventually("the slot to be invalidated", Duration::from_secs(60), || async move {
-        client
-            .batch_execute("INSERT INTO other (v) SELECT repeat(md5(g::text), 40) FROM generate_series(1, 20000) g")
-            .await?;
-        client.batch_execute("CHECKPOINT").await?;
-        let status: Option<String> = client
-            .query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[slot])
-            .await?
-            .get(0);
-        Ok((status.as_deref() == Some("lost")).then_some(()))
-    })
-    .await?;
+    invalidate_slot(&f).await?;
     f.insert_range(201, 220).await?;
 
     let mut ix = Indexer::spawn(&config, &f.data_dir())?;
@@ -242,6 +224,140 @@ async fn invalidated_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> 
     let status = ix.wait_ready().await?;
     assert_eq!(status["snapshot"]["state"], "done");
     f.assert_equal(&rebuild, &ix).await?;
+    Ok(())
+}
+
+/// A cluster of its own (the WAL limit is cluster-wide) whose slots may keep 1 MB of WAL.
+async fn small_wal_keep() -> Result<Fixture> {
+    let pg: &'static PgServer = Box::leak(Box::new(PgServer::start_with_watchdog()?));
+    let f = Fixture::on(pg).await?;
+    f.client
+        .batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        .await?;
+    f.client.batch_execute("SELECT pg_reload_conf()").await?;
+    Ok(f)
+}
+
+/// Writes more WAL than the slot may keep, with checkpoints, until Postgres invalidates the
+/// slot (it ends the walsender of a consumer still connected to it).
+async fn invalidate_slot(f: &Fixture) -> Result<()> {
+    let (client, slot) = (&f.client, &f.slot);
+    e2e::eventually("the slot to be invalidated", Duration::from_secs(60), || async move {
+        client
+            .batch_execute("INSERT INTO other (v) SELECT repeat(md5(g::text), 40) FROM generate_series(1, 20000) g")
+            .await?;
+        client.batch_execute("CHECKPOINT").await?;
+        let status: Option<String> = client
+            .query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[slot])
+            .await?
+            .get(0);
+        Ok((status.as_deref() == Some("lost")).then_some(()))
+    })
+    .await
+}
+
+/// The slot is invalidated while the indexer streams (paused with SIGSTOP meanwhile, as a
+/// stalled process would be, its connection open): with `on_slot_loss = "fail"` it stops
+/// within seconds of resuming, saying why; with `"resnapshot"` it rebuilds in the same
+/// process and ends equal to the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_invalidated_while_streaming_stops_or_rebuilds() -> Result<()> {
+    let f = small_wal_keep().await?;
+    f.insert_range(1, 200).await?;
+    let config = f.config("", "")?;
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    ix.wait_ready().await?;
+    ix.pause()?;
+    invalidate_slot(&f).await?;
+    f.insert_range(201, 220).await?;
+    ix.resume()?;
+    let code = ix.wait_exit(Duration::from_secs(10)).await?;
+    let log = ix.log_text();
+    assert_eq!(code.code(), Some(2), "{log}");
+    assert!(
+        log.contains("was invalidated") && log.contains("resnapshot"),
+        "{log}"
+    );
+
+    // Rebuilt at start (the slot is lost), then lost again while streaming: rebuilt again.
+    let rebuild = f.config("on_slot_loss = \"resnapshot\"", "")?;
+    let mut ix = Indexer::start(&rebuild, &f.data_dir()).await?;
+    ix.wait_ready().await?;
+    f.assert_equal(&rebuild, &ix).await?;
+    let reconnects = ix.status().await?["reconnects"].as_u64().unwrap_or(0);
+    ix.pause()?;
+    invalidate_slot(&f).await?;
+    f.insert_range(221, 300).await?;
+    f.client
+        .batch_execute("DELETE FROM places WHERE id <= 20")
+        .await?;
+    ix.resume()?;
+    let status = e2e::eventually("a rebuilt snapshot", Duration::from_secs(60), || {
+        let ix = &ix;
+        async move {
+            let s = ix.status().await?;
+            Ok((s["snapshot"]["state"] == "done"
+                && s["stream"] == "streaming"
+                && s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("was invalidated")))
+            .then_some(s))
+        }
+    })
+    .await?;
+    // One failed attempt at most before the loss is recognised, not a loop of them.
+    assert!(
+        status["reconnects"].as_u64().unwrap_or(0) <= reconnects + 1,
+        "{status}"
+    );
+    f.assert_equal(&rebuild, &ix).await?;
+    Ok(())
+}
+
+/// While the stream is down (Postgres stopped), freshness says so: the stream's state, and a
+/// lag that grows with the time since the stream was last live, never 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_grows_while_the_stream_is_down() -> Result<()> {
+    let pg: &'static PgServer = Box::leak(Box::new(PgServer::start_with_watchdog()?));
+    let f = Fixture::on(pg).await?;
+    f.insert_range(1, 100).await?;
+    let config = f.config("", "")?;
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    ix.wait_ready().await?;
+    let query = serde_json::json!({"index": "places", "q": "place", "limit": 1});
+    let live = ix.search_ok(&query).await?;
+    assert_eq!(live["stream"], "streaming", "{live}");
+    assert_eq!(live["lag_ms"], 0, "{live}");
+
+    pg.stop()?;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let status = ix.status().await?;
+    assert_ne!(status["stream"], "streaming", "{status}");
+    assert!(status["lag_ms"].as_u64().unwrap() >= 2_000, "{status}");
+    let down = ix.search_ok(&query).await?;
+    assert_ne!(down["stream"], "streaming", "{down}");
+    assert!(down["lag_ms"].as_u64().unwrap() >= 2_000, "{down}");
+    let metrics = reqwest::get(format!("{}/metrics", ix.url))
+        .await?
+        .text()
+        .await?;
+    let lag_seconds = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("indexer_lag_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(lag_seconds >= 2.0, "{metrics}");
+
+    pg.start_again()?;
+    let client = pg.connect(&f.db).await?;
+    client
+        .batch_execute("UPDATE places SET name = 'back' WHERE id = 1")
+        .await?;
+    let lsn = e2e::current_lsn(&client).await?;
+    ix.wait_applied(&lsn).await?;
+    let back = ix.search_ok(&query).await?;
+    assert_eq!(back["stream"], "streaming", "{back}");
+    assert_eq!(back["lag_ms"], 0, "{back}");
     Ok(())
 }
 
@@ -288,5 +404,41 @@ async fn slot_lost_while_streaming_is_rebuilt_in_process() -> Result<()> {
     );
     f.assert_equal(&config, &ix).await?;
     ix.wait_ready().await?;
+    Ok(())
+}
+
+/// A taken address stops either process at once with a message naming the address and the
+/// setting that chose it, not a bare "Address already in use".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_address_is_named_with_its_setting() -> Result<()> {
+    let f = Fixture::new().await?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    let config = f.config("", "")?;
+    let mut ix = Indexer::spawn_on(&config, &f.data_dir(), &addr)?;
+    let code = ix.wait_exit(Duration::from_secs(30)).await?;
+    let log = ix.log_text();
+    assert_eq!(code.code(), Some(2), "{log}");
+    assert!(
+        log.contains(&format!("cannot listen on {addr}"))
+            && log.contains("http.listen")
+            && log.contains("INDEXER_LISTEN")
+            && log.contains("another process listens there"),
+        "{log}"
+    );
+
+    let api_config = crate::api::api_config(&f, "http://127.0.0.1:9", "")?;
+    let out = std::process::Command::new(e2e::query_api_bin())
+        .args(["--config", api_config.to_str().unwrap(), "--listen", &addr])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!("cannot listen on {addr}"))
+            && text.contains("QUERY_API_LISTEN")
+            && text.contains("another process listens there"),
+        "{text}"
+    );
+    drop(taken);
     Ok(())
 }

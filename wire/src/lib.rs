@@ -399,8 +399,17 @@ pub struct ShardFreshness {
     pub shard: String,
     pub regions: Vec<String>,
     pub applied_lsn: String,
+    /// How far behind Postgres the shard is; while its stream is down, at least the time
+    /// since it was last live.
     pub lag_ms: u64,
     pub lag_bytes: u64,
+    /// `streaming`, or why not: `connecting`, `reconnecting`, `slot lost` (being rebuilt
+    /// or stopping), `snapshot`.
+    pub stream: String,
+    /// Milliseconds since the commit time of the last transaction the shard applied (absent
+    /// before its first since it started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit_age_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]

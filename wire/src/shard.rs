@@ -168,6 +168,14 @@ pub struct ShardSearchResponse {
     pub applied_lsn: Lsn,
     pub lag_ms: u64,
     pub lag_bytes: u64,
+    /// The shard's stream: `streaming`, or why not (`connecting`, `reconnecting`,
+    /// `slot lost`, `snapshot`).
+    #[serde(default = "streaming")]
+    pub stream: String,
+    /// Milliseconds since the commit time of the last transaction the shard applied (absent
+    /// before its first since it started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit_age_ms: Option<u64>,
     pub hits: Vec<Hit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
@@ -175,6 +183,10 @@ pub struct ShardSearchResponse {
     pub total_relation: Option<crate::TotalRelation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facets: Option<BTreeMap<String, Vec<FacetBucket>>>,
+}
+
+fn streaming() -> String {
+    "streaming".to_owned()
 }
 
 /// `GET /internal/wait?lsn=…&timeout_ms=…`: 200 when reached, 409 when not.
@@ -278,6 +290,9 @@ pub struct ShardStatus {
     pub server_wal_end: Lsn,
     pub lag_bytes: u64,
     pub lag_ms: u64,
+    /// Milliseconds since the commit time of the last transaction applied since start.
+    #[serde(default)]
+    pub last_commit_age_ms: Option<u64>,
     pub slot_status: Option<SlotStatus>,
     pub rows_applied: u64,
     pub transactions_applied: u64,

@@ -80,6 +80,7 @@ fn shard_status(s: &HttpState) -> ShardStatus {
         server_wal_end: stats.server_wal_end().max(applied),
         lag_bytes,
         lag_ms,
+        last_commit_age_ms: stats.last_commit_age_ms(),
         slot_status: stats.slot.lock().unwrap().clone(),
         rows_applied: stats.rows_applied.load(Ordering::Relaxed),
         transactions_applied: stats.transactions_applied.load(Ordering::Relaxed),
@@ -116,6 +117,10 @@ fn render_metrics(s: &HttpState) -> Response {
     metrics::gauge!(SERVER_WAL_END).set(stats.server_wal_end().as_u64() as f64);
     metrics::gauge!(LAG_BYTES).set(stats.lag_bytes() as f64);
     metrics::gauge!(LAG_SECONDS).set(stats.lag_ms() as f64 / 1000.0);
+    metrics::gauge!(STREAMING).set(if stats.streaming() { 1.0 } else { 0.0 });
+    if let Some(age) = stats.last_commit_age_ms() {
+        metrics::gauge!(LAST_COMMIT_AGE_SECONDS).set(age as f64 / 1000.0);
+    }
     if let Some(safe) = stats
         .slot
         .lock()

@@ -129,6 +129,7 @@ pub(super) async fn answer(s: &HttpState, body: &[u8], cancel: Cancel) -> Answer
     let (limit, offset) = (req.limit, req.offset);
     let facet_names: Vec<String> = fields.filters.iter().map(|f| f.name.clone()).collect();
     let (lag_ms, lag_bytes) = (s.stats.lag_ms(), s.stats.lag_bytes());
+    let (stream, last_commit_age_ms) = (s.stats.stream_word(), s.stats.last_commit_age_ms());
     match &mut query {
         Planned::Text(t) | Planned::Hybrid(t, ..) => t.cancel = Some(cancel.clone()),
         Planned::Vector(v) => v.cancel = Some(cancel.clone()),
@@ -249,6 +250,8 @@ pub(super) async fn answer(s: &HttpState, body: &[u8], cancel: Cancel) -> Answer
                 applied_lsn,
                 lag_ms,
                 lag_bytes,
+                stream,
+                last_commit_age_ms,
                 hits,
                 total,
                 total_relation,

@@ -429,6 +429,8 @@ async fn search(
             applied_lsn: a.body.applied_lsn.to_string(),
             lag_ms: a.body.lag_ms,
             lag_bytes: a.body.lag_bytes,
+            stream: a.body.stream.clone(),
+            last_commit_age_ms: a.body.last_commit_age_ms,
         })
         .collect();
     let min_applied = answers
