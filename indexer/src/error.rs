@@ -45,6 +45,22 @@ pub enum Error {
     /// The applier stopped; carries the last durable LSN.
     #[error("applier stopped at {0}")]
     ApplierStopped(Lsn),
+    /// The disk holding the data directory is full (or the user's quota spent).
+    #[error("no space left on the disk holding {} ({}): free space there, or move storage.data_dir (INDEXER_DATA_DIR) to a larger disk, and start again; nothing is lost, a restart replays from the last durable commit ({detail})", dir.display(), space(*available, *total))]
+    DiskFull {
+        dir: std::path::PathBuf,
+        available: Option<u64>,
+        total: Option<u64>,
+        detail: String,
+    },
+}
+
+fn space(available: Option<u64>, total: Option<u64>) -> String {
+    const MB: u64 = 1 << 20;
+    match (available, total) {
+        (Some(a), Some(t)) => format!("{} MB available of {} MB", a / MB, t / MB),
+        _ => "its free space could not be read".to_owned(),
+    }
 }
 
 impl Error {
@@ -63,7 +79,47 @@ impl Error {
             | Error::Checkpoint(_)
             | Error::Shard(_)
             | Error::ApplierPanicked(_)
-            | Error::ApplierStopped(_) => false,
+            | Error::ApplierStopped(_)
+            | Error::DiskFull { .. } => false,
+        }
+    }
+
+    /// The I/O error at the bottom of this one, if any.
+    fn io_cause(&self) -> Option<&std::io::Error> {
+        match self {
+            Error::Io(e) => Some(e),
+            Error::Engine(e) => e.io_cause().map(|(io, _)| io),
+            _ => None,
+        }
+    }
+
+    /// This error, or `DiskFull` naming `data_dir` and its free space when what failed was a
+    /// write to a full disk: the error's kind says so (ENOSPC, or EDQUOT: a spent quota), or
+    /// a storage error comes with under 1% (at least 1 MB) of the disk left. tantivy loses
+    /// the I/O error of a write on its indexing thread ("an index writer was killed"), so
+    /// the disk's own state is the witness then, as the catalog is for a slot.
+    pub fn on_full_disk(self, data_dir: &std::path::Path) -> Error {
+        let (available, total) = (
+            fs4::available_space(data_dir).ok(),
+            fs4::total_space(data_dir).ok(),
+        );
+        let said_full = self.io_cause().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        });
+        let storage = matches!(self, Error::Engine(_) | Error::Io(_));
+        let nearly_full =
+            matches!((available, total), (Some(a), Some(t)) if a < (t / 100).max(1 << 20));
+        if !(said_full || storage && nearly_full) {
+            return self;
+        }
+        Error::DiskFull {
+            dir: data_dir.to_owned(),
+            available,
+            total,
+            detail: self.to_string(),
         }
     }
 }

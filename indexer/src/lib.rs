@@ -123,7 +123,7 @@ pub async fn run(
     };
     poller.abort();
     server.abort();
-    result
+    result.map_err(|e| e.on_full_disk(&config.storage.data_dir))
 }
 
 struct RunContext<'a> {

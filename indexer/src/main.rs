@@ -104,11 +104,28 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            let e = causes(&e);
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes in one line, each cause once: our errors print the error they
+/// wrap and also name it as their source, which `{:#}` would print again.
+fn causes(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&said);
+        }
+    }
+    text
 }
 
 /// A bind failure that names the address, where it was set, and what to do.

@@ -442,3 +442,78 @@ async fn a_taken_address_is_named_with_its_setting() -> Result<()> {
     drop(taken);
     Ok(())
 }
+
+/// Unmounts a filesystem the test mounted, whatever happens to the test.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk stops the indexer with one line naming the data directory, its free space and
+/// what to do (not tantivy's error structures); once there is room again, a restart loses
+/// nothing. The data directory lives on a 16 MB tmpfs of its own, which needs root (CI runs
+/// as root); the logs stay on the ordinary disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_named_and_a_restart_after_it_loses_nothing() -> Result<()> {
+    if !e2e::running_as_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return Ok(());
+    }
+    let f = Fixture::new().await?;
+    f.insert_range(1, 300).await?;
+    let disk = f.dir.path().join("small-disk");
+    std::fs::create_dir_all(&disk)?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&disk)
+        .status()?;
+    anyhow::ensure!(mounted.success(), "mount a tmpfs: {mounted}");
+    let _mounted = Mounted(disk.clone());
+    std::fs::create_dir_all(disk.join("data"))?;
+    // The configured path is a link into the small disk, so the harness's log beside it is not.
+    let data = f.dir.path().join("data-on-small-disk");
+    std::os::unix::fs::symlink(disk.join("data"), &data)?;
+    let config = f.config_on(&f.slot, &data, "", "commit_interval_ms = 50")?;
+    let mut ix = Indexer::start(&config, &data).await?;
+    ix.wait_ready().await?;
+
+    // Fill what is left of the disk.
+    let filler = disk.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler)?;
+        let chunk = vec![7u8; 64 << 10];
+        while file.write_all(&chunk).and_then(|()| file.flush()).is_ok() {}
+    }
+    f.insert_range(301, 3_300).await?;
+    let code = ix.wait_exit(Duration::from_secs(60)).await?;
+    let log = ix.log_text();
+    assert_eq!(code.code(), Some(2), "{log}");
+    let said = log
+        .lines()
+        .rfind(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    eprintln!("the indexer said: {said}");
+    assert!(
+        said.contains(&format!(
+            "no space left on the disk holding {}",
+            data.display()
+        )) && said.contains("MB available of 16 MB")
+            && said.contains("INDEXER_DATA_DIR")
+            && said.contains("nothing is lost")
+            && !said.contains("Os {"),
+        "{log}"
+    );
+
+    std::fs::remove_file(&filler)?;
+    let mut ix = Indexer::start(&config, &data).await?;
+    ix.wait_ready().await?;
+    f.assert_equal(&config, &ix).await?;
+    Ok(())
+}
