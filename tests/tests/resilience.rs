@@ -116,23 +116,43 @@ async fn a_failed_commit_stops_the_process_and_a_restart_recovers() -> Result<()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnects_after_postgres_restart() -> Result<()> {
-    // A cluster of its own (restarting the shared one would disturb other tests); leaked
-    // for the 'static fixture, it is stopped and removed by the watchdog at exit.
+/// Slots may keep 1 MB of WAL: a little writing invalidates one (the limit is cluster-wide).
+const SMALL_WAL_KEEP: &str = "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'";
+
+/// A cluster of its own (stopping or restarting the shared one, or changing its settings,
+/// would disturb other tests; leaked for the 'static fixture, the watchdog stops and removes
+/// it at exit) with `settings` (SQL, e.g. `ALTER SYSTEM`) in force and `rows` rows, indexed
+/// by a running indexer.
+async fn own_cluster_indexed(
+    rows: i64,
+    settings: &str,
+) -> Result<(&'static PgServer, Fixture, std::path::PathBuf, Indexer)> {
     let pg: &'static PgServer = Box::leak(Box::new(PgServer::start_with_watchdog()?));
     let f = Fixture::on(pg).await?;
-    f.insert_range(1, 500).await?;
+    if !settings.is_empty() {
+        f.client.batch_execute(settings).await?;
+        f.client.batch_execute("SELECT pg_reload_conf()").await?;
+    }
+    f.insert_range(1, rows).await?;
     let config = f.config("", "")?;
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
     ix.wait_ready().await?;
-    pg.restart()?;
+    Ok((pg, f, config, ix))
+}
+
+/// Runs `sql` on a new connection to `pg` (the fixture's own may have been cut by a
+/// restart) and waits until the indexer has applied it.
+async fn write_and_wait(pg: &PgServer, f: &Fixture, ix: &Indexer, sql: &str) -> Result<()> {
     let client = pg.connect(&f.db).await?;
-    client
-        .batch_execute("INSERT INTO places VALUES (9001, 'asia', 'after restart', 'x', 1, 1, 1, NULL); DELETE FROM places WHERE id < 10")
-        .await?;
-    let lsn = e2e::current_lsn(&client).await?;
-    ix.wait_applied(&lsn).await?;
+    client.batch_execute(sql).await?;
+    ix.wait_applied(&e2e::current_lsn(&client).await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_postgres_restart() -> Result<()> {
+    let (pg, f, config, mut ix) = own_cluster_indexed(500, "").await?;
+    pg.restart()?;
+    write_and_wait(pg, &f, &ix, "INSERT INTO places VALUES (9001, 'asia', 'after restart', 'x', 1, 1, 1, NULL); DELETE FROM places WHERE id < 10").await?;
     let status = ix.status().await?;
     assert!(status["reconnects"].as_u64().unwrap() >= 1, "{status}");
     let cfg = indexer::config::Config::load(&config, &Default::default())?;
@@ -193,21 +213,13 @@ async fn lost_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> {
         "{log}"
     );
 
-    let rebuild = f.config("on_slot_loss = \"resnapshot\"", "")?;
-    let mut ix = Indexer::start(&rebuild, &f.data_dir()).await?;
-    let status = ix.wait_ready().await?;
-    assert_eq!(status["snapshot"]["state"], "done");
-    f.assert_equal(&rebuild, &ix).await?;
+    rebuilt_at_start(&f).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidated_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> {
-    let f = small_wal_keep().await?;
-    f.insert_range(1, 200).await?;
-    let config = f.config("", "")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (_, f, config, mut ix) = own_cluster_indexed(200, SMALL_WAL_KEEP).await?;
     assert!(ix.stop()?.success());
 
     // With the indexer down, write more WAL than the slot may keep; a checkpoint invalidates it.
@@ -219,23 +231,19 @@ async fn invalidated_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> 
     let log = ix.log_text();
     assert!(log.contains("was invalidated"), "{log}");
 
-    let rebuild = f.config("on_slot_loss = \"resnapshot\"", "")?;
-    let mut ix = Indexer::start(&rebuild, &f.data_dir()).await?;
-    let status = ix.wait_ready().await?;
-    assert_eq!(status["snapshot"]["state"], "done");
-    f.assert_equal(&rebuild, &ix).await?;
+    rebuilt_at_start(&f).await?;
     Ok(())
 }
 
-/// A cluster of its own (the WAL limit is cluster-wide) whose slots may keep 1 MB of WAL.
-async fn small_wal_keep() -> Result<Fixture> {
-    let pg: &'static PgServer = Box::leak(Box::new(PgServer::start_with_watchdog()?));
-    let f = Fixture::on(pg).await?;
-    f.client
-        .batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
-        .await?;
-    f.client.batch_execute("SELECT pg_reload_conf()").await?;
-    Ok(f)
+/// With `on_slot_loss = "resnapshot"`, an indexer started on a lost slot rebuilds from a new
+/// snapshot and ends equal to the table; its config and the running indexer.
+async fn rebuilt_at_start(f: &Fixture) -> Result<(std::path::PathBuf, Indexer)> {
+    let rebuild = f.config("on_slot_loss = \"resnapshot\"", "")?;
+    let mut ix = Indexer::start(&rebuild, &f.data_dir()).await?;
+    let status = ix.wait_ready().await?;
+    assert_eq!(status["snapshot"]["state"], "done", "{status}");
+    f.assert_equal(&rebuild, &ix).await?;
+    Ok((rebuild, ix))
 }
 
 /// Writes more WAL than the slot may keep, with checkpoints, until Postgres invalidates the
@@ -256,17 +264,30 @@ async fn invalidate_slot(f: &Fixture) -> Result<()> {
     .await
 }
 
+/// Waits (up to a minute) until the indexer has rebuilt from a new snapshot in the same
+/// process after a lost slot whose error says `cause`, and streams again; its status then.
+async fn rebuilt_after(ix: &Indexer, cause: &str) -> Result<serde_json::Value> {
+    e2e::eventually(
+        "a rebuilt snapshot",
+        Duration::from_secs(60),
+        || async move {
+            let s = ix.status().await?;
+            Ok((s["snapshot"]["state"] == "done"
+                && s["stream"] == "streaming"
+                && s["last_error"].as_str().is_some_and(|e| e.contains(cause)))
+            .then_some(s))
+        },
+    )
+    .await
+}
+
 /// The slot is invalidated while the indexer streams (paused with SIGSTOP meanwhile, as a
 /// stalled process would be, its connection open): with `on_slot_loss = "fail"` it stops
 /// within seconds of resuming, saying why; with `"resnapshot"` it rebuilds in the same
 /// process and ends equal to the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_invalidated_while_streaming_stops_or_rebuilds() -> Result<()> {
-    let f = small_wal_keep().await?;
-    f.insert_range(1, 200).await?;
-    let config = f.config("", "")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (_, f, _, mut ix) = own_cluster_indexed(200, SMALL_WAL_KEEP).await?;
     ix.pause()?;
     invalidate_slot(&f).await?;
     f.insert_range(201, 220).await?;
@@ -280,10 +301,7 @@ async fn slot_invalidated_while_streaming_stops_or_rebuilds() -> Result<()> {
     );
 
     // Rebuilt at start (the slot is lost), then lost again while streaming: rebuilt again.
-    let rebuild = f.config("on_slot_loss = \"resnapshot\"", "")?;
-    let mut ix = Indexer::start(&rebuild, &f.data_dir()).await?;
-    ix.wait_ready().await?;
-    f.assert_equal(&rebuild, &ix).await?;
+    let (rebuild, ix) = rebuilt_at_start(&f).await?;
     let reconnects = ix.status().await?["reconnects"].as_u64().unwrap_or(0);
     ix.pause()?;
     invalidate_slot(&f).await?;
@@ -292,19 +310,7 @@ async fn slot_invalidated_while_streaming_stops_or_rebuilds() -> Result<()> {
         .batch_execute("DELETE FROM places WHERE id <= 20")
         .await?;
     ix.resume()?;
-    let status = e2e::eventually("a rebuilt snapshot", Duration::from_secs(60), || {
-        let ix = &ix;
-        async move {
-            let s = ix.status().await?;
-            Ok((s["snapshot"]["state"] == "done"
-                && s["stream"] == "streaming"
-                && s["last_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("was invalidated")))
-            .then_some(s))
-        }
-    })
-    .await?;
+    let status = rebuilt_after(&ix, "was invalidated").await?;
     // One failed attempt at most before the loss is recognised, not a loop of them.
     assert!(
         status["reconnects"].as_u64().unwrap_or(0) <= reconnects + 1,
@@ -318,12 +324,7 @@ async fn slot_invalidated_while_streaming_stops_or_rebuilds() -> Result<()> {
 /// lag that grows with the time since the stream was last live, never 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_grows_while_the_stream_is_down() -> Result<()> {
-    let pg: &'static PgServer = Box::leak(Box::new(PgServer::start_with_watchdog()?));
-    let f = Fixture::on(pg).await?;
-    f.insert_range(1, 100).await?;
-    let config = f.config("", "")?;
-    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
-    ix.wait_ready().await?;
+    let (pg, f, _config, ix) = own_cluster_indexed(100, "").await?;
     let query = serde_json::json!({"index": "places", "q": "place", "limit": 1});
     let live = ix.search_ok(&query).await?;
     assert_eq!(live["stream"], "streaming", "{live}");
@@ -349,12 +350,7 @@ async fn lag_grows_while_the_stream_is_down() -> Result<()> {
     assert!(lag_seconds >= 2.0, "{metrics}");
 
     pg.start_again()?;
-    let client = pg.connect(&f.db).await?;
-    client
-        .batch_execute("UPDATE places SET name = 'back' WHERE id = 1")
-        .await?;
-    let lsn = e2e::current_lsn(&client).await?;
-    ix.wait_applied(&lsn).await?;
+    write_and_wait(pg, &f, &ix, "UPDATE places SET name = 'back' WHERE id = 1").await?;
     let back = ix.search_ok(&query).await?;
     assert_eq!(back["stream"], "streaming", "{back}");
     assert_eq!(back["lag_ms"], 0, "{back}");
@@ -384,19 +380,7 @@ async fn slot_lost_while_streaming_is_rebuilt_in_process() -> Result<()> {
         .await?;
 
     // Same process, same endpoint: it rebuilds and catches up.
-    let ix_status = e2e::eventually("a rebuilt snapshot", Duration::from_secs(60), || {
-        let ix = &ix;
-        async move {
-            let s = ix.status().await?;
-            Ok((s["snapshot"]["state"] == "done"
-                && s["stream"] == "streaming"
-                && s["last_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("does not exist")))
-            .then_some(s))
-        }
-    })
-    .await?;
+    let ix_status = rebuilt_after(&ix, "does not exist").await?;
     assert_eq!(ix.url, endpoint);
     assert!(
         ix_status["snapshot"]["rows"].as_u64().unwrap() >= 500,
