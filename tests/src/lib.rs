@@ -9,6 +9,8 @@
 pub mod browser;
 pub mod compose;
 pub mod dev_data;
+pub mod fixture;
+pub mod soak;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -13,6 +13,7 @@ mod link;
 mod resilience;
 mod scoped;
 mod shards;
+mod soak;
 mod text;
 mod tls;
 mod vector;

@@ -223,7 +223,7 @@ async fn invalidated_slot_is_reported_then_rebuilt_when_allowed() -> Result<()> 
     assert!(ix.stop()?.success());
 
     // With the indexer down, write more WAL than the slot may keep; a checkpoint invalidates it.
-    invalidate_slot(&f).await?;
+    f.invalidate_slot().await?;
     f.insert_range(201, 220).await?;
 
     let mut ix = Indexer::spawn(&config, &f.data_dir())?;
@@ -244,24 +244,6 @@ async fn rebuilt_at_start(f: &Fixture) -> Result<(std::path::PathBuf, Indexer)> 
     assert_eq!(status["snapshot"]["state"], "done", "{status}");
     f.assert_equal(&rebuild, &ix).await?;
     Ok((rebuild, ix))
-}
-
-/// Writes more WAL than the slot may keep, with checkpoints, until Postgres invalidates the
-/// slot (it ends the walsender of a consumer still connected to it).
-async fn invalidate_slot(f: &Fixture) -> Result<()> {
-    let (client, slot) = (&f.client, &f.slot);
-    e2e::eventually("the slot to be invalidated", Duration::from_secs(60), || async move {
-        client
-            .batch_execute("INSERT INTO other (v) SELECT repeat(md5(g::text), 40) FROM generate_series(1, 20000) g")
-            .await?;
-        client.batch_execute("CHECKPOINT").await?;
-        let status: Option<String> = client
-            .query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[slot])
-            .await?
-            .get(0);
-        Ok((status.as_deref() == Some("lost")).then_some(()))
-    })
-    .await
 }
 
 /// Waits (up to a minute) until the indexer has rebuilt from a new snapshot in the same
@@ -289,7 +271,7 @@ async fn rebuilt_after(ix: &Indexer, cause: &str) -> Result<serde_json::Value> {
 async fn slot_invalidated_while_streaming_stops_or_rebuilds() -> Result<()> {
     let (_, f, _, mut ix) = own_cluster_indexed(200, SMALL_WAL_KEEP).await?;
     ix.pause()?;
-    invalidate_slot(&f).await?;
+    f.invalidate_slot().await?;
     f.insert_range(201, 220).await?;
     ix.resume()?;
     let code = ix.wait_exit(Duration::from_secs(10)).await?;
@@ -304,7 +286,7 @@ async fn slot_invalidated_while_streaming_stops_or_rebuilds() -> Result<()> {
     let (rebuild, ix) = rebuilt_at_start(&f).await?;
     let reconnects = ix.status().await?["reconnects"].as_u64().unwrap_or(0);
     ix.pause()?;
-    invalidate_slot(&f).await?;
+    f.invalidate_slot().await?;
     f.insert_range(221, 300).await?;
     f.client
         .batch_execute("DELETE FROM places WHERE id <= 20")
@@ -427,18 +409,6 @@ async fn a_taken_address_is_named_with_its_setting() -> Result<()> {
     Ok(())
 }
 
-/// Unmounts a filesystem the test mounted, whatever happens to the test.
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// A full disk stops the indexer with one line naming the data directory, its free space and
 /// what to do (not tantivy's error structures); once there is room again, a restart loses
 /// nothing. The data directory lives on a 16 MB tmpfs of its own, which needs root (CI runs
@@ -451,30 +421,13 @@ async fn a_full_disk_is_named_and_a_restart_after_it_loses_nothing() -> Result<(
     }
     let f = Fixture::new().await?;
     f.insert_range(1, 300).await?;
-    let disk = f.dir.path().join("small-disk");
-    std::fs::create_dir_all(&disk)?;
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&disk)
-        .status()?;
-    anyhow::ensure!(mounted.success(), "mount a tmpfs: {mounted}");
-    let _mounted = Mounted(disk.clone());
-    std::fs::create_dir_all(disk.join("data"))?;
-    // The configured path is a link into the small disk, so the harness's log beside it is not.
-    let data = f.dir.path().join("data-on-small-disk");
-    std::os::unix::fs::symlink(disk.join("data"), &data)?;
+    let disk = e2e::fixture::SmallDisk::mount(f.dir.path(), 16)?;
+    let data = disk.data.clone();
     let config = f.config_on(&f.slot, &data, "", "commit_interval_ms = 50")?;
     let mut ix = Indexer::start(&config, &data).await?;
     ix.wait_ready().await?;
 
-    // Fill what is left of the disk.
-    let filler = disk.join("filler");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler)?;
-        let chunk = vec![7u8; 64 << 10];
-        while file.write_all(&chunk).and_then(|()| file.flush()).is_ok() {}
-    }
+    disk.fill()?;
     f.insert_range(301, 3_300).await?;
     let code = ix.wait_exit(Duration::from_secs(60)).await?;
     let log = ix.log_text();
@@ -495,7 +448,7 @@ async fn a_full_disk_is_named_and_a_restart_after_it_loses_nothing() -> Result<(
         "{log}"
     );
 
-    std::fs::remove_file(&filler)?;
+    disk.unfill()?;
     let mut ix = Indexer::start(&config, &data).await?;
     ix.wait_ready().await?;
     f.assert_equal(&config, &ix).await?;
