@@ -250,6 +250,19 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["shards"][0]["reachable"], true);
     assert!(v["shards"][0]["partitions"].as_array().unwrap().len() >= 3);
+    assert_eq!(v["shards"][0]["stream"], "streaming", "{v}");
+    for p in v["shards"][0]["partitions"].as_array().unwrap() {
+        // The fixture's index has a vector column: the graph's progress is public.
+        let (points, pending) = (
+            p["graph_points"].as_u64(),
+            p["vectors_pending_graph"].as_u64(),
+        );
+        assert!(points.is_some() && pending.is_some(), "{p}");
+        assert!(
+            points.unwrap() + pending.unwrap() >= p["documents"].as_u64().unwrap().min(1),
+            "{p}"
+        );
+    }
     let (st, v) = c.get("/v1/indexes", Some(READ)).await?;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["indexes"][0]["name"], "places");

@@ -75,7 +75,7 @@ pub(crate) async fn readyz(State(s): State<AppState>) -> Response {
 /// the replication slot's `wal_status` (admin scope).
 #[utoipa::path(get, path = "/v1/status", tag = "operations",
     responses(
-        (status = 200, description = "Per shard: reachable, slot, lag; per partition: LSN, lag, documents, rejected rows", body = Object),
+        (status = 200, description = "Per shard: reachable, stream, snapshot, slot, lag; per partition: LSN, lag, documents (fresh ones too), rejected rows, vectors in the graph and still pending", body = Object),
         (status = 401, description = "No or unknown API key", body = wire::ErrorResponse),
         (status = 429, description = "Rate limited (see Retry-After)", body = wire::ErrorResponse),
         (status = 403, description = "Key lacks admin scope", body = wire::ErrorResponse),
@@ -96,12 +96,19 @@ pub(crate) async fn status(
                 "shard": url, "reachable": true, "ready": v.ready(),
                 "slot": v.slot,
                 "slot_wal_status": v.slot_status.as_ref().and_then(|s| s.wal_status.clone()),
+                "stream": v.stream, "snapshot": v.snapshot.state,
                 "applied_lsn": v.applied_lsn, "lag_bytes": v.lag_bytes, "lag_ms": v.lag_ms,
+                "last_commit_age_ms": v.last_commit_age_ms,
                 "rejected_rows": v.rejected_rows,
                 "partitions": v.partitions.iter().map(|p| json!({
                     "index": p.index, "region": p.region, "documents": p.documents,
+                    "fresh_documents": p.fresh_documents,
                     "applied_lsn": p.applied_lsn, "lag_bytes": p.lag_bytes, "lag_ms": p.lag_ms,
                     "rejected_rows": p.rejected_rows,
+                    // Vector search walks the graph for what it holds and scans the rest
+                    // exactly: pending 0 means every vector is in the graph.
+                    "graph_points": p.graph_points,
+                    "vectors_pending_graph": p.vectors_pending_graph,
                 })).collect::<Vec<_>>(),
             }),
             Err(e) => {
