@@ -110,6 +110,10 @@ async fn the_demo_comes_up_and_every_printed_example_answers() -> Result<()> {
     })
     .await?;
     let printed = std::fs::read_to_string(dir.path().join("demo.out"))?;
+    assert!(
+        printed.contains("/ in a browser: the search page"),
+        "the demo names the search page: {printed}"
+    );
     let mut n = 0;
     for line in lines.lines() {
         let (label, cmd) = line.split_once('\t').context("label<TAB>command")?;

@@ -255,7 +255,8 @@ async fn main() -> Result<()> {
     ];
     println!(
         "\nThe indexer is streaming changes from {url}; the public API is {a}\n\
-         Try (pipe to `jq .` for pretty output):\n"
+         Open {a}/ in a browser: the search page (text, a map to click for places near a point).\n\
+         Or try (pipe to `jq .` for pretty output):\n"
     );
     for (label, cmd) in &examples {
         println!("# {label}\n{cmd}\n");
