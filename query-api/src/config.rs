@@ -275,9 +275,9 @@ impl Config {
     }
 
     /// `QUERY_API_LISTEN`, `QUERY_API_KEYS` (`key:scope,key:scope`), `QUERY_API_SHARDS`
-    /// (`url` or `url=region|region`, comma-separated), `QUERY_API_SHARD_SECRET` and the
-    /// `tls` paths (`QUERY_API_TLS_CERT`, `QUERY_API_TLS_KEY`, `QUERY_API_SHARD_CA`) override
-    /// the file.
+    /// (`url` or `url=region|region`, comma-separated), `QUERY_API_SHARD_SECRET`, the
+    /// `tls` paths (`QUERY_API_TLS_CERT`, `QUERY_API_TLS_KEY`, `QUERY_API_SHARD_CA`) and the
+    /// rate limit (`QUERY_API_RATE_PER_SEC`, `QUERY_API_BURST`) override the file.
     pub fn apply_env(&mut self) -> Result<(), String> {
         if let Ok(l) = std::env::var("QUERY_API_LISTEN") {
             self.listen = l;
@@ -295,6 +295,14 @@ impl Config {
         ] {
             if let Ok(v) = std::env::var(var) {
                 *slot = Some(PathBuf::from(v));
+            }
+        }
+        for (var, slot) in [
+            ("QUERY_API_RATE_PER_SEC", &mut self.limits.rate_per_sec),
+            ("QUERY_API_BURST", &mut self.limits.burst),
+        ] {
+            if let Ok(v) = std::env::var(var) {
+                *slot = parse_number(var, &v)?;
             }
         }
         if let Ok(shards) = std::env::var("QUERY_API_SHARDS") {
@@ -427,6 +435,15 @@ pub fn parse_shards(text: &str) -> Result<Vec<ShardConfig>, String> {
     Ok(shards)
 }
 
+/// A number from the environment variable `var`, or an error naming it.
+fn parse_number(var: &str, text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite())
+        .ok_or_else(|| format!("{var}: {text:?} is not a number"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +463,16 @@ mod tests {
         assert!(Config::parse("bogus = 1\n[[shard]]\nurl = \"http://a\"\n")
             .unwrap_err()
             .contains("bogus"));
+    }
+
+    #[test]
+    fn numbers_from_the_environment_name_their_variable() {
+        assert_eq!(parse_number("QUERY_API_RATE_PER_SEC", " 1000 "), Ok(1000.0));
+        assert_eq!(parse_number("QUERY_API_BURST", "2.5"), Ok(2.5));
+        for bad in ["fast", "", "NaN", "inf"] {
+            let e = parse_number("QUERY_API_RATE_PER_SEC", bad).unwrap_err();
+            assert!(e.starts_with("QUERY_API_RATE_PER_SEC: "), "{e}");
+        }
     }
 
     #[test]

@@ -397,10 +397,14 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
     );
     assert!(metrics.contains("query_api_shard_up{"), "{metrics}");
 
-    // 4. Rate limit: a second replica with a burst of 2.
-    let tight = QueryApi::start(
-        &api_config(&f, &shard, "[limits]\nrate_per_sec = 0.2\nburst = 2")?,
+    // 4. Rate limit: a second replica with a burst of 2, set by its environment.
+    let tight = QueryApi::start_with_env(
+        &api_config(&f, &shard, "")?,
         f.dir.path(),
+        &[
+            ("QUERY_API_RATE_PER_SEC", "0.2".to_owned()),
+            ("QUERY_API_BURST", "2".to_owned()),
+        ],
     )
     .await?;
     let t = Client {
