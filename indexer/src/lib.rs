@@ -14,12 +14,12 @@ pub mod pg;
 pub mod pgoutput;
 pub mod progress;
 pub mod sample;
+pub mod slot;
 pub mod source;
 pub mod status;
 pub mod verify;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -28,7 +28,6 @@ use crate::apply::Applier;
 use crate::catalog::ResolvedIndex;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, SlotLossPolicy};
-use crate::error::SlotLoss;
 pub use crate::error::{Error, Result};
 use crate::pg::PgConn;
 use crate::status::{SnapshotProgress, Stats};
@@ -95,7 +94,7 @@ pub async fn run(
         .await;
     });
     let (slot_seen, slot_rx) = watch::channel(None);
-    let poller = tokio::spawn(poll_slot(
+    let poller = tokio::spawn(slot::poll(
         conn.clone(),
         config.source.slot.clone(),
         stats.clone(),
@@ -133,7 +132,7 @@ struct RunContext<'a> {
     stats: &'a Arc<Stats>,
     view: &'a Arc<ViewCell>,
     /// The slot poller's latest reading.
-    slot_seen: &'a watch::Receiver<Option<source::SlotSeen>>,
+    slot_seen: &'a watch::Receiver<Option<slot::SlotSeen>>,
 }
 
 /// One life of the shard: snapshot or resume, then stream until shutdown or an error.
@@ -162,24 +161,17 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
         }
     }
     let resumable = existing.as_ref().is_some_and(|c| c.snapshot_done);
-    let slot_usable = slot_state
-        .as_ref()
-        .is_some_and(|s| s.wal_status.as_deref() != Some("lost"));
-    let need_snapshot = if resumable && slot_usable {
-        false
-    } else if resumable {
-        let loss = if slot_state.is_none() {
-            SlotLoss::Missing
-        } else {
-            SlotLoss::Invalidated
-        };
+    let lost = slot::loss(slot_state.as_ref());
+    let need_snapshot = if !resumable {
+        true
+    } else if let Some(loss) = lost {
         if config.source.on_slot_loss == SlotLossPolicy::Fail {
             return Err(Error::SlotLost { slot, loss });
         }
         tracing::warn!(slot = %slot, loss = %loss, "replication slot lost; rebuilding the index from a new snapshot");
         true
     } else {
-        true
+        false
     };
     if need_snapshot {
         if slot_state.is_some() {
@@ -306,46 +298,6 @@ fn fingerprint(indexes: &[ResolvedIndex], regions: &[String]) -> String {
     }
     s.push_str(&regions.join(","));
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(s.as_bytes()))
-}
-
-/// Keeps the slot's health (`wal_status`, `safe_wal_size`) in the status, and the server's
-/// WAL position for the lag while the stream is down, every 2 s; publishes each reading, so
-/// the stream stops on a slot that is gone or invalidated whatever its connection says.
-async fn poll_slot(
-    conn: PgConn,
-    slot: String,
-    stats: Arc<Stats>,
-    seen: watch::Sender<Option<source::SlotSeen>>,
-) {
-    let mut client = None;
-    let mut reported_lost = false;
-    loop {
-        if client.is_none() {
-            client = conn.connect().await.ok();
-        }
-        if let Some(c) = &client {
-            let at = std::time::Instant::now();
-            match pg::slot_status(c, &slot).await {
-                Ok(s) => {
-                    let lost = s
-                        .as_ref()
-                        .is_some_and(|st| st.wal_status.as_deref() == Some("lost"));
-                    if lost && !reported_lost {
-                        tracing::error!(slot = %slot, "replication slot invalidated: WAL it needed was removed");
-                    }
-                    reported_lost = lost;
-                    *stats.slot.lock().unwrap() = s.clone();
-                    seen.send_replace(Some(source::SlotSeen { at, slot: s }));
-                    match pg::wal_end(c).await {
-                        Ok(end) => stats.observe_server_wal(end),
-                        Err(_) => client = None,
-                    }
-                }
-                Err(_) => client = None,
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
 }
 
 /// Test hook: `INDEXER_FAULT_COMMIT=panic|error` makes every partition commit fail that way,

@@ -14,7 +14,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::apply::{ApplyCmd, Budget, Held};
 use crate::catalog::{quote_ident, quote_literal, ResolvedIndex};
 use crate::copy::CopyRows;
-use crate::error::SlotLoss;
 use crate::error::{Error, Result};
 use crate::pg::PgConn;
 use crate::pgoutput::{self, Message, OldTuple, Tuple, TupleValue};
@@ -23,24 +22,6 @@ use engine::change::{Cell, Change, Transaction};
 use wire::Lsn;
 
 /// What the stream hears back from the applier.
-/// One reading of the slot by the poller: when it was asked, and its row (`None`: no slot).
-#[derive(Debug, Clone)]
-pub struct SlotSeen {
-    pub at: Instant,
-    pub slot: Option<crate::status::SlotStatus>,
-}
-
-impl SlotSeen {
-    /// How the slot is lost, if it is: dropped, or invalidated (`wal_status = 'lost'`).
-    pub fn loss(&self) -> Option<SlotLoss> {
-        match &self.slot {
-            None => Some(SlotLoss::Missing),
-            Some(s) if s.wal_status.as_deref() == Some("lost") => Some(SlotLoss::Invalidated),
-            Some(_) => None,
-        }
-    }
-}
-
 pub struct ProgressRx {
     pub searchable: watch::Receiver<Lsn>,
     pub durable: watch::Receiver<Lsn>,
@@ -231,29 +212,11 @@ impl Source {
         applier: mpsc::Sender<ApplyCmd>,
         progress: ProgressRx,
         shutdown: watch::Receiver<bool>,
-        mut slot_seen: watch::Receiver<Option<SlotSeen>>,
+        slot_seen: watch::Receiver<Option<crate::slot::SlotSeen>>,
     ) -> Result<()> {
-        let since = Instant::now();
-        let lost = async {
-            let mut loss = None;
-            // A closed channel (the poller gone) only ends the watch, never the stream.
-            let _ = slot_seen
-                .wait_for(|seen| {
-                    loss = seen
-                        .as_ref()
-                        .filter(|s| s.at >= since)
-                        .and_then(SlotSeen::loss);
-                    loss.is_some()
-                })
-                .await;
-            match loss {
-                Some(loss) => loss,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             r = self.stream_until_error(applier, progress, shutdown) => r,
-            loss = lost => {
+            loss = crate::slot::lost_after(slot_seen, Instant::now()) => {
                 self.stats.set_stream_state("slot lost");
                 Err(Error::SlotLost { slot: self.slot.clone(), loss })
             }
@@ -285,7 +248,7 @@ impl Source {
             match attempt {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() => {
-                    let e = self.classify(e).await;
+                    let e = crate::slot::classify(&self.conn, &self.slot, e).await;
                     if !e.is_retryable() {
                         return Err(e);
                     }
@@ -303,29 +266,6 @@ impl Source {
                 }
                 Err(e) => return Err(e),
             }
-        }
-    }
-
-    /// A replication server error is worth retrying unless the slot is gone: the catalog,
-    /// not the error's text, says which.
-    async fn classify(&self, e: Error) -> Error {
-        if !matches!(&e, Error::Replication(r) if r.is_server()) {
-            return e;
-        }
-        let state = match self.conn.connect().await {
-            Ok(client) => crate::pg::slot_status(&client, &self.slot).await,
-            Err(_) => return e, // the server itself is away: retry
-        };
-        match state {
-            Ok(None) => Error::SlotLost {
-                slot: self.slot.clone(),
-                loss: SlotLoss::Missing,
-            },
-            Ok(Some(s)) if s.wal_status.as_deref() == Some("lost") => Error::SlotLost {
-                slot: self.slot.clone(),
-                loss: SlotLoss::Invalidated,
-            },
-            _ => e,
         }
     }
 

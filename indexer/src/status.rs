@@ -120,7 +120,7 @@ impl Stats {
         let now = now_pg_micros();
         let down = match self.stream_down_since.load(Ordering::Acquire) {
             0 => 0,
-            since => ((now - since).max(0) / 1000) as u64,
+            since => ms_between(since, now),
         };
         let pending = self.oldest_pending_commit.load(Ordering::Acquire);
         let reference = if pending != 0 {
@@ -133,7 +133,7 @@ impl Stats {
         if reference == 0 {
             return down;
         }
-        (((now - reference).max(0) / 1000) as u64).max(down)
+        ms_between(reference, now).max(down)
     }
 
     /// Milliseconds since the Postgres commit time of the last transaction applied by this
@@ -141,7 +141,7 @@ impl Stats {
     pub fn last_commit_age_ms(&self) -> Option<u64> {
         match self.last_applied_commit.load(Ordering::Acquire) {
             0 => None,
-            t => Some(((now_pg_micros() - t).max(0) / 1000) as u64),
+            t => Some(ms_between(t, now_pg_micros())),
         }
     }
 
@@ -215,6 +215,11 @@ impl engine::shard::Observer for Stats {
         self.advance_applied(lsn);
         self.changes.publish(events);
     }
+}
+
+/// Whole milliseconds from `from` to `to` (µs since 2000), 0 if `to` is earlier.
+fn ms_between(from: i64, to: i64) -> u64 {
+    ((to - from).max(0) / 1000) as u64
 }
 
 pub fn now_pg_micros() -> i64 {
