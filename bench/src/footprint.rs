@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::host::{dir_bytes, rss_mb};
+use crate::host::{dir_bytes, memory, rss_mb};
 use crate::ingest::Indexed;
 use crate::report::Report;
 
-/// Measures, stops the indexer, measures its files, restarts it until `probe` finds hits, and
-/// stops it again.
+/// Measures, stops the indexer, measures its files, and restarts it until `probe` finds hits
+/// (it stays up: the caller stops it).
 pub async fn measure(
     indexed: &mut Indexed,
     http: &reqwest::Client,
@@ -21,6 +21,7 @@ pub async fn measure(
     rows: usize,
     r: &mut Report,
 ) -> Result<()> {
+    r.put("memory.final", memory(indexed.ix.pid()));
     let rss_kb = rss_mb(indexed.ix.pid()) * 1024.0;
     let disk = dir_bytes(&indexed.data, None) as f64;
     r.put(
@@ -51,6 +52,5 @@ pub async fn measure(
     )
     .await?;
     r.put("restart_to_serving_s", json!(t.elapsed().as_secs_f64()));
-    indexed.ix.stop()?;
     Ok(())
 }

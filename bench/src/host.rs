@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use serde_json::{json, Value};
 
 /// Runs `cmd` and returns its trimmed standard output (empty when it fails).
 pub fn sh(cmd: &str, args: &[&str]) -> String {
@@ -34,6 +35,18 @@ pub fn rss_mb(pid: Option<u32>) -> f64 {
             .unwrap_or(0.0)
             / 1024.0
     })
+}
+
+/// A process's memory in MB: resident (`rss_mb`), of which anonymous (`anon_mb`: the heap,
+/// what the process holds itself) and file-backed (`file_mb`: mapped index files, which the
+/// kernel may drop and read again), and its peak resident set (`peak_mb`, `VmHWM`).
+pub fn memory(pid: Option<u32>) -> Value {
+    let field = |f: &str| {
+        pid.and_then(|pid| e2e::status_mb(pid, f).ok())
+            .unwrap_or(f64::NAN)
+    };
+    json!({"rss_mb": field("VmRSS:"), "anon_mb": field("RssAnon:"), "file_mb": field("RssFile:"),
+           "peak_mb": field("VmHWM:")})
 }
 
 /// The bytes of the files under `p`; with `only`, of the files under directories so named.

@@ -12,7 +12,7 @@ use futures_util::SinkExt;
 use serde_json::json;
 use tokio_postgres::Client;
 
-use crate::host::rss_mb;
+use crate::host::{dir_bytes, memory, rss_mb};
 use crate::profile::Profiler;
 use crate::report::Report;
 
@@ -109,6 +109,11 @@ pub async fn snapshots(
             &format!("snapshot.{name}.rows_per_sec"),
             s["snapshot"]["rows_per_sec"].clone(),
         );
+        r.put(&format!("memory.{name}"), memory(ix.pid()));
+        r.put(
+            &format!("disk_mb.{name}"),
+            json!(dir_bytes(&dir.join(name), None) as f64 / 1048576.0),
+        );
         ix.stop()?;
         client
             .batch_execute(&format!("SELECT pg_drop_replication_slot('bench_{name}')"))
@@ -129,10 +134,12 @@ pub async fn snapshots(
         "snapshot.full.rows_per_sec",
         s["snapshot"]["rows_per_sec"].clone(),
     );
+    r.put("memory.after_snapshot", memory(ix.pid()));
     until_graph_complete(&ix).await?;
     let graph_s = t.elapsed().as_secs_f64();
     r.put("graph.vectors_per_sec", json!(rows as f64 / graph_s));
     r.put("graph.seconds_from_start", json!(graph_s));
+    r.put("memory.graph_complete", memory(ix.pid()));
     Ok(Indexed {
         ix,
         cfg,
@@ -150,7 +157,8 @@ pub async fn streaming(ix: &Indexer, client: &Client, rows: usize, r: &mut Repor
         .batch_execute("UPDATE places SET population = population + 1")
         .await?;
     let pg_commit = t.elapsed().as_secs_f64();
-    ix.wait_applied(&e2e::current_lsn(client).await?).await?;
+    ix.wait_applied_within(&e2e::current_lsn(client).await?, apply_timeout(rows))
+        .await?;
     r.put(
         "stream.one_txn.rows_per_sec",
         json!({"rows_per_sec": rows as f64 / t.elapsed().as_secs_f64(), "postgres_commit_s": pg_commit,
@@ -192,7 +200,13 @@ pub async fn streaming(ix: &Indexer, client: &Client, rows: usize, r: &mut Repor
     Ok(())
 }
 
-async fn until_graph_complete(ix: &Indexer) -> Result<()> {
+/// How long a whole-table transaction of `rows` may take to arrive and apply: 10 minutes per
+/// million rows, at least one.
+pub fn apply_timeout(rows: usize) -> Duration {
+    Duration::from_secs((rows as u64 * 600 / 1_000_000).max(60))
+}
+
+pub async fn until_graph_complete(ix: &Indexer) -> Result<()> {
     until_zero(
         ix,
         "the graph to hold every vector",

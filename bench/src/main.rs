@@ -3,13 +3,14 @@
 //! GIN + ts_rank_cd, PostGIS + GiST, pgvector HNSW when installed). Writes BENCHMARKS.md and
 //! the raw figures as BENCHMARKS.json; every figure comes from this run.
 //!
-//!   scripts/bench [--rows N] [--seconds S] [--rounds R] [--out PATH] [--only TEXT]
+//!   scripts/bench [--rows N] [--seconds S] [--rounds R] [--out PATH] [--only TEXT] [--scale]
 //!
 //! N: 30000 (the dev set) by default, 1000000 scales it; S: seconds per load (3); R: rounds
 //! of interleaved loads per query type (3), reported as medians with their spread. `--only`
 //! is for working on one query type: it runs the ingest and only the query types whose name
 //! contains TEXT (the recall curve only when a vector type is among them), prints the figures
-//! and writes no report.
+//! and writes no report. `--scale` measures our side alone at N rows (no peers, no
+//! freshness run) and keeps the figures beside other sizes' in BENCHMARKS-SCALE.md (`scale`).
 //!
 //! Data: the dev set (../shared/data/dev: 30k GeoNames cities, 384-d MiniLM embeddings);
 //! above 30k rows, seeded copies (`e2e::dev_data::Scaled` documents how).
@@ -27,6 +28,7 @@ mod peers;
 mod profile;
 mod queries;
 mod report;
+mod scale;
 mod vector;
 
 use std::path::PathBuf;
@@ -48,6 +50,7 @@ struct Args {
     rounds: usize,
     out: Option<PathBuf>,
     only: Option<String>,
+    scale: bool,
 }
 
 impl Args {
@@ -58,6 +61,7 @@ impl Args {
             rounds: 3,
             out: None,
             only: None,
+            scale: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -68,8 +72,9 @@ impl Args {
                 "--rounds" => a.rounds = value()?.parse()?,
                 "--out" => a.out = Some(value()?.into()),
                 "--only" => a.only = Some(value()?),
+                "--scale" => a.scale = true,
                 _ => bail!(
-                    "unknown argument {flag}: --rows N --seconds S --rounds R --out PATH --only TEXT"
+                    "unknown argument {flag}: --rows N --seconds S --rounds R --out PATH --only TEXT --scale"
                 ),
             }
         }
@@ -94,7 +99,10 @@ async fn run() -> Result<()> {
     let args = Args::parse()?;
     let (rows, seconds) = (args.rows, args.seconds);
     let repo = std::fs::canonicalize(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))?;
-    let out_md = args.out.unwrap_or_else(|| repo.join("BENCHMARKS.md"));
+    let out_md = args
+        .out
+        .clone()
+        .unwrap_or_else(|| repo.join("BENCHMARKS.md"));
     ensure!(
         e2e::dev_data::dir().is_some(),
         "../shared/data/dev is needed (or BENCH_DATA)"
@@ -117,6 +125,13 @@ async fn run() -> Result<()> {
                "postgres": pg_version, "postgis": ext.postgis, "pgvector": ext.pgvector,
                "rows": rows, "seconds_per_load": seconds, "rounds": args.rounds}),
     );
+    if args.scale {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| repo.join("BENCHMARKS-SCALE.md"));
+        return scale::run(&pg, &db, &client, &args, &out, r).await;
+    }
 
     // 1. Ingest: the rows into Postgres, the snapshot and graph, streaming apply.
     ingest::copy_rows(&client, rows, &mut r).await?;
@@ -179,6 +194,7 @@ async fn run() -> Result<()> {
     // 6. Footprint and restart.
     let probe = json!({"vector": {"values": vector::embedding(&work.vectors[0]), "k": 10}});
     footprint::measure(&mut indexed, &http, &search_url, &probe, rows, &mut r).await?;
+    indexed.ix.stop()?;
     drop(api);
 
     r.put("run_seconds", json!(run_started.elapsed().as_secs_f64()));

@@ -41,6 +41,14 @@ pub struct Extensions {
 }
 
 impl Extensions {
+    /// No peer at all (the scale runs).
+    pub fn none() -> Extensions {
+        Extensions {
+            postgis: None,
+            pgvector: None,
+        }
+    }
+
     pub async fn probe(client: &Client) -> Result<Extensions> {
         let version = |name: &'static str| async move {
             let row = client

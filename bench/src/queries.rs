@@ -198,6 +198,32 @@ pub fn cells(w: &Workload, ext: &Extensions, curves: &[Curve]) -> Vec<Cell> {
     out
 }
 
+/// Vector k=10 at the index's default breadth, over every region and within one (the scale
+/// runs, which have no peer to match recall with).
+pub fn default_vector_cells(w: &Workload) -> Vec<Cell> {
+    [Case::Global, Case::Region]
+        .into_iter()
+        .map(|case| {
+            let bodies = w
+                .vectors
+                .iter()
+                .map(|q| {
+                    let mut b = json!({"vector": {"values": embedding(q), "k": 10}});
+                    if let Some(region) = case.region() {
+                        b["regions"] = json!([region]);
+                    }
+                    b
+                })
+                .collect();
+            let name = match case.region() {
+                None => "vector k=10".to_owned(),
+                Some(region) => format!("vector k=10 in {region}"),
+            };
+            cell(name, "default ef".into(), bodies, None)
+        })
+        .collect()
+}
+
 /// Measures every cell in `rounds` interleaved rounds and records each side's medians and
 /// spread, the ratios and the profiles.
 pub async fn run(

@@ -4,6 +4,7 @@
 //! `targets` the rest.
 
 mod queries;
+pub mod scale;
 mod targets;
 mod vector;
 

@@ -228,6 +228,49 @@ async fn pgvector_curve(
     Ok(points)
 }
 
+/// The exact top 10 of each query: the dev set's own for all regions at its size, else our
+/// exact mode's.
+async fn exact_answers(
+    http: &reqwest::Client,
+    url: &str,
+    queries: &[Value],
+    rows: usize,
+    case: Case,
+) -> Result<Vec<Vec<String>>> {
+    let mut exact = Vec::new();
+    for q in queries {
+        exact.push(if case == Case::Global && rows == 30_000 {
+            let ids = q["top10_ids"].as_array().context("top10_ids")?;
+            ids.iter().map(Value::to_string).collect()
+        } else {
+            hit_keys(&search(http, url, &body(&embedding(q), None, true, case)).await?)
+        });
+    }
+    Ok(exact)
+}
+
+/// Our recall@10 and latency at the index's default breadth, over every region and within
+/// one, one query at a time (no warm-up: right after a restart this is what callers get).
+/// `exact` is what `exact_answers` gave for each case, computed once and passed again.
+pub async fn at_default(
+    http: &reqwest::Client,
+    url: &str,
+    queries: &[Value],
+    rows: usize,
+    exact: &mut Vec<Vec<Vec<String>>>,
+) -> Result<Value> {
+    let vs: Vec<Vec<f32>> = queries.iter().map(embedding).collect();
+    let mut out = json!({});
+    for (i, case) in [Case::Global, Case::Region].into_iter().enumerate() {
+        if exact.len() <= i {
+            exact.push(exact_answers(http, url, queries, rows, case).await?);
+        }
+        let p = ours_at(http, url, &vs, &exact[i], None, case).await?;
+        out[case.key()] = json!({"recall": p.recall, "latency": p.lat.json()});
+    }
+    Ok(out)
+}
+
 /// Sweeps both sides (pgvector when `pg` is given) over `EFS` for both cases, after the
 /// exact answers: the dev set's own for all regions at its size, else our exact mode.
 pub async fn sweep(
@@ -241,15 +284,7 @@ pub async fn sweep(
     let vs: Vec<Vec<f32>> = queries.iter().map(embedding).collect();
     let mut curves = Vec::new();
     for case in [Case::Global, Case::Region] {
-        let mut exact = Vec::new();
-        for (q, v) in queries.iter().zip(&vs) {
-            exact.push(if case == Case::Global && rows == 30_000 {
-                let ids = q["top10_ids"].as_array().context("top10_ids")?;
-                ids.iter().map(Value::to_string).collect()
-            } else {
-                hit_keys(&search(http, url, &body(v, None, true, case)).await?)
-            });
-        }
+        let exact = exact_answers(http, url, queries, rows, case).await?;
         // Warm-up at the widest breadth, not kept.
         ours_at(http, url, &vs, &exact, Some(EFS[EFS.len() - 1]), case).await?;
         if case == Case::Global {

@@ -751,6 +751,19 @@ impl Indexer {
         Ok(())
     }
 
+    /// Waits until the indexer has applied `lsn`, for as long as `timeout` (one long-poll
+    /// lasts 30 s; a transaction of millions of rows takes longer to arrive and apply).
+    pub async fn wait_applied_within(&self, lsn: &str, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            match self.wait_applied(lsn).await {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() >= timeout => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill(); // SIGKILL
