@@ -329,23 +329,19 @@ fn build_geo(searcher: &Searcher, fields: &Fields) -> Result<Option<GeoIndex>> {
         let Some(keys) = ff.str(crate::rows::KEY_FIELD)? else {
             continue;
         };
-        let mut key = String::new();
-        for doc in segment.doc_ids_alive() {
-            let (Some(la), Some(lo)) = (lat.first(doc), lon.first(doc)) else {
-                continue;
-            };
-            let Some(ord) = keys.term_ords(doc).next() else {
-                continue;
-            };
-            key.clear();
-            keys.ord_to_str(ord, &mut key)?;
-            points.push((key.clone(), la, lo));
-        }
+        let wanted = segment.doc_ids_alive().filter_map(|doc| {
+            let point = (lat.first(doc)?, lon.first(doc)?);
+            Some((keys.term_ords(doc).next()?, point))
+        });
+        crate::rows::in_ordinal_order(&keys, wanted.collect(), |(la, lo), key| {
+            points.push((String::from_utf8_lossy(key).into_owned(), la, lo));
+        })?;
     }
     Ok(Some(GeoIndex::bulk(points)))
 }
 
-/// The vectors of a searcher's live documents, if the index has a vector.
+/// The vectors of a searcher's live documents, if the index has a vector: each segment's keys
+/// and then its vectors read in one pass over each column's dictionary.
 fn build_vectors(
     searcher: &Searcher,
     spec: Option<crate::schema::VectorSpec>,
@@ -363,21 +359,28 @@ fn build_vectors(
         let (Some(keys), Some(vecs)) = (keys, vecs) else {
             continue;
         };
-        let (mut key, mut bytes) = (String::new(), Vec::new());
-        for doc in segment.doc_ids_alive() {
-            let (Some(k), Some(v)) = (keys.term_ords(doc).next(), vecs.term_ords(doc).next())
-            else {
-                continue;
+        // The key of each live document with a vector, by document.
+        let mut key_of: Vec<Option<Box<str>>> = vec![None; segment.max_doc() as usize];
+        let with_vector: Vec<(u64, u32)> = segment
+            .doc_ids_alive()
+            .filter_map(|doc| Some((vecs.term_ords(doc).next()?, doc)))
+            .collect();
+        let wanted = with_vector
+            .iter()
+            .filter_map(|&(_, doc)| Some((keys.term_ords(doc).next()?, doc)));
+        crate::rows::in_ordinal_order(&keys, wanted.collect(), |doc, key| {
+            key_of[doc as usize] = Some(String::from_utf8_lossy(key).into());
+        })?;
+        let mut values = Vec::with_capacity(spec.dimension);
+        crate::rows::in_ordinal_order(&vecs, with_vector, |doc, bytes| {
+            let Some(key) = &key_of[doc as usize] else {
+                return;
             };
-            key.clear();
-            keys.ord_to_str(k, &mut key)?;
-            bytes.clear();
-            vecs.ord_to_bytes(v, &mut bytes)?;
-            let values = crate::rows::floats(&bytes);
+            crate::rows::floats_into(bytes, &mut values);
             if values.len() == spec.dimension {
-                store.set(&key, Some(&values));
+                store.set(key, Some(&values));
             }
-        }
+        })?;
     }
     Ok(Some(store))
 }

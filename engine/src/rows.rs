@@ -162,10 +162,19 @@ pub fn vector_in(column: &BytesColumn, doc: u32) -> Result<Option<Vec<f32>>> {
 
 /// Little-endian f32s.
 pub fn floats(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    let mut out = Vec::with_capacity(bytes.len() / 4);
+    floats_into(bytes, &mut out);
+    out
+}
+
+/// Little-endian f32s, into `out` (cleared first).
+pub fn floats_into(bytes: &[u8], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    );
 }
 
 /// One segment's key, row and vector columns, for reading many of its documents (dumps,
@@ -215,6 +224,30 @@ impl SegmentColumns {
     }
 }
 
+/// Calls `f(item, value)` for every `(ordinal, item)` with the value of that ordinal in a
+/// dictionary-encoded column, in one sorted pass over its dictionary: `ord_to_bytes` decodes
+/// a dictionary block from its start for every value asked (a key block holds hundreds).
+pub fn in_ordinal_order<T>(
+    column: &BytesColumn,
+    mut wanted: Vec<(u64, T)>,
+    mut f: impl FnMut(T, &[u8]),
+) -> Result<()> {
+    wanted.sort_unstable_by_key(|w| w.0);
+    let mut ords: Vec<u64> = wanted.iter().map(|w| w.0).collect();
+    ords.dedup();
+    let mut items = wanted.into_iter().peekable();
+    column.dictionary().sorted_ords_to_term_cb(&ords, |bytes| {
+        // Called once per distinct ordinal, in order: every item wanting it.
+        let Some(ord) = items.peek().map(|w| w.0) else {
+            return;
+        };
+        while let Some((_, item)) = items.next_if(|w| w.0 == ord) {
+            f(item, bytes);
+        }
+    })?;
+    Ok(())
+}
+
 /// The keys of committed addresses, in their order: one sorted pass over each segment's key
 /// dictionary (a lookup per document would decode a dictionary block each).
 pub fn keys_at(
@@ -231,28 +264,11 @@ pub fn keys_at(
         let Some(column) = columns.keys(segment, searcher.segment_reader(segment))? else {
             continue;
         };
-        // (key ordinal, position in `addrs`), in ordinal order.
-        let mut wanted: Vec<(u64, usize)> = at
+        let wanted = at
             .into_iter()
-            .filter_map(|i| Some((column.term_ords(addrs[i].doc_id).next()?, i)))
-            .collect();
-        wanted.sort_unstable();
-        let mut ords: Vec<u64> = wanted.iter().map(|w| w.0).collect();
-        ords.dedup();
-        let mut next = 0;
-        column.dictionary().sorted_ords_to_term_cb(&ords, |bytes| {
-            // Called once per distinct ordinal, in order: every position wanting it.
-            let key = String::from_utf8_lossy(bytes).into_owned();
-            let Some(&(ord, _)) = wanted.get(next) else {
-                return;
-            };
-            while let Some(&(o, i)) = wanted.get(next) {
-                if o != ord {
-                    break;
-                }
-                keys[i] = key.clone();
-                next += 1;
-            }
+            .filter_map(|i| Some((column.term_ords(addrs[i].doc_id).next()?, i)));
+        in_ordinal_order(&column, wanted.collect(), |i, bytes| {
+            keys[i] = String::from_utf8_lossy(bytes).into_owned();
         })?;
     }
     Ok(keys)
