@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use rayon::prelude::*;
 use tantivy::Searcher;
 
 use crate::change::{Cell, Change, ChangeEvent, Op, Transaction};
@@ -244,7 +245,7 @@ impl Shard {
         view: Arc<ViewCell>,
         applied: Lsn,
     ) -> Result<Shard> {
-        let mut partitions = BTreeMap::new();
+        let mut found = Vec::new();
         for ix in &indexes {
             let dir = data_dir.join("partitions").join(&ix.name);
             if !dir.exists() {
@@ -254,11 +255,19 @@ impl Shard {
                 let entry = entry?;
                 let region = entry.file_name().to_string_lossy().into_owned();
                 if entry.file_type()?.is_dir() && crate::schema::is_region_name(&region) {
-                    let p = Partition::open(&entry.path(), ix, &region, writer_memory)?;
-                    partitions.insert((ix.ordinal, region), p);
+                    found.push((entry.path(), ix, region));
                 }
             }
         }
+        // Each partition rebuilds its geo index and vector store and reloads its graph on
+        // opening (O(its documents)); nothing else runs yet, so they open side by side.
+        let partitions = found
+            .into_par_iter()
+            .map(|(path, ix, region)| {
+                let p = Partition::open(&path, ix, &region, writer_memory)?;
+                Ok(((ix.ordinal, region), p))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
         let mut shard = Shard {
             indexes,
             data_dir: data_dir.to_owned(),

@@ -251,6 +251,17 @@ struct Searched {
     graph: bool,
 }
 
+/// `ef` scaled by a graph's points per live vector (at most three times `ef`); a graph
+/// still missing vectors is searched at `ef`.
+fn widened(ef: usize, points: usize, live: usize) -> usize {
+    if points <= live || live == 0 {
+        return ef;
+    }
+    (ef as u128 * points as u128)
+        .div_ceil(live as u128)
+        .min(3 * ef as u128) as usize
+}
+
 /// One partition's best `query.k` (committed and fresh), searching its graph at `ef`.
 fn partition(
     p: &PartitionView,
@@ -288,7 +299,11 @@ fn partition(
         // Versions below the watermark are in the graph; the rest are scanned.
         let watermark = graph.graphed();
         // The search visits `ef` nodes anyway: rescoring all of them exactly is cheap and
-        // makes up for tombstones and filtered-out documents among them.
+        // makes up for tombstones and filtered-out documents among them. Tombstones (replaced
+        // or deleted versions, up to half the graph before it is rebuilt) take places in the
+        // beam that live vectors would have had: the walk is widened by the graph's points
+        // per live vector, so it keeps `ef` live candidates.
+        let ef = widened(ef, graph.points(), store.len());
         let mut ids = graph.search(&query.values, ef, ef);
         ids.extend(p.recent_vectors.range(watermark..).map(|(_, id)| *id));
         ids.sort_unstable();
@@ -363,4 +378,19 @@ fn partition(
         hits: top.into_sorted(),
         graph: use_graph,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::widened;
+
+    #[test]
+    fn the_walk_widens_by_the_graphs_tombstones() {
+        assert_eq!(widened(256, 1000, 1000), 256);
+        assert_eq!(widened(256, 500, 1000), 256, "a graph still being built");
+        assert_eq!(widened(256, 2000, 1000), 512, "half tombstones");
+        assert_eq!(widened(256, 1500, 1000), 384);
+        assert_eq!(widened(256, 10_000, 1000), 768, "at most three times");
+        assert_eq!(widened(256, 10, 0), 256);
+    }
 }

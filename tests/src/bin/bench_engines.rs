@@ -4,6 +4,8 @@
 //! to reopen the shard from disk.
 //!
 //!   cargo build --release -p e2e --bins && target/release/bench_engines [ROWS]
+//!   BENCH_DIR=/some/dir target/release/bench_engines [ROWS]   # keeps the shard's directory
+//!   target/release/bench_engines --reopen DIR                  # times a restart on it again
 //!
 //! ROWS (default: the 30k dev rows) scales the set up: copy c of dev row r gets id
 //! `r.id + c * 10^9`, its latitude and longitude shifted by up to ±0.5° (clamped), and its
@@ -182,6 +184,15 @@ fn build_graphs(shard: &mut Shard) -> Result<(usize, f64, f64)> {
     Ok((n, insert, dump))
 }
 
+/// Removes a directory when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `bench_engines --reopen DIR`: what a restarted indexer does, alone in a fresh process, so
 /// its memory is the shard's and nothing else's.
 fn reopen(dir: &std::path::Path) -> Result<()> {
@@ -214,9 +225,17 @@ fn main() -> Result<()> {
     let target = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
     let mut rows = Rows::new(target)?;
     let n = rows.len();
-    let dir = tempfile::tempdir()?;
+    // `BENCH_DIR` keeps the shard's directory there (to time `--reopen` on it again).
+    let dir = match std::env::var("BENCH_DIR") {
+        Ok(d) => tempfile::Builder::new()
+            .prefix("bench_engines-")
+            .tempdir_in(d)?
+            .keep(),
+        Err(_) => tempfile::tempdir()?.keep(),
+    };
+    let _cleanup = (std::env::var("BENCH_DIR").is_err()).then(|| RemoveOnDrop(dir.clone()));
     let view = Arc::new(ViewCell::default());
-    let mut shard = open(dir.path(), view.clone(), Lsn::ZERO)?;
+    let mut shard = open(&dir, view.clone(), Lsn::ZERO)?;
     let points: Vec<(f64, f64)> = rows
         .base
         .iter()
@@ -443,7 +462,7 @@ fn main() -> Result<()> {
     drop(shard);
     let child = std::process::Command::new(std::env::current_exe()?)
         .arg("--reopen")
-        .arg(dir.path())
+        .arg(&dir)
         .output()?;
     anyhow::ensure!(
         child.status.success(),
