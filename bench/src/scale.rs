@@ -44,6 +44,10 @@ pub async fn run(
         .build()?;
     let work = Workload::load()?;
 
+    let mut before = Vec::new();
+    let recall = vector::at_default(&http, &url, &work.vectors, rows, &mut before).await?;
+    r.put("recall.before_bulk", recall);
+
     bulk(&indexed.ix, client, &url, &work, rows, &mut r).await?;
 
     let mut exact = Vec::new();

@@ -159,7 +159,12 @@ fn rows() -> Vec<Row> {
     ];
     for (case, name) in [("global", "all regions"), ("region", "in europe")] {
         v.push(row(
-            format!("recall@10 at the default ef, {name}"),
+            format!("recall@10 at the default ef, {name}, graph complete"),
+            3,
+            move |j| j.num("recall.before_bulk", &format!("/{case}/recall")),
+        ));
+        v.push(row(
+            "  the same after the bulk writes (old versions in the graph)",
             3,
             move |j| j.num("recall.default_ef", &format!("/{case}/recall")),
         ));
