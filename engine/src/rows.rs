@@ -7,7 +7,7 @@
 //! decompress a whole block and deserialise every stored field to read one document: most of
 //! the cost of a geo hit when rows were read from it, and lz4 over every row at ingest.)
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use tantivy::columnar::{BytesColumn, StrColumn};
 use tantivy::schema::IndexRecordOption;
@@ -16,6 +16,7 @@ use tantivy::{DocAddress, DocSet, Searcher, SegmentReader, Term, TERMINATED};
 use crate::document::RawRow;
 use crate::error::{Error, Result};
 use crate::partition::Fields;
+use crate::vector::VectorStore;
 
 /// The name of the columnar row field.
 pub const ROW_FIELD: &str = "_row";
@@ -29,27 +30,73 @@ pub const VECTOR_FIELD: &str = "_vec";
 /// One searcher's per-segment handles on the `_row` and `_key` columns, opened at a segment's
 /// first use and kept while that searcher serves: opening a segment's row column once per
 /// hit was a tenth of a geo query's shard CPU.
+///
+/// With them, each segment's document → vector-store slot map, made at the first filtered
+/// vector search that needs it, for the store the view had when these were made.
 pub struct Columns {
     generation: u64,
+    /// The vector store the slot maps point into (its address; 0: none).
+    store: usize,
     rows: Vec<OnceLock<Option<BytesColumn>>>,
     keys: Vec<OnceLock<Option<StrColumn>>>,
     vectors: Vec<OnceLock<Option<BytesColumn>>>,
+    slots: Vec<OnceLock<Arc<[u32]>>>,
+}
+
+/// A document without a vector in the store (`Columns::doc_slots`).
+pub const NO_SLOT: u32 = u32::MAX;
+
+fn cells<T>(n: usize) -> Vec<OnceLock<T>> {
+    (0..n).map(|_| OnceLock::new()).collect()
+}
+
+fn store_address(store: Option<&Arc<VectorStore>>) -> usize {
+    store.map_or(0, |s| Arc::as_ptr(s) as usize)
 }
 
 impl Columns {
-    pub fn new(searcher: &Searcher) -> Columns {
+    pub fn new(searcher: &Searcher, store: Option<&Arc<VectorStore>>) -> Columns {
         let segments = searcher.segment_readers().len();
         Columns {
             generation: searcher.generation().generation_id(),
-            rows: (0..segments).map(|_| OnceLock::new()).collect(),
-            keys: (0..segments).map(|_| OnceLock::new()).collect(),
-            vectors: (0..segments).map(|_| OnceLock::new()).collect(),
+            store: store_address(store),
+            rows: cells(segments),
+            keys: cells(segments),
+            vectors: cells(segments),
+            slots: cells(segments),
         }
     }
 
-    /// Whether these handles belong to `searcher`'s segments.
-    pub fn fits(&self, searcher: &Searcher) -> bool {
+    /// Whether these handles belong to `searcher`'s segments and their slot maps to `store`.
+    pub fn fits(&self, searcher: &Searcher, store: Option<&Arc<VectorStore>>) -> bool {
         self.generation == searcher.generation().generation_id()
+            && self.store == store_address(store)
+    }
+
+    /// The slot of each document of segment `ord` in `store` (the store these columns were
+    /// made with), `NO_SLOT` for documents without a vector or deleted: one sorted pass over
+    /// the segment's key dictionary at first use, then an array read per document.
+    pub fn doc_slots(
+        &self,
+        ord: u32,
+        reader: &SegmentReader,
+        store: &VectorStore,
+    ) -> tantivy::Result<Arc<[u32]>> {
+        let cell = &self.slots[ord as usize];
+        if let Some(s) = cell.get() {
+            return Ok(s.clone());
+        }
+        let mut slots = vec![NO_SLOT; reader.max_doc() as usize];
+        if let Some(keys) = self.keys(ord, reader)? {
+            let wanted = reader
+                .doc_ids_alive()
+                .filter_map(|doc| Some((keys.term_ords(doc).next()?, doc)));
+            in_ordinal_order(keys, wanted.collect(), |doc, key| {
+                let slot = std::str::from_utf8(key).ok().and_then(|k| store.slot_of(k));
+                slots[doc as usize] = slot.unwrap_or(NO_SLOT);
+            })?;
+        }
+        Ok(cell.get_or_init(|| slots.into()).clone())
     }
 
     /// The row column of segment `ord` (read by `reader`); None: a segment without rows.
@@ -231,7 +278,7 @@ pub fn in_ordinal_order<T>(
     column: &BytesColumn,
     mut wanted: Vec<(u64, T)>,
     mut f: impl FnMut(T, &[u8]),
-) -> Result<()> {
+) -> std::io::Result<()> {
     wanted.sort_unstable_by_key(|w| w.0);
     let mut ords: Vec<u64> = wanted.iter().map(|w| w.0).collect();
     ords.dedup();
@@ -267,7 +314,7 @@ pub fn keys_at(
         let wanted = at
             .into_iter()
             .filter_map(|i| Some((column.term_ords(addrs[i].doc_id).next()?, i)));
-        in_ordinal_order(&column, wanted.collect(), |i, bytes| {
+        in_ordinal_order(column, wanted.collect(), |i, bytes| {
             keys[i] = String::from_utf8_lossy(bytes).into_owned();
         })?;
     }

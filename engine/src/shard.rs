@@ -736,13 +736,17 @@ impl Shard {
             .iter()
             .map(|(id, p)| {
                 let searcher = p.searcher();
-                // Column handles stay valid while the searcher is the same generation.
+                let vectors = p.vectors();
+                // Column handles stay valid while the searcher is the same generation (and
+                // their slot maps while the vector store is the same).
                 let columns = before
                     .as_ref()
                     .and_then(|v| v.partitions.get(id))
                     .map(|v| v.columns.clone())
-                    .filter(|c| c.fits(&searcher))
-                    .unwrap_or_else(|| Arc::new(crate::rows::Columns::new(&searcher)));
+                    .filter(|c| c.fits(&searcher, vectors.as_ref()))
+                    .unwrap_or_else(|| {
+                        Arc::new(crate::rows::Columns::new(&searcher, vectors.as_ref()))
+                    });
                 (
                     id.clone(),
                     PartitionView {
@@ -753,7 +757,7 @@ impl Shard {
                         fresh: p.fresh(),
                         checkpoint: p.checkpoint(),
                         geo: p.geo(),
-                        vectors: p.vectors(),
+                        vectors,
                         graph: p.graph(),
                         recent_vectors: p.recent_vectors(),
                     },

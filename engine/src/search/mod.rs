@@ -60,6 +60,46 @@ impl Scope {
     }
 }
 
+/// Calls `mark(slot)` with the vector-store slot of every committed document of a partition
+/// that passes a structured filter, has a vector in `store` (the view's) and is not shadowed
+/// by the fresh layer (fresh documents are the caller's to check). Documents go straight
+/// from the filter's doc sets to their slots through each segment's slot map
+/// (`rows::Columns::doc_slots`), with no key read: a key lookup per passing document made a
+/// filtered vector query O(passing documents) in dictionary reads and hash lookups.
+pub(crate) fn filtered_slots(
+    p: &crate::shard::PartitionView,
+    store: &crate::vector::VectorStore,
+    filter: &Filter,
+    mut mark: impl FnMut(u32),
+) -> tantivy::Result<()> {
+    if p.fresh.truncated {
+        return Ok(());
+    }
+    let q = filter.to_tantivy(&p.fields.filters);
+    let weight = q.weight(tantivy::query::EnableScoring::disabled_from_searcher(
+        &p.searcher,
+    ))?;
+    let shadowed = if p.fresh.docs.is_empty() {
+        None
+    } else {
+        Some(shadow::of_view(p)?)
+    };
+    for (ord, segment) in p.searcher.segment_readers().iter().enumerate() {
+        let slots = p.columns.doc_slots(ord as u32, segment, store)?;
+        let shadow = shadowed.as_ref().and_then(|s| s.get(segment.segment_id()));
+        // Deleted documents have no slot in the map.
+        weight.for_each_no_score(segment, &mut |docs| {
+            for &doc in docs {
+                let slot = slots[doc as usize];
+                if slot != crate::rows::NO_SLOT && shadow.is_none_or(|b| !b.contains(doc)) {
+                    mark(slot);
+                }
+            }
+        })?;
+    }
+    Ok(())
+}
+
 /// Keys of a partition whose documents pass a structured filter: committed (unless
 /// shadowed) and fresh.
 pub fn filter_allowed(

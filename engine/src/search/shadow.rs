@@ -22,6 +22,11 @@ use crate::shard::PartitionView;
 pub struct Shadowed(HashMap<SegmentId, BitSet>);
 
 impl Shadowed {
+    /// The shadowed documents of one segment.
+    pub fn get(&self, segment: SegmentId) -> Option<&BitSet> {
+        self.0.get(&segment)
+    }
+
     /// Looks every fresh key up in every segment of the view's searcher.
     pub fn of(p: &PartitionView) -> tantivy::Result<Shadowed> {
         let mut sets = HashMap::new();

@@ -224,7 +224,7 @@ fn allowed_slots(
     let fields = match &query.fields_filter {
         Some(filter) => {
             let mut slots = Slots::new(store.slot_count());
-            visit_filtered(p, filter, |key| slots.mark(store, key))?;
+            filtered_slots(p, store, filter, |slot| slots.set(slot))?;
             Some(slots)
         }
         None => None,
