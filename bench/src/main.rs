@@ -10,7 +10,8 @@
 //! is for working on one query type: it runs the ingest and only the query types whose name
 //! contains TEXT (the recall curve only when a vector type is among them), prints the figures
 //! and writes no report. `--scale` measures our side alone at N rows (no peers, no
-//! freshness run) and keeps the figures beside other sizes' in BENCHMARKS-SCALE.md (`scale`).
+//! freshness run) and keeps the figures beside other sizes' in BENCHMARKS-SCALE.md (`scale`);
+//! `--scale --render` writes that report again from its JSON.
 //!
 //! Data: the dev set (../shared/data/dev: 30k GeoNames cities, 384-d MiniLM embeddings);
 //! above 30k rows, seeded copies (`e2e::dev_data::Scaled` documents how).
@@ -51,6 +52,7 @@ struct Args {
     out: Option<PathBuf>,
     only: Option<String>,
     scale: bool,
+    render: bool,
 }
 
 impl Args {
@@ -62,6 +64,7 @@ impl Args {
             out: None,
             only: None,
             scale: false,
+            render: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -73,8 +76,9 @@ impl Args {
                 "--out" => a.out = Some(value()?.into()),
                 "--only" => a.only = Some(value()?),
                 "--scale" => a.scale = true,
+                "--render" => a.render = true,
                 _ => bail!(
-                    "unknown argument {flag}: --rows N --seconds S --rounds R --out PATH --only TEXT --scale"
+                    "unknown argument {flag}: --rows N --seconds S --rounds R --out PATH --only TEXT --scale --render"
                 ),
             }
         }
@@ -97,6 +101,12 @@ fn main() -> Result<()> {
 
 async fn run() -> Result<()> {
     let args = Args::parse()?;
+    if args.render {
+        let out = args.out.clone().unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS-SCALE.md")
+        });
+        return report::scale::rewrite(&out);
+    }
     let (rows, seconds) = (args.rows, args.seconds);
     let repo = std::fs::canonicalize(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))?;
     let out_md = args

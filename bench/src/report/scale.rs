@@ -11,18 +11,30 @@ use serde_json::Value;
 
 use super::{Figures, Report};
 
+type Runs = BTreeMap<usize, BTreeMap<String, Value>>;
+
+fn read(out_json: &Path) -> Result<Runs> {
+    match std::fs::read(out_json) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a scale report", out_json.display())),
+        Err(_) => Ok(BTreeMap::new()),
+    }
+}
+
 /// Keeps this run's figures under its size beside the other sizes' and writes the report.
 pub fn write(r: Report, rows: usize, out: &Path) -> Result<()> {
     let out_json = out.with_extension("json");
-    let mut runs: BTreeMap<usize, BTreeMap<String, Value>> = match std::fs::read(&out_json) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a scale report", out_json.display()))?,
-        Err(_) => BTreeMap::new(),
-    };
+    let mut runs = read(&out_json)?;
     runs.insert(rows, r.json);
     std::fs::write(&out_json, serde_json::to_string_pretty(&runs)?)?;
-    std::fs::write(out, render(&runs).join("\n") + "\n")?;
-    eprintln!("bench: wrote {} and {}", out.display(), out_json.display());
+    rewrite(out)
+}
+
+/// Writes the report again from the figures kept (`scripts/bench --scale --render`).
+pub fn rewrite(out: &Path) -> Result<()> {
+    let out_json = out.with_extension("json");
+    std::fs::write(out, render(&read(&out_json)?).join("\n") + "\n")?;
+    eprintln!("bench: wrote {} from {}", out.display(), out_json.display());
     Ok(())
 }
 
@@ -74,89 +86,42 @@ fn size(n: usize) -> String {
 }
 
 fn rows() -> Vec<Row> {
-    let per_1m = |mb: f64, n: f64| mb / 1024.0 * 1e6 / n;
-    let mut v = vec![
-        row("snapshot, text only (rows/s)", 0, |j| {
-            j.num("snapshot.text.rows_per_sec", "")
-        }),
-        row("snapshot, text + geo (rows/s)", 0, |j| {
-            j.num("snapshot.text_geo.rows_per_sec", "")
-        }),
-        row("snapshot, text + geo + 384-d vectors (rows/s)", 0, |j| {
-            j.num("snapshot.full.rows_per_sec", "")
-        }),
-        row("HNSW graph complete, from the start (vectors/s)", 0, |j| {
-            j.num("graph.vectors_per_sec", "")
-        }),
-        row(
-            "anonymous memory after the text + geo snapshot (MB)",
-            0,
-            |j| j.num("memory.text_geo", "/anon_mb"),
-        ),
-        row("anonymous memory after the vector snapshot (MB)", 0, |j| {
-            j.num("memory.after_snapshot", "/anon_mb")
-        }),
-        row("anonymous memory, graph complete (MB)", 0, |j| {
-            j.num("memory.graph_complete", "/anon_mb")
-        }),
-        row(
-            "anonymous memory after bulk writes and queries (MB)",
-            0,
-            |j| j.num("memory.final", "/anon_mb"),
-        ),
-        row("file-backed resident memory then (MB)", 0, |j| {
-            j.num("memory.final", "/file_mb")
-        }),
-        row("peak resident memory, VmHWM (MB)", 0, |j| {
-            j.num("memory.final", "/peak_mb")
-        }),
-        row("resident memory per 1M rows (GB)", 2, move |j| {
-            per_1m(j.num("memory.final", "/rss_mb"), j.num("machine", "/rows"))
-        }),
-        row("disk, text + geo (MB)", 0, |j| {
-            j.num("disk_mb.text_geo", "")
-        }),
-        row("disk with vectors (MB)", 0, |j| {
-            j.num("footprint", "/disk_mb")
-        }),
-        row("disk per 1M rows, with vectors (GB)", 2, |j| {
-            j.num("footprint", "/disk_gb_per_1m")
-        }),
-        row("graph dumps (MB)", 0, |j| {
-            j.num("footprint.stopped", "/graph_dump_bytes") / 1048576.0
-        }),
-        row("restart to serving (s)", 2, |j| {
-            j.num("restart_to_serving_s", "")
-        }),
-        row(
-            "whole-table UPDATE, no embedding changed: applied (rows/s)",
-            0,
-            |j| j.num("bulk.same_embeddings", "/rows_per_sec"),
-        ),
-        row("  vector p50 quiet (ms)", 2, |j| {
-            j.num("bulk.same_embeddings", "/vector_quiet/p50_ms")
-        }),
-        row("  vector p50 right after (ms)", 2, |j| {
-            j.num("bulk.same_embeddings", "/vector_after/p50_ms")
-        }),
-        row("  text p50 quiet (ms)", 2, |j| {
-            j.num("bulk.same_embeddings", "/text_quiet/p50_ms")
-        }),
-        row("  text p50 right after (ms)", 2, |j| {
-            j.num("bulk.same_embeddings", "/text_after/p50_ms")
-        }),
-        row(
-            "whole-table UPDATE of every embedding: applied (rows/s)",
-            0,
-            |j| j.num("bulk.new_embeddings", "/rows_per_sec"),
-        ),
-        row("  vector p50 within 2× quiet after (s)", 1, |j| {
-            j.num("bulk.new_embeddings", "/vector_within_2x_quiet_after_s")
-        }),
-        row("  graph holds every new version after (s)", 1, |j| {
-            j.num("bulk.new_embeddings", "/graph_complete_after_s")
-        }),
+    // (name, digits, figure, pointer inside it)
+    #[rustfmt::skip]
+    const PLAIN: [(&str, usize, &str, &str); 22] = [
+        ("snapshot, text only (rows/s)", 0, "snapshot.text.rows_per_sec", ""),
+        ("snapshot, text + geo (rows/s)", 0, "snapshot.text_geo.rows_per_sec", ""),
+        ("snapshot, text + geo + 384-d vectors (rows/s)", 0, "snapshot.full.rows_per_sec", ""),
+        ("HNSW graph complete, from the start (vectors/s)", 0, "graph.vectors_per_sec", ""),
+        ("anonymous memory after the text + geo snapshot (MB)", 0, "memory.text_geo", "/anon_mb"),
+        ("anonymous memory after the vector snapshot (MB)", 0, "memory.after_snapshot", "/anon_mb"),
+        ("anonymous memory, graph complete (MB)", 0, "memory.graph_complete", "/anon_mb"),
+        ("anonymous memory after bulk writes and queries (MB)", 0, "memory.final", "/anon_mb"),
+        ("file-backed resident memory then (MB)", 0, "memory.final", "/file_mb"),
+        ("peak resident memory, VmHWM (MB)", 0, "memory.final", "/peak_mb"),
+        ("resident memory per 1M rows (GB)", 2, "footprint", "/rss_gb_per_1m"),
+        ("disk, text + geo (MB)", 0, "disk_mb.text_geo", ""),
+        ("disk with vectors (MB)", 0, "footprint", "/disk_mb"),
+        ("disk per 1M rows, with vectors (GB)", 2, "footprint", "/disk_gb_per_1m"),
+        ("restart to serving (s)", 2, "restart_to_serving_s", ""),
+        ("whole-table UPDATE, no embedding changed: applied (rows/s)", 0, "bulk.same_embeddings", "/rows_per_sec"),
+        ("  vector p50 quiet (ms)", 2, "bulk.same_embeddings", "/vector_quiet/p50_ms"),
+        ("  vector p50 right after (ms)", 2, "bulk.same_embeddings", "/vector_after/p50_ms"),
+        ("  text p50 quiet (ms)", 2, "bulk.same_embeddings", "/text_quiet/p50_ms"),
+        ("  text p50 right after (ms)", 2, "bulk.same_embeddings", "/text_after/p50_ms"),
+        ("whole-table UPDATE of every embedding: applied (rows/s)", 0, "bulk.new_embeddings", "/rows_per_sec"),
+        ("  vector p50 within 2× quiet after (s)", 1, "bulk.new_embeddings", "/vector_within_2x_quiet_after_s"),
     ];
+    let mut v: Vec<Row> = PLAIN
+        .into_iter()
+        .map(|(name, digits, key, at)| row(name, digits, move |j| j.num(key, at)))
+        .collect();
+    v.push(row("  graph holds every new version after (s)", 1, |j| {
+        j.num("bulk.new_embeddings", "/graph_complete_after_s")
+    }));
+    v.push(row("graph dumps (MB)", 0, |j| {
+        j.num("footprint.stopped", "/graph_dump_bytes") / 1048576.0
+    }));
     for (case, name) in [("global", "all regions"), ("region", "in europe")] {
         v.push(row(
             format!("recall@10 at the default ef, {name}, graph complete"),
@@ -193,7 +158,7 @@ fn query_rows(order: &[String]) -> Vec<Row> {
     v
 }
 
-fn render(runs: &BTreeMap<usize, BTreeMap<String, Value>>) -> Vec<String> {
+fn render(runs: &Runs) -> Vec<String> {
     let figures: Vec<(usize, Figures)> = runs.iter().map(|(n, m)| (*n, Figures(m))).collect();
     let mut md = vec![
         "# Scale benchmarks".to_owned(),
@@ -257,8 +222,66 @@ fn render(runs: &BTreeMap<usize, BTreeMap<String, Value>>) -> Vec<String> {
     md.push(String::new());
     if let Some((n, j)) = figures.last() {
         components(&mut md, *n, j);
+        targets(&mut md, *n, j);
     }
     md
+}
+
+/// Issue 13's acceptance figures, read from the largest size (they are set for 1M rows).
+fn targets(md: &mut Vec<String>, n: usize, j: &Figures) {
+    md.push(format!(
+        "## Issue 13's targets at {} rows{}",
+        size(n),
+        if n == 1_000_000 {
+            ""
+        } else {
+            " (they are set for 1M)"
+        }
+    ));
+    md.push(String::new());
+    md.push("| target | figure | |".into());
+    md.push("|---|---|---|".into());
+    let p50 = |name: &str| j.num(&format!("query.{name}"), "/ours/c1/p50_ms/median");
+    let recall = j.num("recall.before_bulk", "/global/recall");
+    let quiet = j.num("bulk.same_embeddings", "/vector_quiet/p50_ms");
+    let after = j.num("bulk.same_embeddings", "/vector_after/p50_ms");
+    let restart = j.num("restart_to_serving_s", "") * 1e6 / n as f64;
+    let vector = if recall >= 0.95 {
+        p50("vector k=10")
+    } else {
+        f64::NAN
+    };
+    // (target, figure, unit, the figure's bound, whether it is a ceiling)
+    #[rustfmt::skip]
+    let lines = [
+        ("resident memory per 1M rows with vectors", j.num("footprint", "/rss_gb_per_1m"), "GB", 2.5, true),
+        ("disk per 1M rows", j.num("footprint", "/disk_gb_per_1m"), "GB", 3.0, true),
+        ("snapshot with vectors", j.num("snapshot.full.rows_per_sec", ""), "rows/s", 30_000.0, false),
+        ("snapshot without vectors (text + geo)", j.num("snapshot.text_geo.rows_per_sec", ""), "rows/s", 60_000.0, false),
+        ("HNSW completion", j.num("graph.vectors_per_sec", ""), "vectors/s", 2_000.0, false),
+        ("restart to serving, per 1M rows", restart, "s", 2.0, true),
+        ("recall@10 right after the restart", j.num("recall.after_restart", "/global/recall"), "", 0.95, false),
+        ("text rare p50 at c=1", p50("text rare"), "ms", 2.0, true),
+        ("text common p50", p50("text common"), "ms", 2.0, true),
+        ("text phrase p50", p50("text phrase"), "ms", 2.0, true),
+        ("geo nearest p50", p50("geo nearest k=10"), "ms", 1.0, true),
+        ("geo radius 10 km p50", p50("geo radius 10 km"), "ms", 1.0, true),
+        ("geo radius 200 km p50", p50("geo radius 200 km"), "ms", 1.0, true),
+        ("vector p50 at the default ef, if its recall is ≥ 0.95", vector, "ms", 3.0, true),
+        ("vector p50 right after an UPDATE of every row (no new embedding), × quiet", after / quiet, "×", 2.0, true),
+    ];
+    for (what, figure, unit, bound, ceiling) in lines {
+        let (sign, met) = if ceiling {
+            ("≤", figure <= bound)
+        } else {
+            ("≥", figure >= bound)
+        };
+        let verdict = if met { "met" } else { "**missed**" };
+        md.push(format!(
+            "| {what} {sign} {bound} {unit} | {figure:.2} {unit} | {verdict} |"
+        ));
+    }
+    md.push(String::new());
 }
 
 /// What each step added to the anonymous memory, per row: the part the vectors cost.

@@ -293,7 +293,16 @@ fn partition(
     let selective = allowed
         .as_ref()
         .is_some_and(|a| a.count <= EXACT_FILTER_MAX);
-    let mut use_graph = !query.exact && !selective && p.graph.is_some();
+    // A filter passing a share of the live vectors keeps about that share of a beam: the
+    // walk is widened by live / passing, so it keeps `ef` passing candidates, unless that
+    // walk would cost more than scoring the passing vectors exactly (a walk compares ~40
+    // vectors in 8 bits per place in its beam, about eight exact f64 scores' worth).
+    let ef = match &allowed {
+        Some(a) if a.count > 0 => (ef * store.len()).div_ceil(a.count).max(ef),
+        _ => ef,
+    };
+    let walk_dearer = allowed.as_ref().is_some_and(|a| ef > a.count / 8);
+    let mut use_graph = !query.exact && !selective && !walk_dearer && p.graph.is_some();
     if use_graph {
         let graph = p.graph.as_ref().expect("checked");
         // Versions below the watermark are in the graph; the rest are scanned.
