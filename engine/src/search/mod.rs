@@ -134,31 +134,33 @@ pub(crate) fn visit_filtered(
         .search(&*q, &tantivy::collector::DocSetCollector)?;
     // Keys by segment: term ordinals first, then one sorted pass over each segment's key
     // dictionary (a lookup per document costs ~20 µs: 0.5 s for 20k documents).
-    let mut ords: std::collections::HashMap<u32, Vec<u64>> = Default::default();
+    let mut by_segment: std::collections::HashMap<u32, Vec<u64>> = Default::default();
     for addr in docs {
-        ords.entry(addr.segment_ord)
+        by_segment
+            .entry(addr.segment_ord)
             .or_default()
             .push(addr.doc_id as u64);
     }
-    for (segment_ord, docs) in ords {
+    for (segment_ord, docs) in by_segment {
         let segment = p.searcher.segment_reader(segment_ord);
         let Some(keys) = p.columns.keys(segment_ord, segment)? else {
             continue;
         };
-        let mut term_ords: Vec<u64> = docs
+        // Each key once, though several documents may carry it.
+        let mut ords: Vec<u64> = docs
             .iter()
             .filter_map(|&d| keys.term_ords(d as tantivy::DocId).next())
             .collect();
-        term_ords.sort_unstable();
-        term_ords.dedup();
-        keys.dictionary()
-            .sorted_ords_to_term_cb(&term_ords, |bytes| {
-                if let Ok(key) = std::str::from_utf8(bytes) {
-                    if !p.fresh.shadows(key) {
-                        visit(key);
-                    }
+        ords.sort_unstable();
+        ords.dedup();
+        let wanted = ords.into_iter().map(|o| (o, ())).collect();
+        crate::rows::in_ordinal_order(keys, wanted, |(), bytes| {
+            if let Ok(key) = std::str::from_utf8(bytes) {
+                if !p.fresh.shadows(key) {
+                    visit(key);
                 }
-            })?;
+            }
+        })?;
     }
     Ok(())
 }

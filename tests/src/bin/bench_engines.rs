@@ -184,15 +184,6 @@ fn build_graphs(shard: &mut Shard) -> Result<(usize, f64, f64)> {
     Ok((n, insert, dump))
 }
 
-/// Removes a directory when dropped.
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `bench_engines --reopen DIR`: what a restarted indexer does, alone in a fresh process, so
 /// its memory is the shard's and nothing else's.
 fn reopen(dir: &std::path::Path) -> Result<()> {
@@ -226,14 +217,21 @@ fn main() -> Result<()> {
     let mut rows = Rows::new(target)?;
     let n = rows.len();
     // `BENCH_DIR` keeps the shard's directory there (to time `--reopen` on it again).
-    let dir = match std::env::var("BENCH_DIR") {
-        Ok(d) => tempfile::Builder::new()
-            .prefix("bench_engines-")
-            .tempdir_in(d)?
-            .keep(),
-        Err(_) => tempfile::tempdir()?.keep(),
+    // (`_temp` removes the directory when dropped, at the end of the run.)
+    let (_temp, dir) = match std::env::var("BENCH_DIR") {
+        Ok(d) => (
+            None,
+            tempfile::Builder::new()
+                .prefix("bench_engines-")
+                .tempdir_in(d)?
+                .keep(),
+        ),
+        Err(_) => {
+            let t = tempfile::tempdir()?;
+            let path = t.path().to_owned();
+            (Some(t), path)
+        }
     };
-    let _cleanup = (std::env::var("BENCH_DIR").is_err()).then(|| RemoveOnDrop(dir.clone()));
     let view = Arc::new(ViewCell::default());
     let mut shard = open(&dir, view.clone(), Lsn::ZERO)?;
     let points: Vec<(f64, f64)> = rows
