@@ -7,7 +7,7 @@
 //! or below its own durable checkpoint. A partition's state is therefore a pure function of
 //! the ordered changes after its checkpoint, whatever crashed where.
 //!
-//! Long (~710 lines) on purpose (large transactions live in `shard/large.rs`): apply, group commit and the view swap share the shard's state
+//! Long (~780 lines) on purpose (large transactions live in `shard/large.rs`): apply, group commit and the view swap share the shard's state
 //! (applied and durable LSNs, uncommitted rows, the commit in flight); tests in `shard/tests.rs`.
 
 use std::collections::BTreeMap;
