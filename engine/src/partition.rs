@@ -56,6 +56,8 @@ pub struct Fields {
     pub vector: Option<Field>,
     /// One per `ResolvedIndex::filters` entry: `f_<column>`, typed, indexed and fast.
     pub filters: Vec<FilterField>,
+    /// Ranking rules for text hits (`ResolvedIndex::ranking`).
+    pub ranking: crate::schema::RankingSpec,
 }
 
 impl Fields {
@@ -127,6 +129,7 @@ impl Fields {
                 lon,
                 vector,
                 filters,
+                ranking: ix.ranking,
             },
         )
     }

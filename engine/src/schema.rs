@@ -25,6 +25,21 @@ pub struct ResolvedIndex {
     /// Per column: how its values read as typed JSON in answers (numbers, booleans, times);
     /// None: as text.
     pub value_kinds: Vec<Option<crate::filter::FilterKind>>,
+    /// How text hits are ordered beyond BM25 (none configured: BM25 alone).
+    pub ranking: RankingSpec,
+}
+
+/// Ranking rules for text hits, as configured (`ranking` in the index config).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RankingSpec {
+    /// Position in `text` of the field whose full match ranks first: a document holding
+    /// every query word in it (a prefix or typo alternative counting) outranks any document
+    /// matching otherwise.
+    pub name_field: Option<usize>,
+    /// Position in `filters` of a numeric field that adds `weight × log10(1 + value)` to the
+    /// text score (values ≤ 0 or missing add nothing).
+    pub popularity: Option<usize>,
+    pub weight: f32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -127,5 +142,6 @@ pub fn test_index(
         filters: vec![],
         stored: vec![],
         value_kinds: vec![None; columns.len()],
+        ranking: RankingSpec::default(),
     }
 }

@@ -777,4 +777,6 @@ mod large;
 pub use large::FEED_EVENTS_KEPT;
 
 #[cfg(test)]
+mod ranking_tests;
+#[cfg(test)]
 mod tests;

@@ -16,8 +16,8 @@
 
 use tantivy::fieldnorm::FieldNormReader;
 use tantivy::query::{
-    AllQuery, Bm25StatisticsProvider, Bm25Weight, BooleanQuery, BoostQuery, DisjunctionMaxQuery,
-    FuzzyTermQuery, Occur, PhraseQuery, Query, TermQuery,
+    AllQuery, Bm25StatisticsProvider, Bm25Weight, BooleanQuery, BoostQuery, ConstScoreQuery,
+    DisjunctionMaxQuery, FuzzyTermQuery, Occur, PhraseQuery, Query, TermQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{Score, Term};
@@ -38,7 +38,29 @@ pub const MAX_TERMS: usize = 1_024;
 /// 2,000 of them took 1.2 GB.
 pub const MAX_EXPANSIONS: usize = 8;
 
+/// What a document holding every query word in the ranking's name field gains: more than
+/// any BM25 score plus popularity, so such documents rank first.
+pub const NAME_MATCH_SCORE: Score = 1000.0;
+
+/// Shortest plain word (in characters) matched within one edit under `typo`, and within two
+/// (Meilisearch's defaults).
+const ONE_TYPO_CHARS: usize = 5;
+const TWO_TYPOS_CHARS: usize = 9;
+
 pub use wire::Operator;
+
+/// How forgiving a query is, and the ranking's name field.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Leniency {
+    /// Plain words of 5 or more characters also match within one edit, of 9 or more within
+    /// two (each such alternative scores like a fuzzy word, below an exact match).
+    pub typo: bool,
+    /// The last plain word also matches as a prefix (search as you type).
+    pub prefix_last: bool,
+    /// Position in the text fields of `RankingSpec::name_field`: documents holding every
+    /// word of the query there score `NAME_MATCH_SCORE` more.
+    pub name_field: Option<usize>,
+}
 
 /// A text field of the schema, as configured.
 #[derive(Debug, Clone)]
@@ -207,6 +229,8 @@ pub enum Node {
         distance: u8,
     },
     Boost(Box<Node>, Score),
+    /// This score when the child matches (its own score ignored).
+    Const(Box<Node>, Score),
     /// Best child plus `TIE_BREAKER` times the others.
     DisMax(Vec<Node>),
     /// Every `must`, no `must_not`, and (without `must`) at least one `should`.
@@ -227,6 +251,16 @@ pub struct TextQuery {
 
 impl TextQuery {
     pub fn parse(q: &str, operator: Operator, text: &[TextField]) -> Result<TextQuery, QueryError> {
+        TextQuery::parse_with(q, operator, text, Leniency::default())
+    }
+
+    /// `parse`, with typo and prefix alternatives and the name-field ranking of `leniency`.
+    pub fn parse_with(
+        q: &str,
+        operator: Operator,
+        text: &[TextField],
+        leniency: Leniency,
+    ) -> Result<TextQuery, QueryError> {
         if q.len() > MAX_QUERY_BYTES {
             return Err(QueryError(format!(
                 "the query is {} bytes long, at most {MAX_QUERY_BYTES}",
@@ -244,6 +278,12 @@ impl TextQuery {
                 "the query has {expansions} prefix (word*) or fuzzy (word~) words, at most {MAX_EXPANSIONS}"
             )));
         }
+        let items = widen(items, leniency, MAX_EXPANSIONS - expansions);
+        let name_match = leniency
+            .name_field
+            .and_then(|f| text.get(f))
+            .and_then(|f| name_match(&items, f, text).transpose())
+            .transpose()?;
         let mut terms = 0;
         let (mut must, mut should, mut must_not) = (Vec::new(), Vec::new(), Vec::new());
         for item in items {
@@ -284,12 +324,20 @@ impl TextQuery {
             }
             must.push(Node::All);
         }
+        let mut root = Node::Bool {
+            must,
+            should,
+            must_not,
+        };
+        if let Some(name) = name_match {
+            root = Node::Bool {
+                must: vec![root],
+                should: vec![Node::Const(Box::new(name), NAME_MATCH_SCORE)],
+                must_not: vec![],
+            };
+        }
         Ok(TextQuery {
-            root: Node::Bool {
-                must,
-                should,
-                must_not,
-            },
+            root,
             fields: text.iter().map(|t| t.field).collect(),
         })
     }
@@ -365,6 +413,85 @@ impl TextQuery {
     pub fn score(&self, doc: &[Vec<String>]) -> Option<Score> {
         eval(&self.root, doc)
     }
+}
+
+/// Adds typo and prefix alternatives to plain words, as `leniency` asks, at most `budget` of
+/// them (each expands to the matching terms of the dictionary): the first words first.
+fn widen(mut items: Vec<Item>, leniency: Leniency, mut budget: usize) -> Vec<Item> {
+    let last = items.iter().rposition(|i| i.sign != Sign::Excluded);
+    for (n, item) in items.iter_mut().enumerate() {
+        if item.sign == Sign::Excluded || item.alternatives.len() != 1 {
+            continue;
+        }
+        let Clause {
+            field,
+            form: Form::Words(word),
+        } = item.alternatives[0].clone()
+        else {
+            continue;
+        };
+        // One word, as the unstemmed analyzer sees it (not a hyphenated pair, not a number
+        // split in two).
+        let tokens = analyzer::tokens(&mut analyzer::analyzer(None), &word);
+        let [token] = tokens.as_slice() else {
+            continue;
+        };
+        let chars = token.chars().count();
+        let mut more = Vec::new();
+        if leniency.typo && chars >= ONE_TYPO_CHARS {
+            let distance = if chars >= TWO_TYPOS_CHARS { 2 } else { 1 };
+            more.push(Form::Fuzzy(token.clone(), distance));
+        }
+        if leniency.prefix_last && Some(n) == last {
+            more.push(Form::Prefix(token.clone()));
+        }
+        for form in more {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
+            let field = field.clone();
+            item.alternatives.push(Clause { field, form });
+        }
+    }
+    items
+}
+
+/// The query's words all in `name` (each word by any of its alternatives); None when a
+/// word is scoped to another field or the query has no positive word.
+fn name_match(
+    items: &[Item],
+    name: &TextField,
+    text: &[TextField],
+) -> Result<Option<Node>, QueryError> {
+    let mut must = Vec::new();
+    for item in items.iter().filter(|i| i.sign != Sign::Excluded) {
+        let mut alternatives = Vec::new();
+        for clause in &item.alternatives {
+            if clause.field.as_ref().is_some_and(|f| f != &name.name) {
+                continue;
+            }
+            let scoped = Clause {
+                field: Some(name.name.clone()),
+                form: clause.form.clone(),
+            };
+            alternatives.extend(lower_clause(&scoped, text)?);
+        }
+        must.push(match alternatives.len() {
+            0 => return Ok(None),
+            1 => alternatives.pop().expect("one"),
+            _ => Node::Bool {
+                must: vec![],
+                should: alternatives,
+                must_not: vec![],
+            },
+        });
+    }
+    Ok((!must.is_empty()).then_some(Node::Bool {
+        must,
+        should: vec![],
+        must_not: vec![],
+    }))
 }
 
 fn lower_clause(clause: &Clause, text: &[TextField]) -> Result<Option<Node>, QueryError> {
@@ -462,7 +589,7 @@ fn lower_clause(clause: &Clause, text: &[TextField]) -> Result<Option<Node>, Que
 fn visit(n: &Node, f: &mut dyn FnMut(&Node)) {
     f(n);
     match n {
-        Node::Boost(c, _) => visit(c, f),
+        Node::Boost(c, _) | Node::Const(c, _) => visit(c, f),
         Node::DisMax(cs) => cs.iter().for_each(|c| visit(c, f)),
         Node::Bool {
             must,
@@ -480,7 +607,7 @@ fn visit(n: &Node, f: &mut dyn FnMut(&Node)) {
 fn visit_mut(n: &mut Node, f: &mut dyn FnMut(&mut Node)) {
     f(n);
     match n {
-        Node::Boost(c, _) => visit_mut(c, f),
+        Node::Boost(c, _) | Node::Const(c, _) => visit_mut(c, f),
         Node::DisMax(cs) => cs.iter_mut().for_each(|c| visit_mut(c, f)),
         Node::Bool {
             must,
@@ -514,6 +641,7 @@ fn to_tantivy(n: &Node, fields: &[Field]) -> Box<dyn Query> {
             distance,
         } => Box::new(FuzzyTermQuery::new(term(*field, token), *distance, true)),
         Node::Boost(c, b) => Box::new(BoostQuery::new(to_tantivy(c, fields), *b)),
+        Node::Const(c, score) => Box::new(ConstScoreQuery::new(to_tantivy(c, fields), *score)),
         Node::DisMax(cs) => Box::new(DisjunctionMaxQuery::with_tie_breaker(
             cs.iter().map(|c| to_tantivy(c, fields)).collect(),
             TIE_BREAKER,
@@ -588,6 +716,7 @@ fn eval(n: &Node, doc: &[Vec<String>]) -> Option<Score> {
             .any(|t| within_edits(token, t, *distance as usize))
             .then_some(1.0),
         Node::Boost(c, b) => eval(c, doc).map(|s| s * b),
+        Node::Const(c, score) => eval(c, doc).map(|_| *score),
         Node::DisMax(cs) => {
             let scores: Vec<Score> = cs.iter().filter_map(|c| eval(c, doc)).collect();
             if scores.is_empty() {

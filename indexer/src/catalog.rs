@@ -254,6 +254,7 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
                 .and_then(|k| engine::filter::FilterKind::of_pg_type(&k.type_name))
         })
         .collect();
+    let ranking = resolve_ranking(ix, &at, &filters, &columns)?;
     Ok(ResolvedIndex {
         ordinal,
         name: ix.name.clone(),
@@ -268,6 +269,65 @@ async fn resolve_one(client: &Client, ordinal: usize, ix: &IndexConfig) -> Resul
         filters,
         stored,
         value_kinds,
+        ranking,
+    })
+}
+
+/// The `ranking` table: a configured text field, a numeric filter field, a finite weight.
+fn resolve_ranking(
+    ix: &crate::config::IndexConfig,
+    at: &str,
+    filters: &[FilterSpec],
+    columns: &[String],
+) -> Result<engine::schema::RankingSpec> {
+    let Some(r) = &ix.ranking else {
+        return Ok(Default::default());
+    };
+    let name_field = match &r.name_field {
+        None => None,
+        Some(n) => Some(
+            ix.text_fields
+                .iter()
+                .position(|t| t.column() == n)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{at}: ranking.name_field {n:?} is not one of text_fields"
+                    ))
+                })?,
+        ),
+    };
+    let popularity = match &r.popularity {
+        None => None,
+        Some(n) => {
+            let i = filters
+                .iter()
+                .position(|f| &columns[f.column] == n)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{at}: ranking.popularity {n:?} is not one of filter_fields"
+                    ))
+                })?;
+            if !matches!(
+                filters[i].kind,
+                engine::filter::FilterKind::Int | engine::filter::FilterKind::Float
+            ) {
+                return Err(Error::Config(format!(
+                    "{at}: ranking.popularity {n:?} must be a numeric column"
+                )));
+            }
+            Some(i)
+        }
+    };
+    if !(r.weight.is_finite() && r.weight >= 0.0) {
+        return Err(Error::Config(format!(
+            "{at}: ranking.weight must be a finite number ≥ 0, not {}",
+            r.weight
+        )));
+    }
+    Ok(engine::schema::RankingSpec {
+        name_field,
+        popularity,
+        weight: r.weight,
     })
 }
 

@@ -191,6 +191,23 @@ pub struct IndexConfig {
     /// Columns returned with hits.
     #[serde(default)]
     pub stored_fields: Vec<String>,
+    /// How text hits are ordered beyond BM25; BM25 alone when absent.
+    #[serde(default)]
+    pub ranking: Option<RankingConfig>,
+}
+
+/// `ranking = { name_field = "name", popularity = "population", weight = 2.0 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankingConfig {
+    /// A text field: documents holding every query word in it rank above the rest.
+    #[serde(default)]
+    pub name_field: Option<String>,
+    /// A numeric filter field adding `weight × log10(1 + value)` to the text score.
+    #[serde(default)]
+    pub popularity: Option<String>,
+    #[serde(default = "one")]
+    pub weight: f32,
 }
 
 /// A text field: `"body"` or `{ column = "title", boost = 2.0 }`.

@@ -171,6 +171,7 @@ pub fn router(state: AppState) -> Router {
     };
     Router::new()
         .route("/", get(status::page))
+        .route("/land-110m.json", get(status::land))
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics_text))

@@ -93,6 +93,8 @@ impl SearchRequest {
                 q,
                 operator: Operator::And,
                 highlight: true,
+                typo: Typo::Off,
+                prefix: PrefixMode::None,
             }),
             (None, t) => t,
         };
@@ -158,6 +160,32 @@ pub struct TextRequest {
     #[serde(default = "yes")]
     #[schema(default = true)]
     pub highlight: bool,
+    /// Typo tolerance for plain words: `auto` matches words of 5 or more characters within
+    /// one edit, of 9 or more within two (an exact match still ranks above); `off` (default).
+    #[serde(default)]
+    pub typo: Typo,
+    /// `last`: the last plain word also matches as a prefix (search as you type: `amster`
+    /// finds Amsterdam); `none` (default).
+    #[serde(default)]
+    pub prefix: PrefixMode,
+}
+
+/// Typo tolerance of a text query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Typo {
+    #[default]
+    Off,
+    Auto,
+}
+
+/// Which words of a text query also match as prefixes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefixMode {
+    #[default]
+    None,
+    Last,
 }
 
 /// Whether plain words are all required (`and`) or any suffices (`or`).

@@ -23,17 +23,20 @@ pub struct GeoHit {
 
 /// Hits sorted by distance (then key), at most `limit`.
 pub fn geo(view: &ShardView, scope: &Scope, query: &GeoQuery, limit: usize) -> Vec<GeoHit> {
-    geo_where(view, scope, query, limit, None).expect("no filter, no index reads")
+    geo_where(view, scope, query, limit, None)
+        .expect("no filter, no index reads")
+        .0
 }
 
-/// `geo`, among documents passing a structured filter.
+/// `geo`, among documents passing a structured filter; with how many documents matched in
+/// all (every one within a radius or a box; at most `k` for the nearest).
 pub fn geo_where<'v>(
     view: &'v ShardView,
     scope: &Scope,
     query: &GeoQuery,
     limit: usize,
     filter: Option<&Filter>,
-) -> tantivy::Result<Vec<GeoHit>> {
+) -> tantivy::Result<(Vec<GeoHit>, u64)> {
     let (lat, lon) = match query {
         GeoQuery::Within { lat, lon, .. } | GeoQuery::Nearest { lat, lon, .. } => (*lat, *lon),
         GeoQuery::BBox(b) => b.centre(),
@@ -92,17 +95,19 @@ pub fn geo_where<'v>(
     let by_distance = |a: &(f64, &str, &str), b: &(f64, &str, &str)| {
         a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1))
     };
+    let total = found.len() as u64;
     if found.len() > want && want > 0 {
         found.select_nth_unstable_by(want - 1, by_distance);
     }
     found.truncate(want);
     found.sort_by(by_distance);
-    Ok(found
+    let hits = found
         .into_iter()
         .map(|(distance_m, key, region)| GeoHit {
             key: key.to_owned(),
             region: region.to_owned(),
             distance_m,
         })
-        .collect())
+        .collect();
+    Ok((hits, total))
 }

@@ -11,6 +11,7 @@
 mod cancel;
 mod geo;
 mod hybrid;
+pub mod popular;
 mod pruned;
 pub(crate) mod shadow;
 mod text;

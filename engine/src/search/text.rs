@@ -145,9 +145,23 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
     if parts.iter().any(|(_, p)| !p.fresh.docs.is_empty()) {
         query.prepare(&stats)?;
     }
+    // Popularity (`ranking.popularity`) adds its bonus to every committed score; the fresh
+    // documents' scores gain the same below.
+    let popularity = parts.first().and_then(|(_, p)| {
+        let r = p.fields.ranking;
+        r.popularity.map(|f| (f, r.weight))
+    });
+    let mut tq = query.to_tantivy();
+    if let (Some((f, weight)), Some((_, p))) = (popularity, parts.first()) {
+        tq = Box::new(super::popular::Popular::new(
+            tq,
+            p.fields.filters[f].clone(),
+            weight,
+        ));
+    }
     let tq = match &search.cancel {
-        Some(c) => Box::new(Cancellable::new(query.to_tantivy(), c.clone())),
-        None => query.to_tantivy(),
+        Some(c) => Box::new(Cancellable::new(tq, c.clone())),
+        None => tq,
     };
     let want = search.offset + search.limit;
 
@@ -279,6 +293,12 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
                 continue;
             }
             if let Some(score) = query.score(tokens) {
+                let score = match popularity {
+                    Some((f, weight)) => {
+                        score + super::popular::bonus_of(doc.filters[f].as_ref(), weight)
+                    }
+                    None => score,
+                };
                 total += 1;
                 for (counts, &(f, _)) in facet_counts.iter_mut().zip(&search.facets) {
                     if let Some(v) = &doc.filters[f] {

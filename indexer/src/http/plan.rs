@@ -226,8 +226,14 @@ pub(super) fn plan(
                     format!("index {:?} has no text fields", ix.name),
                 ));
             }
-            let query = engine::text::TextQuery::parse(&t.q, t.operator, &fields.text)
-                .map_err(|e| FieldError::new("text.q", e.0))?;
+            let leniency = engine::text::Leniency {
+                typo: t.typo == wire::Typo::Auto,
+                prefix_last: t.prefix == wire::PrefixMode::Last,
+                name_field: fields.ranking.name_field,
+            };
+            let query =
+                engine::text::TextQuery::parse_with(&t.q, t.operator, &fields.text, leniency)
+                    .map_err(|e| FieldError::new("text.q", e.0))?;
             Some((query, t.highlight))
         }
     };

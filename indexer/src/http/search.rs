@@ -152,8 +152,13 @@ pub(super) async fn answer(s: &HttpState, body: &[u8], cancel: Cancel) -> Answer
             let mut facets = None;
             let hits: Vec<Hit> = match &query {
                 Planned::Geo(q, f) => {
-                    let hits =
+                    let (hits, matched) =
                         engine::search::geo_where(&view, &scope, q, offset + limit, f.as_ref())?;
+                    // Within a radius or a box every match is found: the total is exact.
+                    if !matches!(q, engine::search::GeoQuery::Nearest { .. }) {
+                        total = Some(matched);
+                        total_relation = Some(TotalRelation::Eq);
+                    }
                     hits.iter()
                         .skip(offset)
                         .map(|h| {

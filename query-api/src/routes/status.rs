@@ -20,6 +20,18 @@ pub(crate) async fn page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../../assets/index.html"))
 }
 
+/// `GET /land-110m.json`: the page's map, Natural Earth's land outline (public domain) as
+/// TopoJSON from the npm package `world-atlas` (assets/ATTRIBUTION.md).
+pub(crate) async fn land() -> impl IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_str!("../../assets/land-110m.json"),
+    )
+}
+
 /// `GET /healthz`: the process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]

@@ -72,6 +72,7 @@ fn index() -> ResolvedIndex {
         }],
         stored: vec![],
         value_kinds: vec![None; 9],
+        ranking: Default::default(),
     }
 }
 
