@@ -27,6 +27,8 @@ pub struct TooOld {
 struct Ring {
     events: VecDeque<ChangeEvent>,
     complete_after: Position,
+    /// Every change searchable up to this LSN is in the ring (or was evicted).
+    through: Lsn,
 }
 
 pub struct ChangeLog {
@@ -41,6 +43,7 @@ impl Default for ChangeLog {
             ring: Mutex::new(Ring {
                 events: VecDeque::new(),
                 complete_after: Position(Lsn::ZERO, u32::MAX),
+                through: Lsn::ZERO,
             }),
             published: tokio::sync::watch::channel(0).0,
         }
@@ -53,6 +56,7 @@ impl ChangeLog {
         let mut r = self.ring.lock().unwrap();
         r.events.clear();
         r.complete_after = Position(lsn, u32::MAX);
+        r.through = lsn;
         self.published.send_modify(|v| *v += 1);
     }
 
@@ -66,12 +70,14 @@ impl ChangeLog {
         }
     }
 
-    /// Appends a searchable batch (in order); evicts the oldest beyond `CAPACITY`.
-    pub fn publish(&self, events: Vec<ChangeEvent>) {
+    /// Appends a batch searchable up to `lsn` (in order); evicts the oldest beyond
+    /// `CAPACITY`.
+    pub fn publish(&self, lsn: Lsn, events: Vec<ChangeEvent>) {
+        let mut r = self.ring.lock().unwrap();
+        r.through = r.through.max(lsn);
         if events.is_empty() {
             return;
         }
-        let mut r = self.ring.lock().unwrap();
         for e in events {
             // A replayed transaction already in the ring is not published twice.
             if r.events
@@ -115,6 +121,32 @@ impl ChangeLog {
             .collect())
     }
 
+    /// The keys of `index` changed after `after` (None: a TRUNCATE among those changes, or
+    /// the ring no longer reaches back to `after`: any key may have changed), once the ring
+    /// holds every change searchable up to `upto` (waiting at most `patience` for it).
+    pub async fn keys_changed_after(
+        &self,
+        after: Lsn,
+        upto: Lsn,
+        index: usize,
+        patience: std::time::Duration,
+    ) -> Option<std::collections::HashSet<String>> {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.ring.lock().unwrap().through < upto {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+        let events = self
+            .read_after(Position(after, u32::MAX), index, usize::MAX)
+            .ok()?;
+        events.into_iter().map(|e| e.key).collect()
+    }
+
     /// The position of the latest change (or where the ring starts).
     pub fn head(&self) -> Position {
         let r = self.ring.lock().unwrap();
@@ -149,9 +181,12 @@ mod tests {
     fn readers_resume_after_a_position_and_replays_are_not_repeated() {
         let log = ChangeLog::default();
         log.reset(Lsn(100));
-        log.publish(vec![ev(110, 0, "a"), ev(110, 1, "b"), ev(120, 0, "c")]);
+        log.publish(
+            Lsn(120),
+            vec![ev(110, 0, "a"), ev(110, 1, "b"), ev(120, 0, "c")],
+        );
         // A replay of the same transactions (after a reconnect) adds nothing.
-        log.publish(vec![ev(110, 1, "b"), ev(120, 0, "c")]);
+        log.publish(Lsn(120), vec![ev(110, 1, "b"), ev(120, 0, "c")]);
         let keys = |v: Vec<ChangeEvent>| v.into_iter().map(|e| e.key.unwrap()).collect::<Vec<_>>();
         assert_eq!(
             keys(log.read_after(Position(Lsn(100), u32::MAX), 0, 10).unwrap()),
@@ -176,6 +211,24 @@ mod tests {
             })
         );
         assert_eq!(log.head(), Position(Lsn(120), 0));
+        // The keys changed after a point, once the ring holds everything up to another.
+        let now = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let patience = std::time::Duration::from_millis(50);
+        let changed = now.block_on(log.keys_changed_after(Lsn(110), Lsn(120), 0, patience));
+        assert_eq!(changed, Some(["c".to_owned()].into()));
+        assert_eq!(
+            now.block_on(log.keys_changed_after(Lsn(90), Lsn(120), 0, patience)),
+            None,
+            "before the ring: any key may have changed"
+        );
+        assert_eq!(
+            now.block_on(log.keys_changed_after(Lsn(110), Lsn(130), 0, patience)),
+            None,
+            "not yet published through 130"
+        );
         assert_eq!(Position(Lsn(0x6E), 3).to_string(), "0/6E:3");
         assert!("0/6E:x".parse::<Position>().is_err());
     }
@@ -185,6 +238,7 @@ mod tests {
         let log = ChangeLog::default();
         log.reset(Lsn(1));
         log.publish(
+            Lsn(10 + CAPACITY as u64 + 5),
             (0..CAPACITY as u64 + 5)
                 .map(|i| ev(10 + i, 0, "k"))
                 .collect(),

@@ -54,7 +54,8 @@ enum Command {
         /// The indexer's shard endpoint.
         #[arg(long, env = "INDEXER_URL", default_value = "http://127.0.0.1:7070")]
         indexer_url: String,
-        /// Re-reads before reporting a difference (writes may be in flight).
+        /// Rounds at most: keys changed while a round read the table are compared in the
+        /// next, and a difference is reported when the last round still shows it.
         #[arg(long, default_value_t = 5)]
         attempts: u32,
         /// Root certificate (PEM) an `https` indexer URL's certificate must lead to
@@ -192,6 +193,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             for d in report.differences.iter().take(50) {
                 println!("DIFF {d}");
+            }
+            if report.unsettled > 0 {
+                println!(
+                    "{} keys changed in every round and could not be compared (run verify again when writes calm down)",
+                    report.unsettled
+                );
             }
             if report.equal() {
                 println!("equal");

@@ -213,7 +213,7 @@ impl engine::shard::Observer for Stats {
             metrics::counter!(crate::metrics::ROWS_APPLIED).increment(rows as u64);
         }
         self.advance_applied(lsn);
-        self.changes.publish(events);
+        self.changes.publish(lsn, events);
     }
 }
 

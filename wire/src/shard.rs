@@ -43,6 +43,15 @@ pub mod path {
         format!("/internal/dump?{}", query(&[("index", index)]))
     }
 
+    /// The dump, with the keys changed after `lsn` (`DumpResponse::changed`).
+    pub fn dump_changed_after(index: &str, lsn: Lsn) -> String {
+        let lsn = lsn.to_string();
+        format!(
+            "/internal/dump?{}",
+            query(&[("index", index), ("changed_after", &lsn)])
+        )
+    }
+
     /// The scope's parameters, as pairs beside the others.
     fn scoped<'a>(mut pairs: Vec<(&'a str, &'a str)>, scope: &'a super::ReadScope) -> String {
         if let Some(r) = &scope.scope_regions {
@@ -262,6 +271,11 @@ pub struct DumpResponse {
     pub applied_lsn: Lsn,
     pub durable_lsn: Lsn,
     pub partitions: BTreeMap<String, Vec<(String, String)>>,
+    /// Asked with `changed_after`: the keys of the index changed after that LSN, through
+    /// `applied_lsn` at least (from the change feed). None when unknown: not asked, a
+    /// TRUNCATE among those changes, or older than the feed keeps.
+    #[serde(default)]
+    pub changed: Option<Vec<String>>,
 }
 
 /// One change of the feed (`/internal/changes/{index}`, the `data` of a `change` event).

@@ -205,14 +205,18 @@ pub(super) async fn wait(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct IndexParam {
+pub(super) struct DumpParams {
     index: String,
+    /// Also list the keys changed after this LSN (`DumpResponse::changed`).
+    changed_after: Option<wire::Lsn>,
 }
 
-/// Every document of an index as key → content hash, per partition, from one consistent view.
-pub(super) async fn dump(State(s): State<HttpState>, p: Params<IndexParam>) -> Response {
-    let index = match params(p) {
-        Ok(p) => p.index,
+/// Every document of an index as key → content hash, per partition, from one consistent
+/// view; with `changed_after`, the keys changed since (what a live table may already show
+/// differently, or not yet: `verify` compares the others).
+pub(super) async fn dump(State(s): State<HttpState>, p: Params<DumpParams>) -> Response {
+    let (index, changed_after) = match params(p) {
+        Ok(p) => (p.index, p.changed_after),
         Err(r) => return r.into_response(),
     };
     let ix = match s.index(&index) {
@@ -222,7 +226,8 @@ pub(super) async fn dump(State(s): State<HttpState>, p: Params<IndexParam>) -> R
     let Some(view) = s.view.load() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "", "no view yet");
     };
-    blocking("dump", move || -> engine::Result<DumpResponse> {
+    let applied = view.applied;
+    let answer = run_blocking("dump", move || -> engine::Result<DumpResponse> {
         let mut partitions = BTreeMap::new();
         for ((i, region), p) in &view.partitions {
             if *i != ix {
@@ -239,9 +244,25 @@ pub(super) async fn dump(State(s): State<HttpState>, p: Params<IndexParam>) -> R
             applied_lsn: view.applied,
             durable_lsn: view.durable,
             partitions,
+            changed: None,
         })
     })
-    .await
+    .await;
+    let mut dump = match answer {
+        Ok(d) => d,
+        Err(a) => return a.into_response(),
+    };
+    if let Some(after) = changed_after {
+        // Read after the view: the feed then holds every change the dump shows (it is
+        // published just after the view moves; waited for, briefly, if not yet).
+        let changed = s
+            .stats
+            .changes
+            .keys_changed_after(after, applied, ix, std::time::Duration::from_secs(2))
+            .await;
+        dump.changed = changed.map(|keys| keys.into_iter().collect());
+    }
+    Json(dump).into_response()
 }
 
 /// `GET /internal/document?index=…&key=…`.

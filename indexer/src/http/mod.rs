@@ -211,7 +211,7 @@ fn internal() -> Answer {
 
 /// Runs engine work on the blocking pool; a failure is logged and becomes a bare 500 (no
 /// internal detail in bodies).
-async fn run_blocking<T, E, F>(what: &'static str, work: F) -> Result<T, Answer>
+pub(super) async fn run_blocking<T, E, F>(what: &'static str, work: F) -> Result<T, Answer>
 where
     T: Send + 'static,
     E: std::fmt::Display + Send + 'static,

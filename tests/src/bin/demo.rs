@@ -252,23 +252,36 @@ async fn main() -> Result<()> {
             format!("curl -s {a}/v1/status"),
         ),
         ("the OpenAPI document", format!("curl -s {a}/openapi.json")),
+        (
+            "the indexer's own status (its endpoint asks for the shards' secret)",
+            format!(
+                "curl -s -H {} {}/status",
+                sh(&format!("Authorization: Bearer {secret}")),
+                indexer.url
+            ),
+        ),
+        (
+            "compare the index with Postgres, exactly, while the demo writer runs",
+            format!(
+                "INDEXER_DATABASE_URL={} INDEXER_SHARD_SECRET={} {} verify --config {} --indexer-url {}",
+                sh(&url),
+                sh(&secret),
+                indexer_bin.display(),
+                indexer_config.display(),
+                indexer.url
+            ),
+        ),
     ];
     println!(
         "\nThe indexer is streaming changes from {url}; the public API is {a}\n\
-         Open {a}/ in a browser: the search page (text, a map to click for places near a point).\n\
+         Open {a}/ in a browser: the search page (answers as you type; a map to click for places near a point).\n\
          Or try (pipe to `jq .` for pretty output):\n"
     );
     for (label, cmd) in &examples {
         println!("# {label}\n{cmd}\n");
     }
     println!(
-        "The indexer's own endpoint: {u}/status, {u}/metrics\n\
-         Compare the index with Postgres: INDEXER_DATABASE_URL={db} {bin} verify --config {cfg} --indexer-url {u}\n\
-         Ctrl-C stops everything{cleanup}.",
-        u = indexer.url,
-        db = sh(&url),
-        bin = indexer_bin.display(),
-        cfg = indexer_config.display(),
+        "Ctrl-C stops everything{cleanup}.",
         cleanup = if server.is_some() {
             " and removes the temporary cluster"
         } else {
