@@ -29,9 +29,25 @@ struct Common {
     /// Index configuration (TOML).
     #[arg(long, env = "INDEXER_CONFIG")]
     config: PathBuf,
-    /// Overrides source.database_url.
+    /// Overrides source.database_url (else INDEXER_DATABASE_URL, else DATABASE_URL).
     #[arg(long, env = "INDEXER_DATABASE_URL")]
     database_url: Option<String>,
+}
+
+/// The database URL given on the command line or in `INDEXER_DATABASE_URL`, else in
+/// `DATABASE_URL` (what `migrate`, `seed`, the demo and most tools read): every command
+/// takes both.
+fn database_url(given: Option<String>) -> Option<String> {
+    given.or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()))
+}
+
+/// `database_url`, for the commands without a config file to fall back on.
+fn required_url(given: Option<String>) -> Result<String, indexer::error::Error> {
+    database_url(given).ok_or_else(|| {
+        indexer::error::Error::Config(
+            "no database: give --database-url, or set INDEXER_DATABASE_URL or DATABASE_URL".into(),
+        )
+    })
 }
 
 #[derive(Subcommand)]
@@ -51,9 +67,9 @@ enum Command {
     Verify {
         #[command(flatten)]
         common: Common,
-        /// The indexer's shard endpoint.
-        #[arg(long, env = "INDEXER_URL", default_value = "http://127.0.0.1:7070")]
-        indexer_url: String,
+        /// The indexer's shard endpoint (default: the config's http.listen).
+        #[arg(long, env = "INDEXER_URL")]
+        indexer_url: Option<String>,
         /// Rounds at most: keys changed while a round read the table are compared in the
         /// next, and a difference is reported when the last round still shows it.
         #[arg(long, default_value_t = 5)]
@@ -65,15 +81,17 @@ enum Command {
     },
     /// Apply the SQL migrations of a directory, in name order, each once.
     Migrate {
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        /// The database (else INDEXER_DATABASE_URL, else DATABASE_URL).
+        #[arg(long, env = "INDEXER_DATABASE_URL")]
+        database_url: Option<String>,
         #[arg(long, default_value = "migrations")]
         dir: PathBuf,
     },
     /// Load the sample places (data/sample) into an empty table with COPY.
     Seed {
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        /// The database (else INDEXER_DATABASE_URL, else DATABASE_URL).
+        #[arg(long, env = "INDEXER_DATABASE_URL")]
+        database_url: Option<String>,
         #[arg(long, default_value = "data/sample/places.tsv.gz")]
         file: PathBuf,
         #[arg(long, default_value = "places")]
@@ -87,14 +105,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(indexer::progress::LogWriter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| indexer::LOG_DEFAULT.into()),
-        )
-        .init();
+    if let Err(e) = logs::init(indexer::LOG_DEFAULT, indexer::progress::LogWriter) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     // Threads named after the process, so profiles and `top -H` tell the two apart.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -152,7 +166,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             listen,
         } => {
             let overrides = Overrides {
-                database_url: common.database_url,
+                database_url: database_url(common.database_url),
                 data_dir,
                 listen,
             };
@@ -180,10 +194,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             shard_ca,
         } => {
             let overrides = Overrides {
-                database_url: common.database_url,
+                database_url: database_url(common.database_url),
                 ..Default::default()
             };
             let config = Config::load(&common.config, &overrides)?;
+            let indexer_url = indexer_url.unwrap_or_else(|| {
+                let scheme = match config.http.tls_cert {
+                    Some(_) => "https",
+                    None => "http",
+                };
+                format!("{scheme}://{}", config.http.listen)
+            });
             let report =
                 indexer::verify::verify(&config, &indexer_url, shard_ca.as_deref(), attempts)
                     .await?;
@@ -209,7 +230,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Migrate { database_url, dir } => {
-            let conn = indexer::pg::PgConn::from_url(&database_url)?;
+            let conn = indexer::pg::PgConn::from_url(&required_url(database_url)?)?;
             let mut client = conn.connect().await?;
             let applied = indexer::sample::migrate(&mut client, &dir).await?;
             if applied.is_empty() {
@@ -225,7 +246,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             file,
             table,
         } => {
-            let conn = indexer::pg::PgConn::from_url(&database_url)?;
+            let conn = indexer::pg::PgConn::from_url(&required_url(database_url)?)?;
             let client = conn.connect().await?;
             match indexer::sample::seed(&client, &file, &table).await? {
                 0 => println!("seed: {table} already has rows; nothing loaded"),
@@ -235,7 +256,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { common } => {
             let overrides = Overrides {
-                database_url: common.database_url,
+                database_url: database_url(common.database_url),
                 ..Default::default()
             };
             let config = Config::load(&common.config, &overrides)?;

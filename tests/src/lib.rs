@@ -25,6 +25,21 @@ use tokio_postgres::{Client, NoTls};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Where the child processes' logs go when set (the demo's `--log-dir`): `<dir>/<name>.log`.
+static LOG_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Sends every later child's log to `dir` as `indexer.log` and `query-api.log`.
+pub fn log_to(dir: &Path) {
+    let _ = LOG_DIR.set(dir.to_owned());
+}
+
+/// `default`, or `<name>.log` in the directory `log_to` set.
+fn log_path(default: PathBuf, name: &str) -> PathBuf {
+    LOG_DIR
+        .get()
+        .map_or(default, |d| d.join(format!("{name}.log")))
+}
+
 fn unique(prefix: &str) -> String {
     format!(
         "{prefix}_{}_{}",
@@ -483,10 +498,13 @@ impl QueryApi {
     ) -> Result<QueryApi> {
         let addr_file = dir.join("query-api.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = dir.join(format!(
-            "query-api.log{}",
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let log = log_path(
+            dir.join(format!(
+                "query-api.log{}",
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            )),
+            "query-api",
+        );
         let args = [
             "--config",
             config.to_str().unwrap(),
@@ -635,8 +653,10 @@ impl Indexer {
         let addr_file = data_dir.join(indexer::ADDR_FILE);
         let _ = std::fs::remove_file(&addr_file);
         std::fs::create_dir_all(data_dir)?;
-        let log =
-            data_dir.with_extension(format!("log{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let log = log_path(
+            data_dir.with_extension(format!("log{}", COUNTER.fetch_add(1, Ordering::Relaxed))),
+            "indexer",
+        );
         let args = [
             "run",
             "--config",

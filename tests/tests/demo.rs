@@ -92,8 +92,10 @@ async fn the_demo_comes_up_and_every_printed_example_answers() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let examples = dir.path().join("examples.tsv");
     let log = dir.path().join("demo.log");
+    let logs = dir.path().join("logs");
     let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_demo"))
         .args(["--examples-file", examples.to_str().unwrap()])
+        .args(["--log-dir", logs.to_str().unwrap()])
         .env_remove("DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.path().join("demo.out"))?)
@@ -165,7 +167,23 @@ async fn the_demo_comes_up_and_every_printed_example_answers() -> Result<()> {
         .status()?;
     let status = tokio::time::timeout(Duration::from_secs(60), demo.wait()).await??;
     assert!(status.success(), "{}", std::fs::read_to_string(&log)?);
-    assert!(std::fs::read_to_string(&log)?.contains("demo: stopping"));
+    let said = std::fs::read_to_string(&log)?;
+    assert!(said.contains("demo: stopping"));
+    // The logs: named at start, plain text, kept after Ctrl-C.
+    assert!(
+        said.contains(&format!("demo: logs in {}", logs.display())),
+        "{said}"
+    );
+    for (file, needle) in [
+        ("indexer.log", "snapshot"),
+        ("query-api.log", "listening"),
+        ("postgres.log", ""),
+    ] {
+        let text = std::fs::read_to_string(logs.join(file))
+            .with_context(|| format!("{file} kept after Ctrl-C"))?;
+        assert!(text.contains(needle), "{file}: {text}");
+        assert!(!text.contains('\u{1b}'), "{file} has terminal escapes");
+    }
     Ok(())
 }
 

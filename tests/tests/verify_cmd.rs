@@ -231,3 +231,36 @@ async fn config_errors_name_the_column() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has type text; it must be numeric"));
     Ok(())
 }
+
+/// `LOG_FORMAT=json`: one JSON object per log line (for collectors); an unknown format is
+/// refused by name. (An unreachable database makes the command log an error.)
+#[test]
+fn logs_are_json_lines_when_asked() -> Result<()> {
+    let config = e2e::compose::repo().join("config/places.toml");
+    let run = |format: &str| {
+        Command::new(e2e::indexer_bin())
+            .args(["check-config", "--config", config.to_str().unwrap()])
+            .env(
+                "INDEXER_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:1/postgres",
+            )
+            .env("LOG_FORMAT", format)
+            .output()
+    };
+    let out = run("json")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line in:\n{stderr}"));
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    assert_eq!(v["level"], "ERROR", "{v}");
+    assert!(
+        v["timestamp"].is_string() && v["fields"]["message"].is_string(),
+        "{v}"
+    );
+    let out = run("xml")?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LOG_FORMAT=\"xml\""));
+    Ok(())
+}

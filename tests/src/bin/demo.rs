@@ -6,7 +6,9 @@
 //! variables. A small live writer makes CDC visible; ready-to-paste requests are printed.
 //!
 //! `--examples-file PATH` also writes the examples as `label<TAB>command` lines (the demo
-//! test runs each of them).
+//! test runs each of them). Logs go to `--log-dir DIR` (default `target/demo-logs`):
+//! `indexer.log` and `query-api.log` as they run (plain text), `postgres.log` copied there at
+//! the end; they are kept after Ctrl-C unless `--remove-logs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,14 +44,34 @@ fn sh(s: &str) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut examples_file: Option<PathBuf> = None;
+    let mut log_dir: Option<PathBuf> = None;
+    let mut remove_logs = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--examples-file" => examples_file = args.next().map(PathBuf::from),
-            other => bail!("unknown argument {other:?} (--examples-file PATH)"),
+            "--log-dir" => log_dir = args.next().map(PathBuf::from),
+            "--remove-logs" => remove_logs = true,
+            other => bail!(
+                "unknown argument {other:?} (--examples-file PATH, --log-dir DIR, --remove-logs)"
+            ),
         }
     }
     let repo = std::fs::canonicalize(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))?;
+    let log_dir = log_dir.unwrap_or_else(|| repo.join("target/demo-logs"));
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("--log-dir {}", log_dir.display()))?;
+    let log_dir = std::fs::canonicalize(&log_dir)?;
+    e2e::log_to(&log_dir);
+    eprintln!(
+        "demo: logs in {} (indexer.log, query-api.log; postgres.log at the end){}",
+        log_dir.display(),
+        if remove_logs {
+            ", removed on exit"
+        } else {
+            ", kept after Ctrl-C"
+        }
+    );
     let (server, url) = match std::env::var("DATABASE_URL") {
         Ok(url) => (None, url),
         Err(_) => {
@@ -303,6 +325,16 @@ async fn main() -> Result<()> {
     eprintln!("demo: stopping");
     drop(api);
     indexer.stop()?;
+    if let Some(s) = &server {
+        let _ = std::fs::copy(s.dir.join("server.log"), log_dir.join("postgres.log"));
+    }
     drop(server);
+    if remove_logs {
+        for f in ["indexer.log", "query-api.log", "postgres.log"] {
+            let _ = std::fs::remove_file(log_dir.join(f));
+        }
+    } else {
+        eprintln!("demo: logs kept in {}", log_dir.display());
+    }
     Ok(())
 }
