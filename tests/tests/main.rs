@@ -10,6 +10,7 @@ mod doors;
 mod geo;
 mod large_tx;
 mod link;
+mod readme;
 mod resilience;
 mod scoped;
 mod shards;
