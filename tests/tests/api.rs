@@ -263,6 +263,21 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
             "{p}"
         );
     }
+    // Per index: the partitions summed, the graph's completion, the snapshot.
+    let summary = &v["indexes"][0];
+    assert_eq!(summary["name"], "places", "{v}");
+    let partitions = v["shards"][0]["partitions"].as_array().unwrap();
+    let documents: u64 = partitions
+        .iter()
+        .map(|p| p["documents"].as_u64().unwrap())
+        .sum();
+    assert_eq!(summary["documents"].as_u64(), Some(documents), "{summary}");
+    assert_eq!(summary["snapshot"]["state"], "done", "{summary}");
+    assert!(
+        summary["applied_lsn"].is_string() && summary["lag_ms"].is_u64(),
+        "{summary}"
+    );
+    assert!(summary["graph"]["complete"].is_boolean(), "{summary}");
     let (st, v) = c.get("/v1/indexes", Some(READ)).await?;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["indexes"][0]["name"], "places");

@@ -99,9 +99,9 @@ pub(crate) async fn status(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let _caller = authorize(&s, &headers, Some(peer), Scope::Admin)?;
-    let shards: Vec<Value> = s
-        .shard_statuses()
-        .await
+    let statuses = s.shard_statuses().await;
+    let indexes = index_summaries(&statuses);
+    let shards: Vec<Value> = statuses
         .into_iter()
         .map(|(url, v)| match v {
             Ok(v) => json!({
@@ -129,7 +129,61 @@ pub(crate) async fn status(
             }
         })
         .collect();
-    Ok(Json(json!({"shards": shards})))
+    Ok(Json(json!({"indexes": indexes, "shards": shards})))
+}
+
+/// Per index, over the partitions of every shard that answered: documents, the applied LSN
+/// every partition has reached, the largest lag, rejected rows, the graph's completion (when
+/// the index has vectors) and the snapshot (`done` once every shard has finished it).
+fn index_summaries<E>(statuses: &[(String, Result<wire::shard::ShardStatus, E>)]) -> Vec<Value> {
+    #[derive(Default)]
+    struct Sum {
+        documents: u64,
+        fresh: u64,
+        applied: Option<wire::Lsn>,
+        lag_ms: u64,
+        rejected: u64,
+        graph: Option<(u64, u64)>,
+        snapshot: Option<String>,
+        copied: u64,
+        unreachable: usize,
+    }
+    let mut by_index: std::collections::BTreeMap<&str, Sum> = Default::default();
+    let unreachable = statuses.iter().filter(|(_, v)| v.is_err()).count();
+    for (_, v) in statuses {
+        let Ok(v) = v else { continue };
+        for p in &v.partitions {
+            let sum = by_index.entry(&p.index).or_default();
+            sum.documents += p.documents;
+            sum.fresh += p.fresh_documents;
+            sum.applied = Some(sum.applied.map_or(p.applied_lsn, |a| a.min(p.applied_lsn)));
+            sum.lag_ms = sum.lag_ms.max(p.lag_ms);
+            sum.rejected += p.rejected_rows;
+            if let (Some(points), Some(pending)) = (p.graph_points, p.vectors_pending_graph) {
+                let (a, b) = sum.graph.unwrap_or_default();
+                sum.graph = Some((a + points, b + pending));
+            }
+            if sum.snapshot.as_deref().is_none_or(|s| s == "done") {
+                sum.snapshot = Some(v.snapshot.state.clone());
+            }
+            sum.copied = sum.copied.max(v.snapshot.rows);
+            sum.unreachable = unreachable;
+        }
+    }
+    by_index
+        .into_iter()
+        .map(|(name, s)| {
+            json!({
+                "name": name, "documents": s.documents, "fresh_documents": s.fresh,
+                "applied_lsn": s.applied, "lag_ms": s.lag_ms, "rejected_rows": s.rejected,
+                "graph": s.graph.map(|(points, pending)| json!({
+                    "points": points, "vectors_pending": pending, "complete": pending == 0,
+                })),
+                "snapshot": {"state": s.snapshot, "rows_copied": s.copied},
+                "shards_unreachable": s.unreachable,
+            })
+        })
+        .collect()
 }
 
 /// `GET /v1/indexes`: each index with its partitions (shard, region, documents, LSN, lag).
