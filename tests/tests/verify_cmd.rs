@@ -17,21 +17,9 @@ async fn verify_reports_each_difference_and_exits_1() -> Result<()> {
     ix.wait_ready().await?;
     ix.wait_applied(&f.lsn().await?).await?;
 
-    let ok = Command::new(e2e::indexer_bin())
-        .args([
-            "verify",
-            "--config",
-            config.to_str().unwrap(),
-            "--indexer-url",
-            &ix.url,
-        ])
-        .output()?;
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stdout)
-    );
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("equal"));
+    let (code, out) = verify(&config, &ix.url, &[])?;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("equal"));
 
     // A second database with the same rows, then three differences: verify it against the
     // running index and every difference must be named.
@@ -69,19 +57,8 @@ async fn verify_reports_each_difference_and_exits_1() -> Result<()> {
         &other_config,
         std::fs::read_to_string(&config)?.replace(&f.db, &other),
     )?;
-    let out = Command::new(e2e::indexer_bin())
-        .args([
-            "verify",
-            "--config",
-            other_config.to_str().unwrap(),
-            "--indexer-url",
-            &ix.url,
-            "--attempts",
-            "1",
-        ])
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let (code, stdout) = verify(&other_config, &ix.url, &["--attempts", "1"])?;
+    assert_eq!(code, Some(1), "{stdout}");
     for needle in [
         "key 1 (",
         "different content",

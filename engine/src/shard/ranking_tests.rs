@@ -2,6 +2,7 @@
 //! field's full matches first, popularity inside, typo and prefix alternatives below exact
 //! matches, and the same scores whether a document is fresh or committed.
 
+use super::tests::keys;
 use super::*;
 use crate::filter::FilterKind;
 use crate::search::{self, Scope, TextSearch};
@@ -64,10 +65,6 @@ fn find(view: &ShardView, q: &str, lenient: bool) -> Vec<(String, f32)> {
         .into_iter()
         .map(|h| (h.key, h.score.unwrap()))
         .collect()
-}
-
-fn keys(hits: &[(String, f32)]) -> Vec<&str> {
-    hits.iter().map(|(k, _)| k.as_str()).collect()
 }
 
 #[test]

@@ -5,6 +5,11 @@
 use super::*;
 use crate::partition;
 
+/// The keys of (key, score) hits, best first.
+pub(crate) fn keys(hits: &[(String, f32)]) -> Vec<&str> {
+    hits.iter().map(|(k, _)| k.as_str()).collect()
+}
+
 fn index() -> ResolvedIndex {
     crate::schema::test_index(
         &["id", "region", "body", "lat", "lon"],
@@ -507,7 +512,7 @@ fn delete_of(key: &str, columns: usize) -> Change {
 }
 
 mod text_answers {
-    use super::delete_of;
+    use super::{delete_of, keys};
     use crate::search::{self, Scope, TextSearch};
     use crate::shard::*;
     use crate::text::{Operator, TextQuery};
@@ -551,10 +556,6 @@ mod text_answers {
             .into_iter()
             .map(|h| (format!("{}@{}", h.key, h.region), h.score.unwrap()))
             .collect()
-    }
-
-    fn keys(hits: &[(String, f32)]) -> Vec<&str> {
-        hits.iter().map(|(k, _)| k.as_str()).collect()
     }
 
     #[test]
