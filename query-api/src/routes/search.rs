@@ -98,6 +98,10 @@ pub(crate) struct SearchParams {
     facets: Option<String>,
     /// Snippets with matches in `<b>` (default true).
     highlight: Option<bool>,
+    /// `auto`: words of 5+ characters also match within one edit (9+: two); `off` (default).
+    typo: Option<wire::Typo>,
+    /// `last`: the last word also matches as a prefix; `none` (default).
+    prefix: Option<wire::PrefixMode>,
     /// Wait until this LSN is applied (read your writes).
     min_lsn: Option<String>,
     /// Refuse answers lagging more.
@@ -117,6 +121,8 @@ const GET_PARAMS: &[&str] = &[
     "sort",
     "facets",
     "highlight",
+    "typo",
+    "prefix",
     "min_lsn",
     "max_staleness_ms",
 ];
@@ -190,7 +196,21 @@ fn request_of_params(params: &HashMap<String, String>) -> Result<SearchRequest, 
                 ))
             }
         };
-        body.insert("text".into(), json!({"q": q, "highlight": highlight}));
+        // Lenient words, as in the body's `text.typo` and `text.prefix`.
+        let one_of = |name: &str, allowed: [&str; 2]| match params.get(name) {
+            None => Ok(allowed[0].to_owned()),
+            Some(v) if allowed.contains(&v.as_str()) => Ok(v.clone()),
+            Some(v) => Err(ApiError::invalid(
+                name,
+                format!("{v:?} is not {} or {}", allowed[0], allowed[1]),
+            )),
+        };
+        let typo = one_of("typo", ["off", "auto"])?;
+        let prefix = one_of("prefix", ["none", "last"])?;
+        body.insert(
+            "text".into(),
+            json!({"q": q, "highlight": highlight, "typo": typo, "prefix": prefix}),
+        );
     }
     let limit = int("limit")?;
     match (num("lat")?, num("lon")?, num("radius")?) {
@@ -620,6 +640,8 @@ mod tests {
             ("sort", "-population"),
             ("facets", "country"),
             ("highlight", "false"),
+            ("typo", "auto"),
+            ("prefix", "last"),
             ("limit", "5"),
         ]
         .into_iter()
@@ -628,6 +650,13 @@ mod tests {
         let r = request_of_params(&p).unwrap();
         assert_eq!(r.regions, ["europe", "asia"]);
         assert!(!r.text.as_ref().unwrap().highlight);
+        assert_eq!(r.text.as_ref().unwrap().typo, wire::Typo::Auto);
+        assert_eq!(r.text.as_ref().unwrap().prefix, wire::PrefixMode::Last);
+        let typo: HashMap<String, String> = [("q", "x"), ("typo", "always")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(request_of_params(&typo).unwrap_err().field(), "typo");
         assert_eq!(r.sort.as_ref().unwrap().order, wire::SortOrder::Desc);
         assert_eq!(r.facets[0].field, "country");
         assert_eq!(r.limit, 5);
