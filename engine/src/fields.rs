@@ -54,7 +54,7 @@ impl Key {
 }
 
 /// One segment's fast-field column of a filter field.
-enum SegmentColumn {
+pub(crate) enum SegmentColumn {
     Int(Column<i64>),
     Time(Column<i64>),
     Float(Column<f64>),
@@ -63,7 +63,7 @@ enum SegmentColumn {
 }
 
 impl SegmentColumn {
-    fn open(segment: &SegmentReader, f: &FilterField) -> tantivy::Result<SegmentColumn> {
+    pub(crate) fn open(segment: &SegmentReader, f: &FilterField) -> tantivy::Result<SegmentColumn> {
         let ff = segment.fast_fields();
         let name = format!("f_{}", f.name);
         Ok(match f.kind {
@@ -73,6 +73,15 @@ impl SegmentColumn {
             FilterKind::Text => SegmentColumn::Text(ff.str(&name)?),
             FilterKind::Time => SegmentColumn::Time(ff.i64(&name)?),
         })
+    }
+
+    /// A numeric field's value as a number (None for other kinds, or no value).
+    pub(crate) fn number(&self, doc: DocId) -> Option<f64> {
+        match self {
+            SegmentColumn::Int(c) => c.first(doc).map(|v| v as f64),
+            SegmentColumn::Float(c) => c.first(doc),
+            _ => None,
+        }
     }
 
     fn key(&self, doc: DocId) -> Option<Key> {

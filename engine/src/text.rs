@@ -11,7 +11,8 @@
 //! all text fields with their configured boosts (the best field counts, plus a tenth of the
 //! others: a disjunction-max, as Elasticsearch's `best_fields`).
 //!
-//! Long (~750 lines with tests) on purpose: the query language's parser, its limits, its
+//! Long (~880 lines with tests) on purpose: the query language's parser, its limits, its
+//! lenient alternatives (typo, prefix) and the ranking's name-field clause, its
 //! lowering to tantivy and the exact scorer for fresh documents must agree clause by clause.
 
 use tantivy::fieldnorm::FieldNormReader;

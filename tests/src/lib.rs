@@ -3,7 +3,7 @@
 //! test, and the real `indexer` binary run as a child process that tests can kill -9.
 //! Everything waits on conditions with deadlines; nothing sleeps a fixed time to "let it work".
 //!
-//! Long (~830 lines): the one harness every test and the demo share (Postgres server, the two
+//! Long (~850 lines): the one harness every test and the demo share (Postgres server, the two
 //! services as child processes, waits), kept in one place so no test copies it.
 
 pub mod browser;

@@ -347,6 +347,8 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
     for (body, field) in [
         (json!({"text": {"q": "x", "nope": 1}}), "text.nope"),
         (json!({"text": {"q": 5}}), "text.q"),
+        (json!({"text": {"q": "x", "typo": "always"}}), "text.typo"),
+        (json!({"text": {"q": "x", "prefix": 7}}), "text.prefix"),
         (
             json!({"geo": {"within": {"lat": "north", "lon": 0.0, "radius_m": 1.0}}}),
             "geo.within.lat",
@@ -366,6 +368,13 @@ async fn public_api_reads_its_writes_and_guards_its_doors() -> Result<()> {
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert_eq!(v["error"]["field"], field, "{body}: {v}");
     }
+    // Lenient words cost a dictionary walk each: 60 long words ask for 60, the budget (as for
+    // explicit fuzzy and prefix words) grants 8, and the answer comes.
+    let words: Vec<String> = (0..60).map(|i| format!("averylongword{i}")).collect();
+    let (st, v) = c
+        .search(json!({"text": {"q": words.join(" "), "operator": "or", "typo": "auto", "prefix": "last"}}))
+        .await?;
+    assert_eq!(st, StatusCode::OK, "{v}");
     // NaN is not JSON: the body is refused, naming where it broke.
     let resp = c
         .http

@@ -6,11 +6,11 @@
 //! before and after its commit. Block-max WAND does not apply to the wrapped query (its
 //! bounds know nothing of the bonus): every match is scored.
 
-use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Explanation, Query, Scorer, Weight};
 use tantivy::{DocId, DocSet, Score, SegmentReader, Term};
 
-use crate::filter::{FilterField, FilterKind, FilterValue};
+use crate::fields::SegmentColumn;
+use crate::filter::{FilterField, FilterValue};
 
 /// What a popularity `value` adds to a text score: nothing for values ≤ 0 (or not finite).
 pub fn bonus(value: f64, weight: f32) -> Score {
@@ -79,50 +79,27 @@ struct PopularWeight {
     weight: f32,
 }
 
-/// One segment's values of the popularity field.
-enum Values {
-    Int(Column<i64>),
-    Float(Column<f64>),
-}
-
-impl Values {
-    fn open(reader: &SegmentReader, field: &FilterField) -> tantivy::Result<Values> {
-        let name = format!("f_{}", field.name);
-        let ff = reader.fast_fields();
-        Ok(match field.kind {
-            FilterKind::Float => Values::Float(ff.f64(&name)?),
-            _ => Values::Int(ff.i64(&name)?),
-        })
-    }
-
-    fn get(&self, doc: DocId) -> f64 {
-        match self {
-            Values::Int(c) => c.first(doc).map_or(0.0, |v| v as f64),
-            Values::Float(c) => c.first(doc).unwrap_or(0.0),
-        }
-    }
-}
-
 impl Weight for PopularWeight {
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
         Ok(Box::new(PopularScorer {
             inner: self.inner.scorer(reader, boost)?,
-            values: Values::open(reader, &self.field)?,
+            values: SegmentColumn::open(reader, &self.field)?,
             weight: self.weight,
         }))
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
         let mut e = self.inner.explain(reader, doc)?;
-        let values = Values::open(reader, &self.field)?;
-        e.add_const("popularity", bonus(values.get(doc), self.weight));
+        let values = SegmentColumn::open(reader, &self.field)?;
+        let value = values.number(doc).unwrap_or(0.0);
+        e.add_const("popularity", bonus(value, self.weight));
         Ok(e)
     }
 }
 
 struct PopularScorer {
     inner: Box<dyn Scorer>,
-    values: Values,
+    values: SegmentColumn,
     weight: f32,
 }
 
@@ -147,6 +124,7 @@ impl DocSet for PopularScorer {
 impl Scorer for PopularScorer {
     fn score(&mut self) -> Score {
         let doc = self.inner.doc();
-        self.inner.score() + bonus(self.values.get(doc), self.weight)
+        let value = self.values.number(doc).unwrap_or(0.0);
+        self.inner.score() + bonus(value, self.weight)
     }
 }

@@ -153,11 +153,8 @@ pub fn text(view: &ShardView, scope: &Scope, search: &TextSearch) -> tantivy::Re
     });
     let mut tq = query.to_tantivy();
     if let (Some((f, weight)), Some((_, p))) = (popularity, parts.first()) {
-        tq = Box::new(super::popular::Popular::new(
-            tq,
-            p.fields.filters[f].clone(),
-            weight,
-        ));
+        let field = p.fields.filters[f].clone();
+        tq = Box::new(super::popular::Popular::new(tq, field, weight));
     }
     let tq = match &search.cancel {
         Some(c) => Box::new(Cancellable::new(tq, c.clone())),

@@ -2,7 +2,7 @@
 //! shards owning the regions asked for, one global merge (hybrid fused here when several shards
 //! answer), freshness, and opaque cursors for the next page.
 //!
-//! Long (~640 lines with tests): the GET form's parameter parsing lives beside the search it feeds.
+//! Long (~670 lines with tests): the GET form's parameter parsing lives beside the search it feeds.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -146,7 +146,6 @@ fn index_summaries<E>(statuses: &[(String, Result<wire::shard::ShardStatus, E>)]
         graph: Option<(u64, u64)>,
         snapshot: Option<String>,
         copied: u64,
-        unreachable: usize,
     }
     let mut by_index: std::collections::BTreeMap<&str, Sum> = Default::default();
     let unreachable = statuses.iter().filter(|(_, v)| v.is_err()).count();
@@ -167,7 +166,6 @@ fn index_summaries<E>(statuses: &[(String, Result<wire::shard::ShardStatus, E>)]
                 sum.snapshot = Some(v.snapshot.state.clone());
             }
             sum.copied = sum.copied.max(v.snapshot.rows);
-            sum.unreachable = unreachable;
         }
     }
     by_index
@@ -180,7 +178,7 @@ fn index_summaries<E>(statuses: &[(String, Result<wire::shard::ShardStatus, E>)]
                     "points": points, "vectors_pending": pending, "complete": pending == 0,
                 })),
                 "snapshot": {"state": s.snapshot, "rows_copied": s.copied},
-                "shards_unreachable": s.unreachable,
+                "shards_unreachable": unreachable,
             })
         })
         .collect()
