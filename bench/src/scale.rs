@@ -47,6 +47,8 @@ pub async fn run(
     let mut before = Vec::new();
     let recall = vector::at_default(&http, &url, &work.vectors, rows, &mut before).await?;
     r.put("recall.before_bulk", recall);
+    let curve = vector::ours_curve(&http, &url, &work.vectors, &vector::SCALE_EFS, &before).await?;
+    r.put("recall.curve", curve);
 
     bulk(&indexed.ix, client, &url, &work, rows, &mut r).await?;
 

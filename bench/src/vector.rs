@@ -271,6 +271,31 @@ pub async fn at_default(
     Ok(out)
 }
 
+/// The breadths the scale benchmark measures recall at (our side only, both cases).
+pub const SCALE_EFS: [usize; 6] = [128, 256, 384, 512, 768, 1024];
+
+/// Our recall@10 and latency at each of `efs`, over every region and within one, with the
+/// exact answers `at_default` computed (`exact[0]` global, `exact[1]` in the region).
+pub async fn ours_curve(
+    http: &reqwest::Client,
+    url: &str,
+    queries: &[Value],
+    efs: &[usize],
+    exact: &[Vec<Vec<String>>],
+) -> Result<Value> {
+    let vs: Vec<Vec<f32>> = queries.iter().map(embedding).collect();
+    let mut out = json!({});
+    for (i, case) in [Case::Global, Case::Region].into_iter().enumerate() {
+        let want = exact.get(i).context("exact answers computed first")?;
+        let mut points = Vec::new();
+        for &ef in efs {
+            points.push(ours_at(http, url, &vs, want, Some(ef), case).await?.json());
+        }
+        out[case.key()] = Value::Array(points);
+    }
+    Ok(out)
+}
+
 /// Sweeps both sides (pgvector when `pg` is given) over `EFS` for both cases, after the
 /// exact answers: the dev set's own for all regions at its size, else our exact mode.
 pub async fn sweep(

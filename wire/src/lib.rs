@@ -282,7 +282,8 @@ pub struct VectorRequest {
     #[serde(default = "default_limit")]
     #[schema(minimum = 1, maximum = 1000, default = 10)]
     pub k: usize,
-    /// Graph search breadth (default from the index's config).
+    /// Graph search breadth over the regions searched (default: 1.25·√(vectors searched),
+    /// at least 256, at most 4096; a larger graph needs a broader walk for the same recall).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 10000)]
     pub ef: Option<usize>,

@@ -136,6 +136,16 @@ fn rows() -> Vec<Row> {
         v.push(row("  the same right after the restart", 3, move |j| {
             j.num("recall.after_restart", &format!("/{case}/recall"))
         }));
+        for (i, ef) in crate::vector::SCALE_EFS.into_iter().enumerate() {
+            v.push(row(
+                format!("  recall@10 at ef {ef}, {name}"),
+                3,
+                move |j| j.num("recall.curve", &format!("/{case}/{i}/recall")),
+            ));
+            v.push(row(format!("    p50 at ef {ef} (ms)"), 2, move |j| {
+                j.num("recall.curve", &format!("/{case}/{i}/p50_ms"))
+            }));
+        }
     }
     v
 }

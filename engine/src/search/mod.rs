@@ -21,7 +21,7 @@ pub use cancel::{Cancel, Cancellable};
 pub use geo::{geo, geo_where, GeoHit, GeoQuery};
 pub use hybrid::{hybrid, Fusion, HybridHit};
 pub use text::{text, SortBy, TextAnswer, TextHit, TextSearch};
-pub use vector::{vector, VectorHit, VectorQuery, DEFAULT_EF, EXACT_FILTER_MAX};
+pub use vector::{default_ef, vector, VectorHit, VectorQuery, EXACT_FILTER_MAX};
 
 use crate::document::RawRow;
 use crate::filter::Filter;

@@ -21,7 +21,7 @@ pub struct VectorQuery {
     pub values: Vec<f32>,
     pub k: usize,
     /// Search breadth over the whole scope (higher: better recall, slower), shared among the
-    /// partitions by size; default [`DEFAULT_EF`] (at least `k`).
+    /// partitions by size; default [`default_ef`] of the vectors in scope (at least `k`).
     pub ef: Option<usize>,
     /// Scan every vector instead of the graph: recall 1.0.
     pub exact: bool,
@@ -34,8 +34,14 @@ pub struct VectorQuery {
     pub cancel: Option<Cancel>,
 }
 
-/// The search breadth when a query names none.
-pub const DEFAULT_EF: usize = 256;
+/// The search breadth when a query names none, for a scope of `vectors` vectors: 256 up to
+/// about 40k, then 1.25·√vectors, at most 4096. A bigger graph needs a broader walk for the
+/// same recall: at a fixed 256, recall@10 fell from 0.98 at 100k rows to 0.89 at 1M
+/// (BENCHMARKS-SCALE.md, seeded copies of the dev set; 1M: 0.96 all regions at 1024, 0.958 in
+/// one region of 229k vectors at 512).
+pub fn default_ef(vectors: usize) -> usize {
+    ((1.25 * (vectors as f64).sqrt()) as usize).clamp(256, 4096)
+}
 
 /// A filter passing at most this many documents of a partition is searched exactly: cheaper
 /// than the graph, and exact (a graph walk would skip most of what it visits).
@@ -72,7 +78,10 @@ pub fn vector(
         .filter_map(|((_, region), p)| Some((region.as_str(), p, p.vectors.as_deref()?)))
         .collect();
     let q_inv = vector::inv_norm(&query.values);
-    let ef = query.ef.unwrap_or(DEFAULT_EF).max(query.k);
+    let ef = query
+        .ef
+        .unwrap_or_else(|| default_ef(parts.iter().map(|(_, _, s)| s.len()).sum()))
+        .max(query.k);
     let n = parts.len();
     let search = |(i, ef): (usize, usize)| {
         let (_, p, store) = parts[i];
@@ -391,7 +400,16 @@ fn partition(
 
 #[cfg(test)]
 mod tests {
-    use super::widened;
+    use super::{default_ef, widened};
+
+    #[test]
+    fn the_default_breadth_grows_with_the_vectors_searched() {
+        assert_eq!(default_ef(0), 256);
+        assert_eq!(default_ef(30_000), 256, "the dev set: as before");
+        assert_eq!(default_ef(229_000), 598);
+        assert_eq!(default_ef(1_000_000), 1250);
+        assert_eq!(default_ef(100_000_000), 4096, "bounded");
+    }
 
     #[test]
     fn the_walk_widens_by_the_graphs_tombstones() {
