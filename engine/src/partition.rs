@@ -407,6 +407,8 @@ pub struct Partition {
     ops: Vec<WriteOp>,
     /// Snapshot documents written straight to the writer, not yet committed.
     bulk_dirty: bool,
+    /// Segment merges paused while a snapshot's copy is made durable part by part.
+    merges_paused: bool,
     /// Points of the committed documents (when the index has geo); readers overlay the
     /// fresh layer. Copied on write when readers still hold the previous version.
     geo: Option<Arc<GeoIndex>>,
@@ -477,6 +479,7 @@ impl Partition {
             truncated_at: None,
             ops: Vec::new(),
             bulk_dirty: false,
+            merges_paused: false,
             geo: None,
             vectors: None,
             vector_spec: ix.vector,
@@ -703,6 +706,51 @@ impl Partition {
         let doc = self.gate.admit(self.to_tantivy(doc), queued_bytes(doc));
         self.writer.lock().unwrap().add_document(doc)?;
         self.bulk_dirty = true;
+        Ok(())
+    }
+
+    /// Pauses (or resumes) merging segments: a snapshot's copy is committed every second, and
+    /// merges of its small segments, started again after every restart, would take the cores
+    /// the copy needs; they run once the copy is done.
+    pub fn pause_merges(&mut self, paused: bool) {
+        if self.merges_paused == paused {
+            return;
+        }
+        self.merges_paused = paused;
+        let policy: Box<dyn tantivy::indexer::MergePolicy> = if paused {
+            Box::new(tantivy::indexer::NoMergePolicy)
+        } else {
+            Box::new(tantivy::indexer::LogMergePolicy::default())
+        };
+        self.writer.lock().unwrap().set_merge_policy(policy);
+    }
+
+    /// As `add_new`, replacing a document of the same key the partition may hold (a
+    /// resumed snapshot copy).
+    pub fn replace_new(&mut self, doc: &Document) -> Result<()> {
+        let key = Term::from_field_text(self.fields.key, &doc.key);
+        let doc = self.gate.admit(self.to_tantivy(doc), queued_bytes(doc));
+        let writer = self.writer.lock().unwrap();
+        writer.delete_term(key);
+        writer.add_document(doc)?;
+        self.bulk_dirty = true;
+        Ok(())
+    }
+
+    /// Commits the rows `add_new` wrote so far, with no LSN in the payload, leaving them for
+    /// the next real commit to show (its maintenance still rebuilds from every document).
+    pub fn persist_bulk(&mut self) -> Result<()> {
+        if !self.bulk_dirty {
+            return Ok(());
+        }
+        let payload = serde_json::to_string(&Payload {
+            lsn: self.checkpoint.to_string(),
+        })
+        .expect("payload serializes");
+        let mut writer = self.writer.lock().unwrap();
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
         Ok(())
     }
 

@@ -374,8 +374,10 @@ impl Shard {
         self.observer.rejected(region, r);
     }
 
-    /// Snapshot rows into fresh partitions: no lookups, no deletes.
-    pub fn add_snapshot_rows(&mut self, index: usize, rows: Vec<Row>) -> Result<()> {
+    /// Snapshot rows into fresh partitions: no lookups, no deletes — unless `replace`, for a
+    /// copy resumed after a crash, whose first rows a partition may hold already: then each
+    /// row replaces its key's document in its partition.
+    pub fn add_snapshot_rows(&mut self, index: usize, rows: Vec<Row>, replace: bool) -> Result<()> {
         for row in rows {
             self.batch_rows += 1;
             match map(&self.indexes[index], row, &self.limits) {
@@ -384,7 +386,13 @@ impl Shard {
                         self.reject(&doc.region, r);
                     }
                     let region = doc.region.clone();
-                    self.partition(index, &region)?.add_new(&doc)?;
+                    let partition = self.partition(index, &region)?;
+                    partition.pause_merges(true);
+                    if replace {
+                        partition.replace_new(&doc)?;
+                    } else {
+                        partition.add_new(&doc)?;
+                    }
                 }
                 Mapped::Skip(Some(r)) => self.reject("", r),
                 Mapped::Skip(None) => {}
@@ -700,8 +708,20 @@ impl Shard {
         Ok(self.durable)
     }
 
-    /// Snapshot rows are committed in one go when the copy is complete.
+    /// Makes the snapshot rows added so far durable in every partition, without showing
+    /// them: readers and the derived structures (geo, vectors, graph) stay as they were until
+    /// `commit_snapshot`. A restart finds them committed (with no LSN) and rebuilds from them.
+    pub fn persist_snapshot_rows(&mut self) -> Result<()> {
+        self.partitions
+            .par_iter_mut()
+            .try_for_each(|(_, p)| p.persist_bulk())
+    }
+
+    /// Snapshot rows become searchable and durable in one go when the copy is complete.
     pub fn commit_snapshot(&mut self, lsn: Lsn) -> Result<Lsn> {
+        for p in self.partitions.values_mut() {
+            p.pause_merges(false);
+        }
         self.make_searchable(lsn);
         let durable = self.commit()?;
         // The feed starts at the snapshot's consistent point: what came before is the copy.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CopyMark};
 use crate::config::ApplyConfig;
 use crate::error::{Error, Result};
 use crate::status::Stats;
@@ -52,10 +52,16 @@ pub enum ApplyCmd {
         index: usize,
         rows: Vec<Row>,
         held: Held,
+        /// Where the copy is once these rows are in.
+        at: CopyPosition,
     },
     /// The snapshot is complete at `lsn`: commit it and mark the checkpoint done.
     SnapshotDone {
         lsn: Lsn,
+        /// The copy's position at its end (every table done), made durable before the commit
+        /// that shows it, which rebuilds every partition's structures: a restart during that
+        /// commit need not copy anything again.
+        copied: CopyPosition,
         done: oneshot::Sender<Result<()>>,
     },
     /// A whole transaction; for a large one, its last part (`TxPart` came before).
@@ -69,6 +75,23 @@ pub enum ApplyCmd {
         held: Held,
     },
 }
+
+/// Where the snapshot's copy stands after a batch of rows.
+#[derive(Debug, Clone)]
+pub struct CopyPosition {
+    /// The slot's consistent point: the stream starts there once the copy is done.
+    pub consistent: Lsn,
+    pub mark: CopyMark,
+    /// The rows may be in a partition already (a copy resumed after a crash in which some
+    /// partitions had made later rows durable than the mark): replace by key, not add.
+    pub replace: bool,
+}
+
+/// How often the snapshot's copy is made durable with its position, so that a restart goes
+/// on from there (a commit of every partition's writer; the rows stay invisible until the
+/// copy is done): every second, or a tenth of the time this life has copied if longer (a
+/// crash loses at most that share of a long copy, which then makes fewer, larger segments).
+const SNAPSHOT_PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Applier {
     pub shard: Shard,
@@ -128,6 +151,11 @@ impl Applier {
             lsn: self.checkpoint.lsn,
         };
         let mut stash: Option<ApplyCmd> = None;
+        // A life's first position is made durable sooner: lives may be short (crash loops).
+        let copy_started = Instant::now();
+        let mut copy_persisted = copy_started - SNAPSHOT_PERSIST_EVERY / 2;
+        // The copy's position not yet made durable (kept for a clean stop).
+        let mut copy_at: Option<CopyPosition> = None;
         // Graph inserts are slow: a builder thread takes committed vectors in order, while the
         // exact scanner covers what it has not inserted yet.
         let (graph_tx, graph_rx) = std::sync::mpsc::channel::<engine::graph::GraphJob>();
@@ -202,7 +230,11 @@ impl Applier {
                 let _ = graph_tx.send(job);
             }
         };
-        feed_graphs(&mut self.shard);
+        // A copy resumed after a restart: its partitions' vectors go to the graph builder once
+        // it is done (no graph of a partial copy is built or dumped).
+        if self.checkpoint.snapshot_done {
+            feed_graphs(&mut self.shard);
+        }
         loop {
             let event = match stash.take() {
                 Some(c) => Event::Cmd(Some(c)),
@@ -245,12 +277,28 @@ impl Applier {
                 }
                 Event::CommitDue => self.dispatch_commit(&done_tx, &progress, &mut files),
                 Event::Cmd(None) => break,
-                Event::Cmd(Some(ApplyCmd::SnapshotRows { index, rows, held })) => {
-                    self.shard.add_snapshot_rows(index, rows)?;
+                Event::Cmd(Some(ApplyCmd::SnapshotRows {
+                    index,
+                    rows,
+                    held,
+                    at,
+                })) => {
+                    self.shard.add_snapshot_rows(index, rows, at.replace)?;
                     drop(held);
+                    let every = SNAPSHOT_PERSIST_EVERY.max(copy_started.elapsed() / 10);
+                    if copy_persisted.elapsed() >= every {
+                        self.persist_copy(at)?;
+                        copy_persisted = Instant::now();
+                        copy_at = None;
+                    } else {
+                        copy_at = Some(at);
+                    }
                 }
-                Event::Cmd(Some(ApplyCmd::SnapshotDone { lsn, done })) => {
-                    let result = self.finish_snapshot(lsn);
+                Event::Cmd(Some(ApplyCmd::SnapshotDone { lsn, copied, done })) => {
+                    copy_at = None;
+                    let result = self
+                        .persist_copy(copied)
+                        .and_then(|()| self.finish_snapshot(lsn));
                     feed_graphs(&mut self.shard);
                     let failed = result.is_err();
                     if !failed {
@@ -355,6 +403,10 @@ impl Applier {
         // again after the restart).
         self.shard.abort_large()?;
         self.await_running_commit(&timer, &mut done_rx, &progress)?;
+        if let Some(at) = copy_at.filter(|_| !self.checkpoint.snapshot_done) {
+            // Stopped during the snapshot: the next start goes on from here.
+            self.persist_copy(at)?;
+        }
         if self.checkpoint.snapshot_done {
             let lsn = self.shard.commit()?;
             progress.durable.send_replace(lsn);
@@ -462,7 +514,30 @@ impl Applier {
         self.shard.commit_snapshot(lsn)?;
         self.checkpoint.snapshot_lsn = lsn;
         self.checkpoint.snapshot_done = true;
+        self.checkpoint.copied = None;
+        self.checkpoint.copying = None;
         self.write_checkpoint(lsn)
+    }
+
+    /// Makes the copy durable up to `at` in every partition, recording the position before
+    /// (as `copying`: partitions may hold rows up to it) and after (as `copied`). A crash in
+    /// between leaves some partitions ahead of `copied`; a resumed copy replaces the rows up
+    /// to `copying` by key and adds the rest.
+    fn persist_copy(&mut self, at: CopyPosition) -> Result<()> {
+        let started = Instant::now();
+        self.checkpoint.snapshot_lsn = at.consistent;
+        self.checkpoint.copying = Some(at.mark.clone());
+        self.checkpoint.store(&self.data_dir)?;
+        self.shard.persist_snapshot_rows()?;
+        self.checkpoint.copied = Some(at.mark);
+        self.checkpoint.copying = None;
+        self.checkpoint.store(&self.data_dir)?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            rows = self.checkpoint.copied.as_ref().map_or(0, |m| m.rows),
+            "snapshot copy made durable"
+        );
+        Ok(())
     }
 
     fn write_checkpoint(&mut self, lsn: Lsn) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The shard checkpoint file: which slot and configuration the local index belongs to,
-//! whether its snapshot finished, and an LSN every partition is durable up to. Written
-//! atomically (temp file, fsync, rename, fsync of the directory).
+//! whether its snapshot finished (and while it runs, how far its copy is durable), and an
+//! LSN every partition is durable up to. Written atomically (temp file, fsync, rename, fsync
+//! of the directory).
 
 use std::io::Write;
 use std::path::Path;
@@ -21,6 +22,25 @@ pub struct Checkpoint {
     pub snapshot_done: bool,
     /// Every partition is durable at least up to here.
     pub lsn: Lsn,
+    /// While the snapshot runs: how far its copy is durable in every partition (a restart
+    /// copies the rest instead of starting over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied: Option<CopyMark>,
+    /// While a later position is being made durable: partitions may hold rows up to it (a
+    /// crash between their commits), so a resumed copy replaces those by key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copying: Option<CopyMark>,
+}
+
+/// A position in the snapshot's copy: the configured tables are copied in order, each in
+/// primary-key order. Every table before `table` is copied whole, and `table`'s rows up to
+/// the key `after` (each key column in its text form; empty: none of them yet).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopyMark {
+    pub table: usize,
+    pub after: Vec<String>,
+    /// Rows copied up to here (for progress).
+    pub rows: u64,
 }
 
 impl Checkpoint {
@@ -71,11 +91,30 @@ mod tests {
             snapshot_lsn: Lsn(0x10),
             snapshot_done: true,
             lsn: Lsn(0x20),
+            copied: None,
+            copying: None,
         };
         c.store(dir.path()).unwrap();
         assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(c.clone()));
         // The file keeps Postgres's text form.
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
         assert!(text.contains(r#""lsn": "0/20""#), "{text}");
+        // A snapshot under way keeps its copy's position; older files have none.
+        let under_way = Checkpoint {
+            snapshot_done: false,
+            copied: Some(CopyMark {
+                table: 1,
+                after: vec!["42".into(), "x".into()],
+                rows: 7,
+            }),
+            copying: Some(CopyMark {
+                table: 2,
+                after: vec![],
+                rows: 9,
+            }),
+            ..c
+        };
+        under_way.store(dir.path()).unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(under_way));
     }
 }

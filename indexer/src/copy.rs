@@ -22,9 +22,22 @@ pub struct CopyRows {
     done: bool,
 }
 
+/// Which rows a COPY reads, in which order.
+#[derive(Clone, Copy, Debug)]
+pub enum Range<'a> {
+    /// Every row, in the order Postgres finds them.
+    All,
+    /// In primary-key order, after this key and up to that one when given (each key
+    /// column's text form): a copy that stops can go on from the last key it delivered.
+    KeyOrder {
+        after: Option<&'a [String]>,
+        upto: Option<&'a [String]>,
+    },
+}
+
 impl CopyRows {
-    pub async fn start(client: &Client, ix: &ResolvedIndex) -> Result<CopyRows> {
-        let stream = client.copy_out(&copy_sql(ix)).await?;
+    pub async fn start(client: &Client, ix: &ResolvedIndex, range: Range<'_>) -> Result<CopyRows> {
+        let stream = client.copy_out(&copy_sql(ix, range)).await?;
         Ok(CopyRows {
             stream: Box::pin(stream),
             parser: CopyBinaryParser::new(
@@ -56,8 +69,10 @@ impl CopyRows {
     }
 }
 
-/// The COPY statement: the configured columns in order, each as text but the vector.
-fn copy_sql(ix: &ResolvedIndex) -> String {
+/// The COPY statement: the configured columns in order, each as text but the vector. COPY
+/// takes no parameters, so a key to start after is written as quoted literals; they are
+/// Postgres's own output of the key columns (the untyped literal takes the column's type).
+fn copy_sql(ix: &ResolvedIndex, range: Range<'_>) -> String {
     let vector = ix.vector.map(|v| v.column);
     let columns: Vec<String> = ix
         .columns
@@ -74,11 +89,37 @@ fn copy_sql(ix: &ResolvedIndex) -> String {
             }
         })
         .collect();
+    let mut tail = String::new();
+    if let Range::KeyOrder { after, upto } = range {
+        let key: Vec<String> = ix.pk.iter().map(|&p| quote_ident(&ix.columns[p])).collect();
+        let key = key.join(", ");
+        let literals = |values: &[String]| -> String {
+            let values: Vec<String> = values.iter().map(|v| escaped_literal(v)).collect();
+            values.join(", ")
+        };
+        let mut conditions = Vec::new();
+        if let Some(after) = after {
+            conditions.push(format!("({key}) > ({})", literals(after)));
+        }
+        if let Some(upto) = upto {
+            conditions.push(format!("({key}) <= ({})", literals(upto)));
+        }
+        if !conditions.is_empty() {
+            tail += &format!(" WHERE {}", conditions.join(" AND "));
+        }
+        tail += &format!(" ORDER BY {key}");
+    }
     format!(
-        "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {} FROM {}{tail}) TO STDOUT (FORMAT binary)",
         columns.join(", "),
         crate::catalog::qualified_table(ix)
     )
+}
+
+/// A string literal whatever `standard_conforming_strings` says: `E'...'` with backslashes
+/// and quotes doubled.
+fn escaped_literal(v: &str) -> String {
+    format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
@@ -308,6 +349,53 @@ fn array_text(dims: &[usize], values: &[Option<f32>]) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_copy_in_key_order_starts_after_a_key_written_as_escaped_literals() {
+        let mut ix = engine::schema::test_index(&["id", "region", "body"], Some(2), None, None);
+        let all = copy_sql(&ix, Range::All);
+        assert!(!all.contains("ORDER BY") && !all.contains("WHERE"), "{all}");
+        let first = copy_sql(
+            &ix,
+            Range::KeyOrder {
+                after: None,
+                upto: None,
+            },
+        );
+        assert!(
+            first.contains(r#"FROM "public"."places" ORDER BY "id")"#),
+            "{first}"
+        );
+        ix.pk = vec![1, 0];
+        let after = ["it's".to_owned(), r"back\slash".to_owned()];
+        let rest = copy_sql(
+            &ix,
+            Range::KeyOrder {
+                after: Some(&after),
+                upto: None,
+            },
+        );
+        assert!(
+            rest.contains(
+                r#"WHERE ("region", "id") > (E'it''s', E'back\\slash') ORDER BY "region", "id")"#
+            ),
+            "{rest}"
+        );
+        let upto = ["z".to_owned(), "9".to_owned()];
+        let between = copy_sql(
+            &ix,
+            Range::KeyOrder {
+                after: Some(&after),
+                upto: Some(&upto),
+            },
+        );
+        assert!(
+            between.contains(
+                r#"WHERE ("region", "id") > (E'it''s', E'back\\slash') AND ("region", "id") <= (E'z', E'9') ORDER BY"#
+            ),
+            "{between}"
+        );
+    }
 
     /// Binary COPY data for rows of text cells (what `format('%s', c)` sends).
     fn encode(rows: &[Vec<Option<Vec<u8>>>]) -> Vec<u8> {

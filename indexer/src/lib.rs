@@ -162,6 +162,26 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
     }
     let resumable = existing.as_ref().is_some_and(|c| c.snapshot_done);
     let lost = slot::loss(slot_state.as_ref());
+    // A snapshot whose copy stopped part-way goes on from its durable position while its slot
+    // is the one it created (never confirmed: the slot's confirmed point is still the
+    // snapshot's consistent point) and holds its changes.
+    let copy_resume = match (&existing, &slot_state) {
+        (Some(c), Some(s)) if !c.snapshot_done && lost.is_none() => {
+            let confirmed = s
+                .confirmed_flush_lsn
+                .as_deref()
+                .and_then(|t| t.parse().ok());
+            c.copied
+                .clone()
+                .filter(|_| confirmed == Some(c.snapshot_lsn))
+                .map(|copied| source::Resume {
+                    consistent: c.snapshot_lsn,
+                    copied,
+                    ahead: c.copying.clone(),
+                })
+        }
+        _ => None,
+    };
     let need_snapshot = if !resumable {
         true
     } else if let Some(loss) = lost {
@@ -173,7 +193,7 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
     } else {
         false
     };
-    if need_snapshot {
+    if need_snapshot && copy_resume.is_none() {
         if slot_state.is_some() {
             tracing::info!(slot = %slot, "dropping a slot without a usable snapshot");
             pg::drop_slot(&admin, &slot).await?;
@@ -184,13 +204,15 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
     }
     drop(admin);
     let checkpoint = match existing {
-        Some(c) if !need_snapshot => c,
+        Some(c) if !need_snapshot || copy_resume.is_some() => c,
         _ => Checkpoint {
             slot: slot.clone(),
             config_fingerprint: fingerprint,
             snapshot_lsn: Lsn::ZERO,
             snapshot_done: false,
             lsn: Lsn::ZERO,
+            copied: None,
+            copying: None,
         },
     };
     let start = checkpoint.lsn;
@@ -239,7 +261,7 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
     let result = async {
         if need_snapshot {
             tokio::select! {
-                r = source.snapshot(&apply_tx) => { r?; }
+                r = source.snapshot(&apply_tx, copy_resume) => { r?; }
                 _ = shutdown.wait_for(|s| *s) => return Ok(()),
             }
         } else {

@@ -185,7 +185,7 @@ async fn read_source(
     limits: &MapLimits,
 ) -> Result<Side> {
     let mut side = Side::new();
-    let mut copy = CopyRows::start(client, ix).await?;
+    let mut copy = CopyRows::start(client, ix, crate::copy::Range::All).await?;
     while let Some(rows) = copy.next_batch(5_000).await? {
         for row in rows {
             if let Mapped::Doc(doc, _) = map(ix, row, limits) {

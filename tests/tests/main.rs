@@ -5,6 +5,7 @@ mod api;
 mod cdc;
 mod common;
 mod compose;
+mod crash_loops;
 mod demo;
 mod doors;
 mod geo;

@@ -255,7 +255,7 @@ fn main() -> Result<()> {
             .into_iter()
             .map(|raw| engine::document::Row { raw, vector: None })
             .collect();
-        shard.add_snapshot_rows(0, chunk)?;
+        shard.add_snapshot_rows(0, chunk, false)?;
     }
     shard.commit_snapshot(Lsn(1))?;
     let build = t.elapsed().as_secs_f64();

@@ -1,0 +1,81 @@
+//! Crash loops: an indexer killed every two seconds still gets its work done, and loses
+//! nothing.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use e2e::Indexer;
+use indexer::checkpoint::Checkpoint;
+
+use crate::common::{Fixture, Writer};
+
+const ROWS: i64 = 200_000;
+
+/// A 200k-row snapshot, the indexer killed (SIGKILL; the third time SIGTERM) two seconds
+/// after every start, with a writer changing rows on both sides of the copy's position
+/// throughout: each life makes the copy durable part-way and the next goes on from there (in
+/// a later snapshot, the stream replaying over it), until the snapshot is done; then the
+/// index equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_killed_every_two_seconds_still_finishes() -> Result<()> {
+    let f = Fixture::new().await?;
+    // Bodies of ~0.5 KB: enough indexing work per row that the copy spans several lives.
+    f.client
+        .execute(
+            "INSERT INTO places SELECT g, (ARRAY['europe','asia','africa'])[1 + g % 3], 'place ' || g, \
+             repeat(md5(g::text) || ' ', 16), g, (g % 170) - 85, (g % 360) - 180, ARRAY[1, g % 7, 0.5, -1]::real[] \
+             FROM generate_series(1, $1::bigint) g",
+            &[&ROWS],
+        )
+        .await?;
+    let config = f.config("", "")?;
+    let writer = Writer::start(f.pg, &f.db, 1, ROWS + 1_000, 0x5eed).await?;
+    let started = Instant::now();
+    // Rows durable in the copy after each life.
+    let mut marks: Vec<u64> = Vec::new();
+    let mut resumed_lives = 0;
+    loop {
+        let mut ix = Indexer::spawn(&config, &f.data_dir())?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if marks.len() == 2 {
+            // Once a clean stop instead: it keeps its position too.
+            let code = ix.stop()?;
+            assert!(code.success(), "{code}: {}", ix.log_text());
+        } else {
+            ix.kill9();
+        }
+        if ix.log_text().contains("resuming the snapshot's copy") {
+            resumed_lives += 1;
+        }
+        match Checkpoint::load(&f.data_dir())? {
+            Some(c) if c.snapshot_done => break,
+            Some(c) => marks.push(c.copied.map_or(0, |m| m.rows)),
+            None => marks.push(0),
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "the snapshot did not finish in 5 minutes of lives; durable rows after each: {marks:?}; the last life's log: {}",
+                ix.log_text()
+            );
+        }
+    }
+    let txs = writer.stop().await?;
+    println!(
+        "snapshot done after {} kills in {:.0?} ({resumed_lives} lives resumed the copy); durable rows after each: {marks:?}; writer: {txs} transactions",
+        marks.len() + 1,
+        started.elapsed()
+    );
+    // It took several lives, each going on from the last (a copy started over each time
+    // would never finish in two seconds), and none went backwards.
+    assert!(marks.len() >= 3, "{marks:?}");
+    assert!(resumed_lives >= 2, "{resumed_lives}");
+    assert!(marks.windows(2).all(|w| w[0] <= w[1]), "{marks:?}");
+    assert!(
+        marks[0] > 0,
+        "the first life made part of its copy durable: {marks:?}"
+    );
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    ix.wait_ready().await?;
+    f.assert_every_row(&config, &ix).await?;
+    Ok(())
+}
