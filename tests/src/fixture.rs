@@ -119,6 +119,20 @@ filter_fields = ["population"]
         Ok(())
     }
 
+    /// Rows 1..=`n` over three regions, each body `words` words of 32 characters (~33 bytes
+    /// a word), for tests that need rows of a given weight.
+    pub async fn insert_with_bodies(&self, n: i64, words: i32) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO places SELECT g, (ARRAY['europe','asia','africa'])[1 + g % 3], 'place ' || g, \
+                 repeat(md5(g::text) || ' ', $2), g, (g % 170) - 85, (g % 360) - 180, ARRAY[1, g % 7, 0.5, -1]::real[] \
+                 FROM generate_series(1, $1::bigint) g",
+                &[&n, &words],
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn lsn(&self) -> Result<String> {
         crate::current_lsn(&self.client).await
     }

@@ -13,19 +13,6 @@ use crate::common::Fixture;
 
 const ROWS: i64 = 200_000;
 
-/// Rows 1..=`n` with bodies of ~2 KB (60 words of 32 characters), over three regions.
-async fn insert_rows(f: &Fixture, n: i64) -> Result<()> {
-    f.client
-        .execute(
-            "INSERT INTO places SELECT g, (ARRAY['europe','asia','africa'])[1 + g % 3], 'place ' || g, \
-             repeat(md5(g::text) || ' ', 60), g, (g % 170) - 85, (g % 360) - 180, ARRAY[1, g % 7, 0.5, -1]::real[] \
-             FROM generate_series(1, $1::bigint) g",
-            &[&n],
-        )
-        .await?;
-    Ok(())
-}
-
 /// Starts the kernel's peak (`VmHWM`) over from the current resident memory.
 fn reset_peak(pid: u32) -> Result<()> {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
@@ -100,7 +87,7 @@ async fn matches(ix: &Indexer, q: &str) -> Result<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_transactions_of_20k_and_200k_rows_apply_in_bounded_memory() -> Result<()> {
     let f = Fixture::new().await?;
-    insert_rows(&f, ROWS).await?;
+    f.insert_with_bodies(ROWS, 60).await?;
     let config = f.config("", "")?;
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
     ix.wait_ready().await?;
@@ -164,7 +151,7 @@ async fn single_transactions_of_20k_and_200k_rows_apply_in_bounded_memory() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_inside_a_large_transaction_loses_nothing() -> Result<()> {
     let f = Fixture::new().await?;
-    insert_rows(&f, 60_000).await?;
+    f.insert_with_bodies(60_000, 60).await?;
     let config = f.config("", "")?;
     let mut ix = Indexer::start(&config, &f.data_dir()).await?;
     ix.wait_ready().await?;
