@@ -1,6 +1,8 @@
 //! One partition: everything an (index, region) pair holds, on disk in its own tantivy index.
 //! The tantivy commit payload carries the LSN the partition is durable up to, so the data and
 //! its checkpoint can never disagree. Synchronous engine code: no async, no HTTP, no Postgres.
+//! Long (~900 lines) because the writer, the fresh layer and the commit that builds the
+//! next derived structures share one partition's state; the bulk path is in `partition/bulk.rs`.
 //!
 //! Every write is "make key K present with this document, or absent": a delete of K's term
 //! followed by an optional add, ordered by tantivy's opstamps, so replays are harmless.

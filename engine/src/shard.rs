@@ -1,6 +1,8 @@
 //! The shard engine: every partition this indexer holds, the apply logic that turns source
 //! transactions into partition writes, group commit, and the atomically swapped read view.
 //! Synchronous; the applier thread owns it.
+//! Long (~800 lines): apply, commit and view swap share the shard's state; large transactions
+//! are in `shard/large.rs`, tests in `shard/tests.rs`.
 //!
 //! Replays are harmless by construction: each change is, for every partition P of its index,
 //! "key K is present in P with this document, or absent", and P skips every transaction at

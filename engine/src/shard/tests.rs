@@ -1,5 +1,5 @@
 //! Tests of the shard: apply, group commit and the read view; what every engine answers
-//! before and after commits, moves, deletes and TRUNCATE. Long (~690 lines; the ranking's tests are in `ranking_tests.rs`): one module per
+//! before and after commits, moves, deletes and TRUNCATE. Long (~750 lines; the ranking's tests are in `ranking_tests.rs`): one module per
 //! engine's answers, sharing the shard fixtures at the top.
 
 use super::*;
