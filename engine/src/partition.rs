@@ -253,10 +253,6 @@ impl CommitItem {
     /// then builds the next committed structures (copy-on-write: readers keep the old ones).
     /// Runs on the committer thread; the applier goes on meanwhile and swaps the results in.
     pub fn commit(self, lsn: Lsn) -> Result<Derived> {
-        let payload = serde_json::to_string(&Payload {
-            lsn: lsn.to_string(),
-        })
-        .expect("payload serializes");
         let mut writer = self.writer.lock().unwrap();
         for op in self.ops {
             match op {
@@ -271,9 +267,7 @@ impl CommitItem {
                 }
             }
         }
-        let mut prepared = writer.prepare_commit()?;
-        prepared.set_payload(&payload);
-        prepared.commit()?;
+        commit_at(&mut writer, lsn)?;
         drop(writer);
         self.reader.reload()?;
         let (mut geo, mut vectors) = (self.geo, self.vectors);
@@ -426,6 +420,18 @@ pub struct Partition {
     graph_queue: Vec<GraphBatch>,
     /// A large transaction being written straight to the writer (`bulk.rs`), if any.
     bulk: Option<bulk::Bulk>,
+}
+
+/// Commits the writer with `lsn` as the commit payload (what `Partition::open` reads back).
+fn commit_at(writer: &mut Writer, lsn: Lsn) -> Result<()> {
+    let payload = serde_json::to_string(&Payload {
+        lsn: lsn.to_string(),
+    })
+    .expect("payload serializes");
+    let mut prepared = writer.prepare_commit()?;
+    prepared.set_payload(&payload);
+    prepared.commit()?;
+    Ok(())
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -745,15 +751,7 @@ impl Partition {
         if !self.bulk_dirty {
             return Ok(());
         }
-        let payload = serde_json::to_string(&Payload {
-            lsn: self.checkpoint.to_string(),
-        })
-        .expect("payload serializes");
-        let mut writer = self.writer.lock().unwrap();
-        let mut prepared = writer.prepare_commit()?;
-        prepared.set_payload(&payload);
-        prepared.commit()?;
-        Ok(())
+        commit_at(&mut self.writer.lock().unwrap(), self.checkpoint)
     }
 
     /// The fresh layer readers overlay on the committed segments (an O(1) snapshot).
