@@ -245,7 +245,7 @@ impl Writer {
             let mut txs = 0u64;
             while !flag.load(Ordering::Relaxed) {
                 let n = 1 + next() % 20;
-                let mut sql = String::from("BEGIN;");
+                let mut sql = String::new();
                 for _ in 0..n {
                     let id = base + (next() % span as u64) as i64;
                     let region = ["europe", "asia", "africa", "oceania"][(next() % 4) as usize];
@@ -264,8 +264,7 @@ impl Writer {
                         _ => sql.push_str(&format!("DELETE FROM places WHERE id = {id};")),
                     }
                 }
-                sql.push_str("COMMIT;");
-                client.batch_execute(&sql).await?;
+                transact(&client, &sql).await?;
                 txs += 1;
             }
             Ok(txs)
@@ -276,6 +275,28 @@ impl Writer {
     pub async fn stop(self) -> Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.await?
+    }
+}
+
+/// Runs `sql` as one transaction, again from the start while Postgres aborts it as a
+/// deadlock victim or a serialization failure: random writers and whole-table statements
+/// take row locks in different orders, and Postgres breaks such a cycle by aborting one side.
+pub async fn transact(client: &Client, sql: &str) -> Result<()> {
+    use tokio_postgres::error::SqlState;
+    loop {
+        match client
+            .batch_execute(&format!("BEGIN; {sql}; COMMIT;"))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                    || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) =>
+            {
+                client.batch_execute("ROLLBACK").await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

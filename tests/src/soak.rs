@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 
-use crate::fixture::{Fixture, SmallDisk, Writer};
+use crate::fixture::{self, Fixture, SmallDisk, Writer};
 use crate::{Indexer, PgServer};
 
 pub struct Options {
@@ -239,9 +239,7 @@ impl Soak {
             } else {
                 let client = self.pg.connect(&self.f.db).await?;
                 large = Some(tokio::spawn(async move {
-                    client
-                        .batch_execute("UPDATE places SET body = body || ' soaked'")
-                        .await
+                    fixture::transact(&client, "UPDATE places SET body = body || ' soaked'").await
                 }));
             }
         }
