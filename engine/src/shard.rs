@@ -796,7 +796,7 @@ impl Shard {
 }
 
 mod large;
-pub use large::FEED_EVENTS_KEPT;
+pub use large::{LargeMark, FEED_EVENTS_KEPT};
 
 #[cfg(test)]
 mod ranking_tests;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::checkpoint::{Checkpoint, CopyMark};
+use crate::checkpoint::{Checkpoint, CopyMark, LargeMark};
 use crate::config::ApplyConfig;
 use crate::error::{Error, Result};
 use crate::status::Stats;
@@ -93,6 +93,14 @@ pub struct CopyPosition {
 /// crash loses at most that share of a long copy, which then makes fewer, larger segments).
 const SNAPSHOT_PERSIST_EVERY: Duration = Duration::from_secs(1);
 
+/// How often a large transaction's progress is made durable (its writes so far committed,
+/// invisible, and the count of its changes they cover recorded), so that a restart skips
+/// them when Postgres sends the transaction again: as the snapshot's copy.
+const LARGE_PERSIST_EVERY: Duration = SNAPSHOT_PERSIST_EVERY;
+
+/// Changes of a large transaction applied between two looks at that clock.
+const LARGE_PIECE: usize = 1_000;
+
 pub struct Applier {
     pub shard: Shard,
     pub config: ApplyConfig,
@@ -156,6 +164,8 @@ impl Applier {
         let mut copy_persisted = copy_started - SNAPSHOT_PERSIST_EVERY / 2;
         // The copy's position not yet made durable (kept for a clean stop).
         let mut copy_at: Option<CopyPosition> = None;
+        // When the open large transaction's progress was last made durable.
+        let mut large_persisted = Instant::now();
         // Graph inserts are slow: a builder thread takes committed vectors in order, while the
         // exact scanner covers what it has not inserted yet.
         let (graph_tx, graph_rx) = std::sync::mpsc::channel::<engine::graph::GraphJob>();
@@ -321,14 +331,33 @@ impl Applier {
                     if final_lsn < self.shard.applied() {
                         continue; // re-sent after a reconnect: applied already
                     }
-                    if first || self.shard.large_open() != Some(final_lsn) {
-                        self.shard.abort_large()?;
+                    if first && self.shard.large_open() == Some(final_lsn) {
+                        // Sent again (a reconnect): it goes on where it was.
+                        self.shard.resend_large();
+                    } else if self.shard.large_open() != Some(final_lsn) {
+                        self.abort_large()?;
                         self.await_running_commit(&timer, &mut done_rx, &progress)?;
-                        let durable = self.shard.begin_large(final_lsn)?;
+                        // Part of it may be durable from an earlier life: skipped.
+                        let durable_changes = self
+                            .checkpoint
+                            .large
+                            .filter(|m| m.final_lsn == final_lsn)
+                            .map_or(0, |m| m.changes);
+                        let durable = self.shard.begin_large(final_lsn, durable_changes)?;
                         progress.durable.send_replace(durable);
                         feed_graphs(&mut self.shard);
+                        // A life's first progress is made durable sooner: lives may be short.
+                        large_persisted = Instant::now() - LARGE_PERSIST_EVERY / 2;
                     }
-                    self.shard.apply_part(&changes)?;
+                    // In pieces, so that progress is made durable on time however large
+                    // the parts the source cuts.
+                    for piece in changes.chunks(LARGE_PIECE) {
+                        self.shard.apply_part(piece)?;
+                        if large_persisted.elapsed() >= LARGE_PERSIST_EVERY {
+                            self.persist_large()?;
+                            large_persisted = Instant::now();
+                        }
+                    }
                     self.stats
                         .rows_applied
                         .fetch_add(changes.len() as u64, Ordering::Relaxed);
@@ -400,8 +429,8 @@ impl Applier {
         }
         // Clean stop: let a running commit finish, make the rest durable, leave the
         // checkpoint file there. A large transaction not yet whole is dropped (it is sent
-        // again after the restart).
-        self.shard.abort_large()?;
+        // again after the restart), what was made durable of it kept.
+        self.abort_large()?;
         self.await_running_commit(&timer, &mut done_rx, &progress)?;
         if let Some(at) = copy_at.filter(|_| !self.checkpoint.snapshot_done) {
             // Stopped during the snapshot: the next start goes on from here.
@@ -542,6 +571,41 @@ impl Applier {
 
     fn write_checkpoint(&mut self, lsn: Lsn) -> Result<()> {
         self.checkpoint.lsn = lsn;
+        // A large transaction's progress, once the transaction is applied whole.
+        if self.checkpoint.large.is_some_and(|m| m.final_lsn < lsn) {
+            self.checkpoint.large = None;
+        }
+        self.checkpoint.store(&self.data_dir)
+    }
+
+    /// Makes the open large transaction's writes so far durable, then records how many of
+    /// its changes they cover.
+    fn persist_large(&mut self) -> Result<()> {
+        let started = Instant::now();
+        if let Some(mark) = self.shard.persist_large()? {
+            self.record_large(mark)?;
+            tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                changes = mark.changes,
+                "large transaction's progress made durable"
+            );
+        }
+        Ok(())
+    }
+
+    /// Drops the open large transaction, keeping the record of what is durable of it.
+    fn abort_large(&mut self) -> Result<()> {
+        match self.shard.abort_large()? {
+            Some(mark) => self.record_large(mark),
+            None => Ok(()),
+        }
+    }
+
+    fn record_large(&mut self, mark: engine::shard::LargeMark) -> Result<()> {
+        self.checkpoint.large = Some(LargeMark {
+            final_lsn: mark.final_lsn,
+            changes: mark.changes,
+        });
         self.checkpoint.store(&self.data_dir)
     }
 }

@@ -30,6 +30,18 @@ pub struct Checkpoint {
     /// crash between their commits), so a resumed copy replaces those by key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copying: Option<CopyMark>,
+    /// A large transaction made durable in part: its first `changes` changes are in every
+    /// partition, so when it is sent again they are skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large: Option<LargeMark>,
+}
+
+/// How much of a large transaction is durable: the first `changes` changes of the
+/// transaction whose commit record is at `final_lsn`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LargeMark {
+    pub final_lsn: Lsn,
+    pub changes: u64,
 }
 
 /// A position in the snapshot's copy: the configured tables are copied in order, each in
@@ -93,6 +105,7 @@ mod tests {
             lsn: Lsn(0x20),
             copied: None,
             copying: None,
+            large: None,
         };
         c.store(dir.path()).unwrap();
         assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(c.clone()));
@@ -115,6 +128,19 @@ mod tests {
             ..c
         };
         under_way.store(dir.path()).unwrap();
-        assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(under_way));
+        assert_eq!(
+            Checkpoint::load(dir.path()).unwrap(),
+            Some(under_way.clone())
+        );
+        // A large transaction durable in part.
+        let in_large = Checkpoint {
+            large: Some(LargeMark {
+                final_lsn: Lsn(0x30),
+                changes: 12_345,
+            }),
+            ..under_way
+        };
+        in_large.store(dir.path()).unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(in_large));
     }
 }

@@ -213,6 +213,7 @@ async fn run_once(ctx: &RunContext<'_>, mut shutdown: watch::Receiver<bool>) -> 
             lsn: Lsn::ZERO,
             copied: None,
             copying: None,
+            large: None,
         },
     };
     let start = checkpoint.lsn;

@@ -74,3 +74,80 @@ async fn a_snapshot_killed_every_two_seconds_still_finishes() -> Result<()> {
     f.assert_every_row(&config, &ix).await?;
     Ok(())
 }
+
+/// One transaction rewriting all of 200k rows (a fifth of them moving to another region),
+/// the indexer killed (SIGKILL; the third time SIGTERM) two seconds after the transaction
+/// begins to arrive in every life: Postgres sends the whole transaction again after each
+/// restart, each life skips what the last made durable of it and adds more, until it is
+/// applied; then the index equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_killed_every_two_seconds_still_applies() -> Result<()> {
+    let f = Fixture::new().await?;
+    f.insert_with_bodies(ROWS, 2).await?;
+    let config = f.config("", "")?;
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    ix.wait_ready().await?;
+    ix.wait_applied_within(&f.lsn().await?, Duration::from_secs(300))
+        .await?;
+    let code = ix.stop()?;
+    assert!(code.success(), "{code}: {}", ix.log_text());
+    // Before its commit record: a checkpoint past it holds the whole transaction.
+    let before_commit: wire::Lsn = f
+        .client
+        .query_one(
+            "WITH u AS (UPDATE places SET body = body || ' rewritten', \
+               region = CASE WHEN id % 5 = 0 THEN 'oceania' ELSE region END RETURNING 1) \
+             SELECT count(*), pg_current_wal_insert_lsn()::text FROM u",
+            &[],
+        )
+        .await
+        .map(|r| r.get::<_, String>(1))?
+        .parse()?;
+    let started = Instant::now();
+    // Changes of the transaction durable after each life.
+    let mut marks: Vec<u64> = Vec::new();
+    loop {
+        let mut ix = Indexer::spawn(&config, &f.data_dir())?;
+        // Two seconds once the transaction arrives: Postgres sends all of it again after
+        // every restart, so a life must last longer than that sending to get anywhere.
+        e2e::eventually("the transaction to arrive", Duration::from_secs(60), || {
+            let log = ix.log_text();
+            async move { Ok(log.contains("engine::shard::large").then_some(())) }
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if marks.len() == 2 {
+            let code = ix.stop()?;
+            assert!(code.success(), "{code}: {}", ix.log_text());
+        } else {
+            ix.kill9();
+        }
+        let c = Checkpoint::load(&f.data_dir())?.expect("a checkpoint");
+        if c.lsn > before_commit {
+            assert_eq!(c.large, None, "applied whole: no progress kept");
+            break;
+        }
+        marks.push(c.large.map_or(0, |m| m.changes));
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "the transaction was not applied in 5 minutes of lives; durable changes after each: {marks:?}; the last life's log: {}",
+                ix.log_text()
+            );
+        }
+    }
+    println!(
+        "transaction applied after {} kills in {:.0?}; durable changes after each: {marks:?}",
+        marks.len() + 1,
+        started.elapsed()
+    );
+    // Several lives, each going on from the last: none went backwards.
+    assert!(marks.len() >= 3, "{marks:?}");
+    assert!(marks.windows(2).all(|w| w[0] <= w[1]), "{marks:?}");
+    assert!(marks.iter().any(|&m| m > 0), "{marks:?}");
+    let mut ix = Indexer::start(&config, &f.data_dir()).await?;
+    ix.wait_ready().await?;
+    ix.wait_applied_within(&f.lsn().await?, Duration::from_secs(300))
+        .await?;
+    f.assert_every_row(&config, &ix).await?;
+    Ok(())
+}

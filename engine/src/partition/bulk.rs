@@ -109,6 +109,16 @@ impl Partition {
         self.bulk.is_some()
     }
 
+    /// Makes the large transaction's writes so far durable without showing them: the
+    /// writer commits with the partition's LSN unchanged in the payload (the transaction is
+    /// not whole), the reader is not reloaded.
+    pub fn bulk_persist(&mut self) -> Result<()> {
+        if self.bulk.is_none() {
+            return Ok(());
+        }
+        super::commit_at(&mut self.writer.lock().unwrap(), self.checkpoint)
+    }
+
     /// Commits the large transaction's writes with `lsn` as payload, reloads the reader and
     /// swaps in the structures built beside it.
     pub fn bulk_commit(&mut self, lsn: Lsn) -> Result<()> {

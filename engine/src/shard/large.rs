@@ -12,6 +12,18 @@
 //! row sits in a spill file), the current part, and the change events the feed can hold. The
 //! spill file answers the rare lookup of a row the transaction itself wrote earlier (an
 //! unchanged TOAST value in a later update of the same row).
+//!
+//! Progress is made durable as it goes (`persist_large`): the partitions' writers commit
+//! what the transaction wrote so far with their previous LSN as payload, and the caller
+//! records how many of its changes that covers. Postgres sends the whole transaction again
+//! after any restart, in the same order; the changes already durable are then skipped
+//! (`begin_large` with that count), so a process restarted every few seconds still gets
+//! through a transaction that takes minutes to apply. Re-applying a change that was durable
+//! already is harmless (its key is removed wherever it is, then written). The price: after
+//! such a restart, readers see the durable part of the transaction until its end (each row
+//! at its state before or after it, never an earlier one; the applied LSN stays before it,
+//! so read-your-writes holds). Re-sent in the same process (a reconnect), the transaction
+//! goes on where it was, invisible as before.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -20,6 +32,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+
+use rayon::prelude::*;
 
 use super::{PartitionId, Shard};
 use crate::change::{Change, ChangeEvent};
@@ -69,6 +83,24 @@ pub(super) struct Large {
     pub dropped: u32,
     pub rows: usize,
     pub started: Instant,
+    /// Changes of the transaction written to the partitions, counted from its first: the
+    /// ones skipped as durable at the start included.
+    applied: u64,
+    /// Changes of this sending of the transaction received so far.
+    seen: u64,
+    /// Changes of this sending to skip: the first `skip` are written already.
+    skip: u64,
+    /// Some of it was committed (`persist_large`): the writers cannot go back to the state
+    /// the readers show.
+    persisted: bool,
+}
+
+/// How far a large transaction is durable: the first `changes` changes of the transaction
+/// whose commit record is at `final_lsn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LargeMark {
+    pub final_lsn: Lsn,
+    pub changes: u64,
 }
 
 fn hash(index: usize, key: &str) -> u128 {
@@ -79,7 +111,7 @@ fn hash(index: usize, key: &str) -> u128 {
 }
 
 impl Large {
-    fn new(final_lsn: Lsn, spill_path: PathBuf) -> Result<Large> {
+    fn new(final_lsn: Lsn, spill_path: PathBuf, durable: u64) -> Result<Large> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -98,9 +130,14 @@ impl Large {
             spill: BufWriter::with_capacity(1 << 20, file),
             spilled: 0,
             events: VecDeque::new(),
-            dropped: 0,
+            // The durable changes' events are gone: the feed is told of a gap.
+            dropped: u32::try_from(durable).unwrap_or(u32::MAX),
             rows: 0,
             started: Instant::now(),
+            applied: durable,
+            seen: 0,
+            skip: durable,
+            persisted: false,
         })
     }
 
@@ -188,30 +225,63 @@ impl Shard {
         self.large.as_ref().map(|l| l.final_lsn)
     }
 
-    /// Starts a large transaction whose commit record is at `final_lsn`: everything applied
-    /// before it is committed first (no commit job may be running), so the partitions'
-    /// writers hold nothing else and the fresh layers are empty. Returns the durable LSN.
-    pub fn begin_large(&mut self, final_lsn: Lsn) -> Result<Lsn> {
+    /// Starts a large transaction whose commit record is at `final_lsn`, of which the first
+    /// `durable` changes are durable already (`persist_large` in an earlier life): they are
+    /// skipped. Everything applied before it is committed first (no commit job may be
+    /// running), so the partitions' writers hold nothing else and the fresh layers are
+    /// empty. Returns the durable LSN.
+    pub fn begin_large(&mut self, final_lsn: Lsn, durable: u64) -> Result<Lsn> {
         debug_assert!(self.large.is_none() && self.in_flight.is_none());
-        let durable = self.commit()?;
+        let lsn = self.commit()?;
         let spill = self.data_dir.join("large-transaction.spill");
-        self.large = Some(Large::new(final_lsn, spill)?);
-        self.event_at = (final_lsn, 0); // the end LSN replaces it at the end
-        tracing::info!(final_lsn = %final_lsn, "large transaction: applying it in parts");
-        Ok(durable)
+        self.large = Some(Large::new(final_lsn, spill, durable)?);
+        // The end LSN replaces it at the end; numbers below `durable` are the gap's.
+        self.event_at = (final_lsn, u32::try_from(durable).unwrap_or(u32::MAX));
+        if durable > 0 {
+            tracing::info!(final_lsn = %final_lsn, durable_changes = durable, "large transaction: going on where it was made durable");
+        } else {
+            tracing::info!(final_lsn = %final_lsn, "large transaction: applying it in parts");
+        }
+        Ok(lsn)
     }
 
-    /// Applies one part of the open large transaction (not visible until `finish_large`).
+    /// The open large transaction is being sent again from its start (a reconnect): what
+    /// was written of it is skipped.
+    pub fn resend_large(&mut self) {
+        let large = self.large.as_mut().expect("a large transaction is open");
+        large.seen = 0;
+        large.skip = large.applied;
+    }
+
+    /// Applies one part of the open large transaction (not visible until `finish_large`);
+    /// changes written already (before a restart or a reconnect) are skipped.
     pub fn apply_part(&mut self, changes: &[Change]) -> Result<()> {
-        let lsn = self
-            .large
-            .as_ref()
-            .expect("a large transaction is open")
-            .lsn;
-        self.apply_changes(lsn, changes)?;
+        let large = self.large.as_mut().expect("a large transaction is open");
+        let lsn = large.lsn;
+        let from = (large.skip.saturating_sub(large.seen) as usize).min(changes.len());
+        large.seen += changes.len() as u64;
+        large.applied += (changes.len() - from) as u64;
+        self.apply_changes(lsn, &changes[from..])?;
         let rows = std::mem::take(&mut self.batch_rows);
         self.large.as_mut().expect("open").rows += rows;
         self.flush_part()
+    }
+
+    /// Makes what the open large transaction wrote so far durable (still invisible to this
+    /// process's readers); returns how far that is.
+    pub fn persist_large(&mut self) -> Result<Option<LargeMark>> {
+        let Some(large) = self.large.as_mut() else {
+            return Ok(None);
+        };
+        large.persisted = true;
+        let mark = LargeMark {
+            final_lsn: large.final_lsn,
+            changes: large.applied,
+        };
+        self.partitions
+            .par_iter_mut()
+            .try_for_each(|(_, p)| p.bulk_persist())?;
+        Ok(Some(mark))
     }
 
     /// The large transaction ends at `end_lsn`: its partitions commit, readers get all of it
@@ -251,16 +321,38 @@ impl Shard {
         Ok(())
     }
 
-    /// Drops the open large transaction (the stream will send it again): every partition's
-    /// writer goes back to its last commit.
-    pub fn abort_large(&mut self) -> Result<()> {
-        if self.large.take().is_some() {
+    /// Drops the open large transaction (the stream will send it again). When none of it
+    /// was made durable, every partition's writer goes back to its last commit. Otherwise
+    /// the writers cannot go back to what readers show: everything written so far is made
+    /// durable and shown (as a restart would), the partitions' LSNs unchanged, and the
+    /// returned mark says how much of the transaction that is.
+    pub fn abort_large(&mut self) -> Result<Option<LargeMark>> {
+        let Some(large) = self.large.take() else {
+            return Ok(None);
+        };
+        if !large.persisted {
             tracing::info!("large transaction abandoned; it will be applied again when re-sent");
             for p in self.partitions.values_mut() {
                 p.bulk_abort()?;
             }
+            return Ok(None);
         }
-        Ok(())
+        for p in self.partitions.values_mut() {
+            let lsn = p.checkpoint();
+            p.bulk_commit(lsn)?;
+        }
+        let mark = LargeMark {
+            final_lsn: large.final_lsn,
+            changes: large.applied,
+        };
+        tracing::info!(
+            final_lsn = %mark.final_lsn,
+            durable_changes = mark.changes,
+            "large transaction stopped part-way; its durable part is shown until it is sent again"
+        );
+        let rows = large.rows;
+        self.publish(rows, Vec::new());
+        Ok(Some(mark))
     }
 
     /// Inside a large transaction: the row the transaction left under `key`, if it wrote it.

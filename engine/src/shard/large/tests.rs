@@ -1,6 +1,7 @@
 //! A large transaction applied in parts ends exactly as the same transaction applied whole:
 //! the same documents in the same partitions, the same geo and vector answers; nothing of it
-//! is visible before its end, and an abandoned one leaves nothing.
+//! is visible before its end, and an abandoned one leaves nothing; one made durable in part
+//! goes on from there after a crash, a reconnect or a stop.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -161,7 +162,7 @@ fn apply_whole(shard: &mut Shard, tx: &Transaction) {
 /// Applies `tx` as the source hands over a large one: parts of random sizes, then the end.
 fn apply_in_parts(shard: &mut Shard, view: &ViewCell, tx: &Transaction, rng: &mut Rng) {
     let before = seen(&view.load().unwrap());
-    shard.begin_large(Lsn(tx.end_lsn.0 - 1)).unwrap();
+    shard.begin_large(Lsn(tx.end_lsn.0 - 1), 0).unwrap();
     let mut rest = &tx.changes[..];
     while !rest.is_empty() {
         let n = (1 + rng.below(12) as usize).min(rest.len());
@@ -215,7 +216,7 @@ fn an_abandoned_large_transaction_leaves_nothing_and_applies_again() {
     apply_whole(&mut shard, &Transaction::at(100, changes(&mut rng, 30)));
     let before = seen(&view.load().unwrap());
     let big = Transaction::at(300, changes(&mut rng, 60));
-    shard.begin_large(Lsn(299)).unwrap();
+    shard.begin_large(Lsn(299), 0).unwrap();
     shard.apply_part(&big.changes[..30]).unwrap();
     shard.abort_large().unwrap();
     assert_eq!(shard.large_open(), None);
@@ -230,4 +231,103 @@ fn an_abandoned_large_transaction_leaves_nothing_and_applies_again() {
         seen(&view.load().unwrap()),
         seen(&whole_view.load().unwrap())
     );
+}
+
+/// Applies `changes` from the start in parts of random sizes (a sending of the transaction).
+fn send(shard: &mut Shard, changes: &[Change], rng: &mut Rng) {
+    let mut rest = changes;
+    while !rest.is_empty() {
+        let n = (1 + rng.below(12) as usize).min(rest.len());
+        shard.apply_part(&rest[..n]).unwrap();
+        rest = &rest[n..];
+    }
+}
+
+/// The same history in a shard of its own, with `big` applied whole: what every way of
+/// applying `big` must end as.
+fn expected(history: &Transaction, big: &Transaction) -> Seen {
+    let (_dir, mut whole, view) = open();
+    apply_whole(&mut whole, history);
+    apply_whole(&mut whole, big);
+    seen(&view.load().unwrap())
+}
+
+/// Part of a large transaction made durable, then a crash (the shard dropped, its writers'
+/// later writes lost) at a random point: the reopened shard, sent the whole transaction
+/// again, skips what was durable and ends as the transaction applied whole.
+#[test]
+fn a_large_transaction_goes_on_where_a_crash_left_it() {
+    for seed in 1..=30u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let history = Transaction::at(100, changes(&mut rng, 30));
+        let big = Transaction::at(300, changes(&mut rng, 80));
+        let dir = tempfile::tempdir().unwrap();
+        let mark = {
+            let (mut shard, view) =
+                Shard::open_unobserved(dir.path(), vec![index()], 1000).unwrap();
+            apply_whole(&mut shard, &history);
+            let before = seen(&view.load().unwrap());
+            shard.begin_large(Lsn(299), 0).unwrap();
+            let cut = 1 + rng.below(79) as usize;
+            send(&mut shard, &big.changes[..cut], &mut rng);
+            let mark = shard.persist_large().unwrap().expect("open");
+            assert_eq!((mark.final_lsn, mark.changes), (Lsn(299), cut as u64));
+            assert_eq!(seen(&view.load().unwrap()), before, "durable, not shown");
+            // More written after the mark, lost in the crash.
+            let more = (cut + rng.below(10) as usize).min(80);
+            send(&mut shard, &big.changes[cut..more], &mut rng);
+            mark
+        };
+        let (mut shard, view) = Shard::open_unobserved(dir.path(), vec![index()], 1000).unwrap();
+        shard.begin_large(mark.final_lsn, mark.changes).unwrap();
+        send(&mut shard, &big.changes, &mut rng);
+        shard.finish_large(big.end_lsn).unwrap();
+        assert_eq!(
+            seen(&view.load().unwrap()),
+            expected(&history, &big),
+            "seed {seed}"
+        );
+    }
+}
+
+/// Sent again in the same process (a reconnect), a large transaction goes on where it was,
+/// still invisible until its end; stopped part-way with some of it durable, it shows what
+/// it wrote, and a later sending goes on from there.
+#[test]
+fn a_large_transaction_sent_again_or_stopped_goes_on() {
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let history = Transaction::at(100, changes(&mut rng, 30));
+        let big = Transaction::at(300, changes(&mut rng, 80));
+        let (_dir, mut shard, view) = open();
+        apply_whole(&mut shard, &history);
+        let before = seen(&view.load().unwrap());
+        shard.begin_large(Lsn(299), 0).unwrap();
+        let cut = 1 + rng.below(79) as usize;
+        send(&mut shard, &big.changes[..cut], &mut rng);
+        if rng.below(2) == 0 {
+            shard.persist_large().unwrap();
+        }
+        shard.resend_large();
+        send(&mut shard, &big.changes[..cut], &mut rng);
+        assert_eq!(
+            seen(&view.load().unwrap()),
+            before,
+            "seed {seed}: not shown"
+        );
+        let expected = expected(&history, &big);
+        if rng.below(2) == 0 {
+            send(&mut shard, &big.changes[cut..], &mut rng);
+            shard.finish_large(big.end_lsn).unwrap();
+        } else {
+            shard.persist_large().unwrap();
+            let mark = shard.abort_large().unwrap().expect("durable in part");
+            assert_eq!(mark.changes, cut as u64);
+            assert_eq!(shard.durable(), Lsn(100), "seed {seed}");
+            shard.begin_large(mark.final_lsn, mark.changes).unwrap();
+            send(&mut shard, &big.changes, &mut rng);
+            shard.finish_large(big.end_lsn).unwrap();
+        }
+        assert_eq!(seen(&view.load().unwrap()), expected, "seed {seed}");
+    }
 }
