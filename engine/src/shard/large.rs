@@ -259,6 +259,15 @@ impl Shard {
         let large = self.large.as_mut().expect("a large transaction is open");
         let lsn = large.lsn;
         let from = (large.skip.saturating_sub(large.seen) as usize).min(changes.len());
+        if large.skip > 0
+            && large.seen < large.skip
+            && large.seen + changes.len() as u64 >= large.skip
+        {
+            tracing::info!(
+                skipped = large.skip,
+                "large transaction: its changes written already were received again and skipped; applying the rest"
+            );
+        }
         large.seen += changes.len() as u64;
         large.applied += (changes.len() - from) as u64;
         self.apply_changes(lsn, &changes[from..])?;
