@@ -157,8 +157,9 @@ async fn a_large_transaction_killed_every_two_seconds_still_applies() -> Result<
         marks.len() + 1,
         started.elapsed()
     );
-    // Several lives, each going on from the last: none went backwards.
-    assert!(marks.len() >= 3, "{marks:?}");
+    // Several lives, each going on from the last: none went backwards. (The third life
+    // stops cleanly, applying all it received first: it may finish the transaction.)
+    assert!(marks.len() >= 2, "{marks:?}");
     assert!(marks.windows(2).all(|w| w[0] <= w[1]), "{marks:?}");
     // A killed life (not the third, which stops cleanly and drains its queue) moved it on.
     let killed_moved_on = (0..marks.len())
