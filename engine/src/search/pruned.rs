@@ -87,9 +87,12 @@ impl PrunedSegment {
         let kept = Kept { score, ord, doc };
         if self.heap.len() < self.limit {
             self.heap.push(kept);
-        } else if self.heap.peek().is_some_and(|worst| kept < *worst) {
-            self.heap.pop();
-            self.heap.push(kept);
+        } else if let Some(mut worst) = self.heap.peek_mut() {
+            // Replaced in place: one sift down instead of a pop and a push (the heap's moves
+            // were 5-8 % of a top-100 text query's CPU).
+            if kept < *worst {
+                *worst = kept;
+            }
         }
         self.threshold()
     }
