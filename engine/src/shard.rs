@@ -1,16 +1,14 @@
 //! The shard engine: every partition this indexer holds, the apply logic that turns source
 //! transactions into partition writes, group commit, and the atomically swapped read view.
 //! Synchronous; the applier thread owns it.
-//! Long (~800 lines): apply, commit and view swap share the shard's state; large transactions
-//! are in `shard/large.rs`, tests in `shard/tests.rs`.
+//! Long (~800 lines): apply, group commit and the view swap share the shard's state (applied
+//! and durable LSNs, uncommitted rows, the commit in flight); large transactions are in
+//! `shard/large.rs`, tests in `shard/tests.rs`.
 //!
 //! Replays are harmless by construction: each change is, for every partition P of its index,
 //! "key K is present in P with this document, or absent", and P skips every transaction at
 //! or below its own durable checkpoint. A partition's state is therefore a pure function of
 //! the ordered changes after its checkpoint, whatever crashed where.
-//!
-//! Long (~780 lines) on purpose (large transactions live in `shard/large.rs`): apply, group commit and the view swap share the shard's state
-//! (applied and durable LSNs, uncommitted rows, the commit in flight); tests in `shard/tests.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -196,6 +196,14 @@ impl Large {
         })
     }
 
+    /// How far it is written: durable once the writers committed.
+    fn mark(&self) -> LargeMark {
+        LargeMark {
+            final_lsn: self.final_lsn,
+            changes: self.applied,
+        }
+    }
+
     pub fn keep_event(&mut self, e: ChangeEvent) {
         if self.events.len() == FEED_EVENTS_KEPT {
             self.events.pop_front();
@@ -283,10 +291,7 @@ impl Shard {
             return Ok(None);
         };
         large.persisted = true;
-        let mark = LargeMark {
-            final_lsn: large.final_lsn,
-            changes: large.applied,
-        };
+        let mark = large.mark();
         self.partitions
             .par_iter_mut()
             .try_for_each(|(_, p)| p.bulk_persist())?;
@@ -350,10 +355,7 @@ impl Shard {
             let lsn = p.checkpoint();
             p.bulk_commit(lsn)?;
         }
-        let mark = LargeMark {
-            final_lsn: large.final_lsn,
-            changes: large.applied,
-        };
+        let mark = large.mark();
         tracing::info!(
             final_lsn = %mark.final_lsn,
             durable_changes = mark.changes,
