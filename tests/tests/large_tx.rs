@@ -129,8 +129,11 @@ async fn single_transactions_of_20k_and_200k_rows_apply_in_bounded_memory() -> R
     // 400 MB of rows went through. Holding the transaction, as before, grew the peak from
     // 501 MB to 3,522 MB here; in parts it grows by the bounded queues (64 MB of changes,
     // the writers' gates and arenas), the last 200k change events for the feed (~100 MB),
-    // and ~1 KB per row not yet accounted for (see ARCHITECTURE.md, known limits).
-    const BOUND_MB: f64 = 400.0;
+    // and ~1 KB per row not yet accounted for (see ARCHITECTURE.md, known limits). Since the
+    // parts are made durable every second (crash loops), the growth measured 371 MB alone
+    // and 408 MB in the full suite (2026-12-03): the bound was 400 MB, it is 500 — still a
+    // sixth of what holding the transaction took.
+    const BOUND_MB: f64 = 500.0;
     assert!(
         anon_200k - anon_20k < BOUND_MB,
         "peak anonymous memory grew from {anon_20k:.0} MB to {anon_200k:.0} MB"
