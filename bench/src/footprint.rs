@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::host::{dir_bytes, memory, rss_mb};
+use crate::host::{dir_bytes, memory, rss_mb, unnamed_bytes};
 use crate::ingest::Indexed;
 use crate::report::Report;
 
@@ -23,10 +23,13 @@ pub async fn measure(
 ) -> Result<()> {
     r.put("memory.final", memory(indexed.ix.pid()));
     let rss_kb = rss_mb(indexed.ix.pid()) * 1024.0;
-    let disk = dir_bytes(&indexed.data, None) as f64;
+    // The mapped vector files have no name: counted from the indexer's open files.
+    let mapped = unnamed_bytes(indexed.ix.pid(), &indexed.data) as f64;
+    let disk = dir_bytes(&indexed.data, None) as f64 + mapped;
     r.put(
         "footprint",
         json!({"rss_mb": rss_kb / 1024.0, "disk_mb": disk / 1048576.0,
+               "mapped_vectors_mb": mapped / 1048576.0,
                "rss_gb_per_1m": rss_kb / 1048576.0 * 1e6 / rows as f64,
                "disk_gb_per_1m": disk / 1073741824.0 * 1e6 / rows as f64}),
     );

@@ -49,6 +49,27 @@ pub fn memory(pid: Option<u32>) -> Value {
            "peak_mb": field("VmHWM:")})
 }
 
+/// The bytes of the unnamed files (deleted, or made without a name) that process `pid` holds
+/// open under `dir`: the indexer's mapped vector files, which take disk but are in no
+/// directory listing.
+pub fn unnamed_bytes(pid: Option<u32>, dir: &Path) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    fds.filter_map(|fd| {
+        let target = std::fs::read_link(fd.path()).ok()?;
+        let target = target.to_str()?.strip_suffix(" (deleted)")?;
+        Path::new(target).starts_with(dir).then_some(())?;
+        // The link leads to the file itself, name or not; its given-back blocks are holes,
+        // so what it takes on disk is its allocated blocks, not its length.
+        use std::os::unix::fs::MetadataExt;
+        Some(std::fs::metadata(fd.path()).ok()?.blocks() * 512)
+    })
+    .sum()
+}
+
 /// The bytes of the files under `p`; with `only`, of the files under directories so named.
 pub fn dir_bytes(p: &Path, only: Option<&str>) -> u64 {
     let mut total = 0;

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 /// The thread names (perf's `comm`, at most 15 bytes) of our processes: the runtimes', the
-/// engine's own threads and tantivy's (indexing, doc store compression, merges).
+/// engine's own threads and tantivy's (indexing, doc store compression, merges); and the
+/// graph builder's insert pool, `graph-insert-N`.
 const OURS: &[&str] = &[
     "indexer",
     "indexer-search",
@@ -53,7 +54,7 @@ fn process_of(comm: &str) -> &'static str {
         "query-api" => "query-api",
         "bench-client" | "bench" => "load generator",
         "postgres" => "postgres",
-        c if OURS.contains(&c) => "indexer",
+        c if OURS.contains(&c) || c.starts_with("graph-insert-") => "indexer",
         c if c.starts_with("swapper") || c.starts_with("kworker") || c.starts_with("ksoftirq") => {
             "kernel threads"
         }
@@ -109,7 +110,10 @@ impl Profiler {
             }
             *cpu.entry(process_of(comm)).or_default() += n / (HZ * seconds);
         }
-        let comms = OURS.join(",");
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let inserts = (0..cores).map(|i| format!("graph-insert-{i}"));
+        let comms: Vec<String> = OURS.iter().map(|c| c.to_string()).chain(inserts).collect();
+        let comms = comms.join(",");
         let text = report(
             &data,
             &[

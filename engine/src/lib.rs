@@ -19,6 +19,7 @@ pub mod gate;
 pub mod geo;
 pub mod graph;
 pub mod kernels;
+pub mod mapped;
 pub mod partition;
 pub mod rows;
 pub mod schema;

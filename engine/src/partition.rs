@@ -237,6 +237,8 @@ pub struct CommitItem {
     maintenance: Maintenance,
     geo: Option<Arc<GeoIndex>>,
     vectors: Option<Arc<VectorStore>>,
+    /// The partition's directory, where a rebuilt vector store maps its file.
+    dir: PathBuf,
 }
 
 /// The committed structures a commit produced, for the applier to swap in.
@@ -275,7 +277,7 @@ impl CommitItem {
             Maintenance::Rebuild => {
                 let searcher = self.reader.searcher();
                 let geo = build_geo(&searcher, &self.fields)?;
-                let vectors = build_vectors(&searcher, self.vector_spec)?.map(Arc::new);
+                let vectors = build_vectors(&searcher, self.vector_spec, &self.dir)?.map(Arc::new);
                 Ok(Derived {
                     geo: geo.map(Arc::new),
                     new_vectors: vectors.as_ref().map(GraphBatch::all),
@@ -344,11 +346,12 @@ fn build_geo(searcher: &Searcher, fields: &Fields) -> Result<Option<GeoIndex>> {
 fn build_vectors(
     searcher: &Searcher,
     spec: Option<crate::schema::VectorSpec>,
+    dir: &Path,
 ) -> Result<Option<VectorStore>> {
     let Some(spec) = spec else {
         return Ok(None);
     };
-    let mut store = VectorStore::new(spec.dimension, spec.metric);
+    let mut store = VectorStore::mapped(spec.dimension, spec.metric, dir);
     for segment in searcher.segment_readers() {
         let ff = segment.fast_fields();
         let (keys, vecs) = (
@@ -505,7 +508,7 @@ impl Partition {
     fn with_derived_structures(mut self) -> Result<Partition> {
         let searcher = self.searcher();
         let geo = build_geo(&searcher, &self.fields)?;
-        let vectors = build_vectors(&searcher, self.vector_spec)?.map(Arc::new);
+        let vectors = build_vectors(&searcher, self.vector_spec, &self.dir)?.map(Arc::new);
         self.swap_in(Derived {
             geo: geo.map(Arc::new),
             new_vectors: vectors.as_ref().map(GraphBatch::all),
@@ -780,6 +783,7 @@ impl Partition {
             maintenance,
             geo: self.geo.clone(),
             vectors: self.vectors.clone(),
+            dir: self.dir.clone(),
         }
     }
 

@@ -139,6 +139,7 @@ impl Partition {
             },
             geo: bulk.geo,
             vectors: bulk.vectors,
+            dir: self.dir.clone(),
         };
         let mut derived = item.commit(lsn)?;
         if let (false, Some(store)) = (bulk.rebuild, &derived.vectors) {
