@@ -191,6 +191,8 @@ impl Pool {
     }
 }
 
+/// The page size pieces are aligned to: 4 KiB here. Where pages are larger, mapping a piece at
+/// an offset that is not a page multiple fails, and the store keeps its blocks on the heap.
 const PAGE: u64 = 4096;
 
 fn gcd(a: u64, b: u64) -> u64 {
