@@ -279,7 +279,11 @@ impl Source {
     }
 
     fn set_oldest_pending(&self, in_flight: &VecDeque<(Lsn, i64)>) {
-        let t = in_flight.front().map(|(_, t)| *t).unwrap_or(0);
+        let (lsn, t) = in_flight.front().copied().unwrap_or((Lsn::ZERO, 0));
+        // The LSN first: a reader that sees the new time sees its LSN (or a later one).
+        self.stats
+            .oldest_pending_lsn
+            .store(lsn.0, Ordering::Release);
         self.stats.oldest_pending_commit.store(t, Ordering::Release);
     }
 

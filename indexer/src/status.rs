@@ -30,6 +30,9 @@ pub struct Stats {
     /// Postgres commit time (µs since 2000) of the oldest received transaction not yet
     /// applied; 0 when none is pending.
     pub oldest_pending_commit: AtomicI64,
+    /// End LSN of that transaction: the source forgets it only when it next wakes, so a
+    /// reader between its apply and then must not count it as pending.
+    pub oldest_pending_lsn: AtomicU64,
     /// Postgres commit time of the last applied transaction.
     pub last_applied_commit: AtomicI64,
     pub rejected_total: AtomicU64,
@@ -123,6 +126,12 @@ impl Stats {
             since => ms_between(since, now),
         };
         let pending = self.oldest_pending_commit.load(Ordering::Acquire);
+        let pending_lsn = Lsn(self.oldest_pending_lsn.load(Ordering::Acquire));
+        let pending = if pending != 0 && self.applied() >= pending_lsn {
+            0
+        } else {
+            pending
+        };
         let reference = if pending != 0 {
             pending
         } else if self.lag_bytes() > 0 {
@@ -228,4 +237,25 @@ pub fn now_pg_micros() -> i64 {
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0);
     unix - PG_EPOCH_OFFSET_MICROS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_already_applied_is_no_lag_though_the_source_has_not_forgotten_it() {
+        let stats = Stats::default();
+        stats.advance_applied(Lsn(100));
+        // The source received the transaction ending at 100, committed 5 s ago, and has not
+        // yet woken to forget it: it is applied, the index is not behind.
+        stats.oldest_pending_lsn.store(100, Ordering::Release);
+        stats
+            .oldest_pending_commit
+            .store(now_pg_micros() - 5_000_000, Ordering::Release);
+        assert_eq!(stats.lag_ms(), 0);
+        // One ending at 200 is pending: its age is the lag.
+        stats.oldest_pending_lsn.store(200, Ordering::Release);
+        assert!(stats.lag_ms() >= 5_000, "{}", stats.lag_ms());
+    }
 }
