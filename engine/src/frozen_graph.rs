@@ -13,11 +13,42 @@
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, Read, Write};
 
 use hnsw_rs::prelude::{Distance, Hnsw};
 
 /// No link in a layer-0 slot.
 const EMPTY: u32 = u32::MAX;
+
+/// The first bytes of a written copy.
+const MAGIC: &[u8; 8] = b"FGRAPH01";
+
+/// A component type a copy can be written in (little-endian, fixed width).
+pub trait Component: Copy {
+    const BYTES: usize;
+    fn put(self, out: &mut Vec<u8>);
+    fn get(bytes: &[u8]) -> Self;
+}
+
+impl Component for i8 {
+    const BYTES: usize = 1;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn get(bytes: &[u8]) -> i8 {
+        i8::from_le_bytes([bytes[0]])
+    }
+}
+
+impl Component for f32 {
+    const BYTES: usize = 4;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn get(bytes: &[u8]) -> f32 {
+        f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+    }
+}
 
 pub struct FrozenGraph<T, D> {
     dist: D,
@@ -135,6 +166,160 @@ impl<T: Copy + Send + Sync + 'static, D: Distance<T> + Copy + Send + Sync> Froze
         self.ids.len()
     }
 
+    /// Writes the copy (little-endian; a hash of everything at the end), so that a restart
+    /// reads it back instead of copying a reloaded hnsw_rs graph point by point.
+    pub fn write_to(&self, w: impl Write) -> io::Result<()>
+    where
+        T: Component,
+    {
+        let mut w = Hashing::new(io::BufWriter::new(w));
+        let mut buf = Vec::with_capacity(1 << 16);
+        let u64s = |buf: &mut Vec<u8>, xs: &[u64]| {
+            xs.iter()
+                .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()))
+        };
+        buf.extend_from_slice(MAGIC);
+        let entry = self.entry.map_or(u64::MAX, u64::from);
+        u64s(
+            &mut buf,
+            &[
+                self.dim as u64,
+                self.len() as u64,
+                self.stride as u64,
+                entry,
+            ],
+        );
+        w.write_all(&buf)?;
+        for chunk in self.data.chunks(1 << 14) {
+            buf.clear();
+            chunk.iter().for_each(|c| c.put(&mut buf));
+            w.write_all(&buf)?;
+        }
+        for chunk in self.ids.chunks(1 << 13) {
+            buf.clear();
+            chunk
+                .iter()
+                .for_each(|&id| buf.extend_from_slice(&(id as u64).to_le_bytes()));
+            w.write_all(&buf)?;
+        }
+        for chunk in self.level0.chunks(1 << 14) {
+            buf.clear();
+            chunk
+                .iter()
+                .for_each(|l| buf.extend_from_slice(&l.to_le_bytes()));
+            w.write_all(&buf)?;
+        }
+        buf.clear();
+        u64s(&mut buf, &[self.upper.len() as u64]);
+        for layer in &self.upper {
+            u64s(&mut buf, &[layer.len() as u64]);
+            let mut nodes: Vec<(&u32, &Box<[u32]>)> = layer.iter().collect();
+            nodes.sort_by_key(|(pos, _)| **pos);
+            for (pos, links) in nodes {
+                buf.extend_from_slice(&pos.to_le_bytes());
+                buf.extend_from_slice(&(links.len() as u32).to_le_bytes());
+                links
+                    .iter()
+                    .for_each(|l| buf.extend_from_slice(&l.to_le_bytes()));
+            }
+        }
+        w.write_all(&buf)?;
+        let hash = w.hash.digest();
+        let mut inner = w.inner;
+        inner.write_all(&hash.to_le_bytes())?;
+        inner.flush()
+    }
+
+    /// Reads a copy `write_to` wrote; an error for anything else (a wrong hash included).
+    pub fn read_from(r: impl Read, dist: D) -> io::Result<FrozenGraph<T, D>>
+    where
+        T: Component,
+    {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        let mut r = Hashing::new(io::BufReader::new(r));
+        let mut head = [0u8; 40];
+        r.read_exact(&mut head)?;
+        if &head[..8] != MAGIC {
+            return Err(bad("not a graph copy"));
+        }
+        let word =
+            |i: usize| u64::from_le_bytes(head[8 + 8 * i..16 + 8 * i].try_into().expect("8"));
+        let [dim, n, stride, entry] = [word(0), word(1), word(2), word(3)];
+        let n = usize::try_from(n).map_err(|_| bad("size"))?;
+        let (dim, stride) = (dim as usize, stride as usize);
+        // Sizes are checked against what follows by reading it: a corrupt count fails the
+        // read (or the hash), it cannot make the copy index out of bounds below.
+        let mut read = |len: usize| -> io::Result<Vec<u8>> {
+            let mut bytes = Vec::new();
+            (&mut r).take(len as u64).read_to_end(&mut bytes)?;
+            if bytes.len() != len {
+                return Err(bad("truncated"));
+            }
+            Ok(bytes)
+        };
+        let count = |a: usize, b: usize| a.checked_mul(b).ok_or_else(|| bad("size"));
+        let data: Vec<T> = read(count(count(n, dim)?, T::BYTES)?)?
+            .chunks_exact(T::BYTES)
+            .map(T::get)
+            .collect();
+        let ids: Vec<usize> = read(count(n, 8)?)?
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8")) as usize)
+            .collect();
+        let u32s = |bytes: Vec<u8>| -> Vec<u32> {
+            bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4")))
+                .collect()
+        };
+        let level0 = u32s(read(count(count(n, stride)?, 4)?)?);
+        let word = |b: Vec<u8>| u64::from_le_bytes(b.try_into().expect("8")) as usize;
+        let layers = word(read(8)?);
+        if layers > 64 {
+            return Err(bad("layers"));
+        }
+        let mut upper = Vec::with_capacity(layers);
+        for _ in 0..layers {
+            let nodes = word(read(8)?);
+            let mut layer = HashMap::with_capacity(nodes.min(n));
+            for _ in 0..nodes {
+                let head = u32s(read(8)?);
+                let links = u32s(read(count(head[1] as usize, 4)?)?);
+                layer.insert(head[0], links.into_boxed_slice());
+            }
+            upper.push(layer);
+        }
+        let hash = r.hash.digest();
+        let mut stored = [0u8; 8];
+        r.inner.read_exact(&mut stored)?;
+        if u64::from_le_bytes(stored) != hash {
+            return Err(bad("hash mismatch"));
+        }
+        let in_range = |p: u32| (p as usize) < n;
+        let links_ok = level0.iter().all(|&l| l == EMPTY || in_range(l))
+            && upper.iter().all(|l| {
+                l.iter()
+                    .all(|(p, ls)| in_range(*p) && ls.iter().all(|&x| in_range(x)))
+            });
+        let entry = match entry {
+            u64::MAX => None,
+            e => Some(u32::try_from(e).map_err(|_| bad("entry"))?),
+        };
+        if !links_ok || entry.is_some_and(|e| !in_range(e)) || (n > 0 && entry.is_none()) {
+            return Err(bad("links out of range"));
+        }
+        Ok(FrozenGraph {
+            dist,
+            dim,
+            data,
+            ids,
+            stride,
+            level0,
+            upper,
+            entry,
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
@@ -223,6 +408,40 @@ impl<T: Copy + Send + Sync + 'static, D: Distance<T> + Copy + Send + Sync> Froze
             }
         }
         best.into_sorted_vec()
+    }
+}
+
+/// A reader or writer that hashes the bytes going through it.
+struct Hashing<I> {
+    inner: I,
+    hash: xxhash_rust::xxh3::Xxh3,
+}
+
+impl<I> Hashing<I> {
+    fn new(inner: I) -> Hashing<I> {
+        Hashing {
+            inner,
+            hash: xxhash_rust::xxh3::Xxh3::new(),
+        }
+    }
+}
+
+impl<I: Write> Write for Hashing<I> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<I: Read> Read for Hashing<I> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -324,6 +543,46 @@ mod tests {
         // Wrong width or k = 0: nothing, no panic.
         assert!(frozen.search(&[1.0], 5, 64).is_empty());
         assert!(frozen.search(&pts[0], 0, 64).is_empty());
+    }
+
+    #[test]
+    fn a_written_copy_reads_back_the_same_and_a_damaged_one_does_not() {
+        let hnsw: Hnsw<f32, SquaredL2> = Hnsw::new(16, 2_000, 16, 100, SquaredL2);
+        for i in 0..2_000usize {
+            let p = [(i % 50) as f32, (i / 50) as f32, (i % 7) as f32];
+            hnsw.insert_slice((&p, i * 3));
+        }
+        let frozen = FrozenGraph::of(&hnsw, SquaredL2);
+        let mut bytes = Vec::new();
+        frozen.write_to(&mut bytes).unwrap();
+        let back = FrozenGraph::read_from(&bytes[..], SquaredL2).unwrap();
+        assert_eq!(back.len(), 2_000);
+        assert_eq!(back.data, frozen.data);
+        assert_eq!(back.ids, frozen.ids);
+        assert_eq!(back.level0, frozen.level0);
+        assert_eq!(back.upper, frozen.upper);
+        assert_eq!(back.entry, frozen.entry);
+        for q in [[3.0, 7.0, 1.0], [49.0, 0.0, 6.0]] {
+            assert_eq!(back.search(&q, 10, 64), frozen.search(&q, 10, 64));
+        }
+        for at in [3, 40, bytes.len() / 2, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            assert!(
+                FrozenGraph::read_from(&bad[..], SquaredL2).is_err(),
+                "byte {at}"
+            );
+        }
+        assert!(FrozenGraph::read_from(&bytes[..bytes.len() - 9], SquaredL2).is_err());
+        // 8-bit components and an empty copy too.
+        let empty: Hnsw<f32, SquaredL2> = Hnsw::new(16, 10, 16, 100, SquaredL2);
+        let mut bytes = Vec::new();
+        FrozenGraph::of(&empty, SquaredL2)
+            .write_to(&mut bytes)
+            .unwrap();
+        assert!(FrozenGraph::read_from(&bytes[..], SquaredL2)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -559,15 +559,17 @@ impl Partition {
         if let Some(batch) = d.new_vectors {
             self.queue_for_graph(batch);
         }
-        // Mostly tombstones (replaced or deleted versions): start a new graph over the live
-        // vectors; until the builder has them, the exact scanner answers.
+        // Mostly tombstones (replaced or deleted versions), or a reloaded graph that cannot
+        // take new points: start a new graph over the live vectors; until the builder has
+        // them, the exact scanner answers.
         if let (Some(g), Some(store), Some(spec)) = (&self.graph, &self.vectors, self.vector_spec) {
-            if g.points() > 2 * store.len() + 10_000 {
+            if g.points() > 2 * store.len() + 10_000 || g.broken() {
                 tracing::info!(
                     partition = %self.dir.display(),
                     points = g.points(),
                     live = store.len(),
-                    "vector graph mostly tombstones: rebuilding"
+                    broken = g.broken(),
+                    "vector graph mostly tombstones or broken: rebuilding"
                 );
                 self.graph = Some(Arc::new(Graph::new(
                     spec.metric,
