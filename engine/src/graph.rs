@@ -556,7 +556,19 @@ impl Graph {
             .get_or_init(|| {
                 let (dir, metric) = self.reload.as_ref()?;
                 let started = Instant::now();
-                let kind = load_kind(dir, *metric, self.dim);
+                // The dump must still be the one this graph was reloaded from (a graph
+                // rebuilt meanwhile dumps into the same directory).
+                let meta: Option<DumpMeta> = std::fs::read(dir.join("meta.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let same = meta.is_some_and(|m| {
+                    (m.epoch + 1) & 0xff == self.epoch && m.points == self.dumped.lock().unwrap().0
+                });
+                let kind = if same {
+                    load_kind(dir, *metric, self.dim)
+                } else {
+                    None
+                };
                 match &kind {
                     Some(_) => tracing::info!(
                         dir = %dir.display(),
@@ -743,6 +755,35 @@ mod tests {
             "a damaged copy is not used"
         );
         assert_eq!(nearest_key(&g, &store, &[100.0, 2.0]), "100");
+    }
+
+    #[test]
+    fn a_reloaded_graph_does_not_take_a_later_dump_for_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let gdir = dir.path().join("graph");
+        let mut store = dumped(&gdir);
+        let (g, _) = Graph::load(&gdir, Metric::L2, &store).unwrap();
+        // A graph rebuilt meanwhile dumps into the same directory.
+        let id = store.set("other", Some(&[-5.0, 0.0])).unwrap();
+        let rebuilt = Graph::new(Metric::L2, 2, 10);
+        rebuilt.insert(
+            &[GraphBatch::Copied(vec![item(id, vec![-5.0, 0.0])])],
+            1,
+            &AtomicBool::new(false),
+        );
+        rebuilt.dump(&gdir).unwrap();
+        let id = store.set("new", Some(&[5000.0, 0.0])).unwrap();
+        g.insert(
+            &[GraphBatch::Copied(vec![item(id, vec![5000.0, 0.0])])],
+            1,
+            &AtomicBool::new(false),
+        );
+        assert!(g.broken(), "the later dump is not this graph's");
+        assert_eq!(
+            nearest_key(&g, &store, &[100.0, 2.0]),
+            "100",
+            "its copy still answers"
+        );
     }
 
     #[test]
