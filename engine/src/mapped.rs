@@ -45,10 +45,15 @@ struct Inner {
     holes: Vec<u32>,
     /// Blocks the mapped pieces hold.
     made: u32,
-    /// Blocks handed out.
-    used: u32,
     /// The file could not be created or grown: blocks come from the heap from then on.
     failed: bool,
+}
+
+impl Inner {
+    /// Blocks handed out (and not given back).
+    fn in_use(&self) -> usize {
+        self.made as usize - self.hot.len() - self.holes.len()
+    }
 }
 
 impl Pool {
@@ -74,7 +79,7 @@ impl Pool {
     /// (the rest release theirs).
     pub fn file_bytes(&self) -> u64 {
         let inner = self.lock();
-        (u64::from(inner.used) + inner.hot.len() as u64) * self.block_bytes()
+        (u64::from(inner.made) - inner.holes.len() as u64) * self.block_bytes()
     }
 
     /// A block of this pool's length; `None` when the file cannot give one.
@@ -105,7 +110,6 @@ impl Pool {
                 return None;
             }
         };
-        inner.used += 1;
         let at = inner.pieces.partition_point(|(first, _)| *first <= id) - 1;
         let (first, piece) = &mut inner.pieces[at];
         let offset = u64::from(id - *first) * self.block_bytes();
@@ -145,8 +149,7 @@ impl Pool {
     /// 33 ms from holes, measured).
     fn release(&self, inner: &mut Inner, id: u32) {
         use rustix::fs::{fallocate, FallocateFlags};
-        inner.used -= 1;
-        if inner.hot.len() < (inner.used as usize / 16).max(64) {
+        if inner.hot.len() < (inner.in_use() / 16).max(64) {
             inner.hot.push(id);
             return;
         }
