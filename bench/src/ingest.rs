@@ -224,7 +224,8 @@ pub async fn graph_state(ix: &Indexer, r: &mut Report) -> Result<()> {
     let sum = |f: &str| parts.iter().filter_map(|p| p[f].as_u64()).sum::<u64>();
     r.put(
         "graph.points",
-        json!({"points": sum("graph_points"), "documents": sum("documents")}),
+        json!({"points": sum("graph_points"), "documents": sum("documents"),
+               "segments": sum("segments"), "partitions": parts.len()}),
     );
     Ok(())
 }

@@ -208,6 +208,8 @@ pub enum WriteOp {
 type Writer = IndexWriter<GatedDoc>;
 
 mod bulk;
+mod merge;
+pub use merge::RunningMerge;
 
 /// What a document takes in a writer's queue, roughly: the row and its text once more, and
 /// the vector.
@@ -248,6 +250,8 @@ pub struct Derived {
     rebuilt: bool,
     /// Vector versions new in the store, for the graph builder.
     new_vectors: Option<GraphBatch>,
+    /// The commit the reloaded reader shows.
+    opstamp: tantivy::Opstamp,
 }
 
 impl CommitItem {
@@ -270,6 +274,7 @@ impl CommitItem {
             }
         }
         commit_at(&mut writer, lsn)?;
+        let opstamp = writer.commit_opstamp();
         drop(writer);
         self.reader.reload()?;
         let (mut geo, mut vectors) = (self.geo, self.vectors);
@@ -283,6 +288,7 @@ impl CommitItem {
                     new_vectors: vectors.as_ref().map(GraphBatch::all),
                     vectors,
                     rebuilt: true,
+                    opstamp,
                 })
             }
             Maintenance::Update(covered) => {
@@ -312,6 +318,7 @@ impl CommitItem {
                     vectors,
                     rebuilt: false,
                     new_vectors: Some(GraphBatch::Copied(new_vectors)),
+                    opstamp,
                 })
             }
         }
@@ -408,6 +415,9 @@ pub struct Partition {
     bulk_dirty: bool,
     /// Segment merges paused while a snapshot's copy is made durable part by part.
     merges_paused: bool,
+    /// The commit the reader shows (it may be behind the writer's: a snapshot's or a large
+    /// transaction's parts are committed before they are shown).
+    reader_opstamp: tantivy::Opstamp,
     /// Points of the committed documents (when the index has geo); readers overlay the
     /// fresh layer. Copied on write when readers still hold the previous version.
     geo: Option<Arc<GeoIndex>>,
@@ -473,6 +483,7 @@ impl Partition {
         };
         analyzer::register(&index);
         let writer: Writer = index.writer_with_num_threads(1, writer_memory)?;
+        let reader_opstamp = writer.commit_opstamp();
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -491,6 +502,7 @@ impl Partition {
             ops: Vec::new(),
             bulk_dirty: false,
             merges_paused: false,
+            reader_opstamp,
             geo: None,
             vectors: None,
             vector_spec: ix.vector,
@@ -514,6 +526,7 @@ impl Partition {
             new_vectors: vectors.as_ref().map(GraphBatch::all),
             vectors,
             rebuilt: true,
+            opstamp: self.reader_opstamp,
         });
         if let (Some(spec), Some(store)) = (self.vector_spec, &self.vectors) {
             let started = std::time::Instant::now();
@@ -545,6 +558,7 @@ impl Partition {
 
     /// Takes the committed structures a commit (or the open) built.
     fn swap_in(&mut self, d: Derived) {
+        self.reader_opstamp = d.opstamp;
         self.geo = d.geo;
         self.vectors = d.vectors;
         if d.rebuilt {

@@ -123,6 +123,8 @@ pub struct Shard {
     event_at: (Lsn, u32),
     /// A large transaction being applied in parts (`large.rs`).
     large: Option<large::Large>,
+    /// A segment merge ended while a commit ran: shown after it (`merge.rs`).
+    merges_to_show: bool,
 }
 
 /// Where the shard reports what readers and operators need to know. The indexer's status
@@ -286,6 +288,7 @@ impl Shard {
             events: Vec::new(),
             event_at: (applied, 0),
             large: None,
+            merges_to_show: false,
         };
         shard.observer.feed_reset(applied);
         shard.publish(0, Vec::new());
@@ -694,6 +697,7 @@ impl Shard {
         self.in_flight = None;
         self.durable = self.durable.max(done.lsn);
         self.publish(0, Vec::new());
+        self.show_merges();
         Ok(())
     }
 
@@ -795,6 +799,7 @@ impl Shard {
 
 mod large;
 pub use large::{LargeMark, FEED_EVENTS_KEPT};
+mod merge;
 
 #[cfg(test)]
 mod ranking_tests;

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::status::Stats;
 use engine::change::Transaction;
 use engine::document::Row;
-use engine::shard::{CommitDone, Shard};
+use engine::shard::{CommitDone, PartitionId, Shard};
 use wire::Lsn;
 
 /// What decoded changes may take while they wait for the applier, in bytes (estimated from
@@ -123,8 +123,15 @@ pub struct Progress {
 enum Event {
     Cmd(Option<ApplyCmd>),
     Done(Result<CommitDone>),
-    CommitDue,
+    /// A commit or a quiet-time merge may be due.
+    Tick,
+    /// A merge of a partition's segments ended.
+    Merged(PartitionId, tantivy::Result<Option<tantivy::SegmentMeta>>),
 }
+
+/// After this long without a write, partitions merge their small segments (`Shard::
+/// start_quiet_merges`): queries then look at fewer segments.
+const QUIET_MERGE_AFTER: Duration = Duration::from_secs(3);
 
 struct FileState {
     last_write: Instant,
@@ -163,6 +170,11 @@ impl Applier {
             lsn: self.checkpoint.lsn,
         };
         let mut stash: Option<ApplyCmd> = None;
+        // Quiet-time segment merges: running ones, when the shard last wrote, and whether
+        // the merges due since have been started.
+        let mut merges = futures_util::stream::FuturesUnordered::new();
+        let mut last_write = Instant::now();
+        let mut merges_started = false;
         // A life's first position is made durable sooner: lives may be short (crash loops).
         let copy_started = Instant::now();
         let mut copy_persisted = copy_started - SNAPSHOT_PERSIST_EVERY / 2;
@@ -253,13 +265,16 @@ impl Applier {
             let event = match stash.take() {
                 Some(c) => Event::Cmd(Some(c)),
                 None => {
-                    let wait = match (
+                    let mut wait = match (
                         self.shard.commit_in_flight(),
                         self.shard.uncommitted_since(),
                     ) {
                         (false, Some(since)) => commit_interval.saturating_sub(since.elapsed()),
                         _ => Duration::from_secs(3600),
                     };
+                    if !merges_started && self.checkpoint.snapshot_done {
+                        wait = wait.min(QUIET_MERGE_AFTER.saturating_sub(last_write.elapsed()));
+                    }
                     // Bound memory: while a commit runs, stop taking work once twice the
                     // commit size waits behind it.
                     let accept = !(self.shard.commit_in_flight()
@@ -269,11 +284,17 @@ impl Applier {
                             biased;
                             done = done_rx.recv() => Event::Done(done.expect("applier holds a sender")),
                             cmd = rx.recv(), if accept => Event::Cmd(cmd),
-                            _ = tokio::time::sleep(wait) => Event::CommitDue,
+                            Some((id, outcome)) = futures_util::StreamExt::next(&mut merges),
+                                if !merges.is_empty() => Event::Merged(id, outcome),
+                            _ = tokio::time::sleep(wait) => Event::Tick,
                         }
                     })
                 }
             };
+            if matches!(event, Event::Cmd(_) | Event::Done(_)) {
+                last_write = Instant::now();
+                merges_started = false;
+            }
             match event {
                 Event::Done(done) => {
                     // A failed commit stops the applier, and with it the process: the restart
@@ -289,7 +310,21 @@ impl Applier {
                     feed_graphs(&mut self.shard);
                     self.after_durable(lsn, &progress)?;
                 }
-                Event::CommitDue => self.dispatch_commit(&done_tx, &progress, &mut files),
+                Event::Tick => {
+                    self.dispatch_commit(&done_tx, &progress, &mut files);
+                    let quiet = last_write.elapsed() >= QUIET_MERGE_AFTER;
+                    if !merges_started && quiet && self.checkpoint.snapshot_done {
+                        merges_started = true;
+                        for (id, merge) in self.shard.start_quiet_merges() {
+                            merges.push(async move { (id, merge.await) });
+                        }
+                    }
+                }
+                Event::Merged(id, outcome) => {
+                    // A merge done may make another worth it (a larger level): look again.
+                    merges_started &= !matches!(outcome, Ok(Some(_)));
+                    self.shard.merge_done(&id, outcome);
+                }
                 Event::Cmd(None) => break,
                 Event::Cmd(Some(ApplyCmd::SnapshotRows {
                     index,

@@ -11,6 +11,7 @@ mod doors;
 mod geo;
 mod large_tx;
 mod link;
+mod merges;
 mod readme;
 mod resilience;
 mod scoped;

@@ -65,6 +65,16 @@ pub(super) fn section(md: &mut Vec<String>, j: &Figures) {
          Each query type runs {rounds_text} of interleaved loads — ours c=1, peer c=1, ours c=32, peer c=32 — after a short warm-up of each side; \
          a figure is the median of the rounds, with their range (min–max) in brackets. Vector types at a recall run each side at its own breadth, the smallest reaching that recall@10 on the recall curve (see Vectors)."
     ));
+    let (segments, partitions) = (
+        j.num("graph.points", "/segments"),
+        j.num("graph.points", "/partitions"),
+    );
+    if segments.is_finite() {
+        md.push(String::new());
+        md.push(format!(
+            "Before the first load our indexer's {partitions} partitions held {segments} segments (a query pays per segment; the indexer merges them once it has had no write for a few seconds)."
+        ));
+    }
     md.push(String::new());
     md.push("| query | side | c=1 p50 ms | c=1 p99 ms | c=32 p50 ms | c=32 p99 ms | QPS c=1 | QPS c=32 |".into());
     md.push("|---|---|---|---|---|---|---|---|".into());

@@ -121,6 +121,7 @@ pub(crate) async fn status(
                     // exactly: pending 0 means every vector is in the graph.
                     "graph_points": p.graph_points,
                     "vectors_pending_graph": p.vectors_pending_graph,
+                    "segments": p.segments,
                 })).collect::<Vec<_>>(),
             }),
             Err(e) => {

@@ -1,0 +1,87 @@
+//! Merging a quiet partition's segments. Every commit adds a segment, and tantivy's own
+//! policy merges only once eight of similar size pile up, so a partition keeps several small
+//! segments after a burst of writes; every query then pays per segment (term lookups, scorer
+//! set-up, key resolution: the text profiles' top costs). When the shard is quiet, merges of
+//! similar-sized segments (tantivy's log policy, from two segments, and purging deleted
+//! documents) run on tantivy's merge threads; when one ends, the reader shows the merged
+//! segment: the same documents as before.
+//!
+//! The reader is reloaded outside a commit only while no commit happened since it last
+//! loaded (`reader_opstamp`): the only change since is then a merge. A reload must never show
+//! writes not yet meant to be seen (a large transaction's or a snapshot's parts persisted
+//! ahead of their one commit); a commit's own reload shows a merge that ended before it.
+
+use tantivy::indexer::{LogMergePolicy, MergePolicy};
+use tantivy::{FutureResult, SegmentMeta};
+
+use super::Partition;
+use crate::error::Result;
+
+/// A merge running on tantivy's threads: resolves when the merged segment is committed
+/// (None: nothing was left to merge). `Partition::merged` takes its outcome.
+pub type RunningMerge = FutureResult<Option<SegmentMeta>>;
+
+/// Segments of similar size are merged from two on, and a segment with a fifth of its
+/// documents deleted (replaced or removed versions, still scanned) is rewritten alone.
+fn quiet_policy() -> LogMergePolicy {
+    let mut policy = LogMergePolicy::default();
+    policy.set_min_num_segments(2);
+    policy.set_del_docs_ratio_before_merge(0.2);
+    policy
+}
+
+impl Partition {
+    /// Starts the merges this partition's committed segments call for, unless writes are
+    /// on their way (queued, a large transaction's, a snapshot's) or the reader is behind.
+    pub fn start_quiet_merges(&mut self) -> Result<Vec<RunningMerge>> {
+        if self.merges_paused
+            || self.bulk_dirty
+            || self.bulk.is_some()
+            || !self.ops.is_empty()
+            || self.truncated_at.is_some()
+        {
+            return Ok(Vec::new());
+        }
+        let mut writer = self.writer.lock().unwrap();
+        if writer.commit_opstamp() != self.reader_opstamp {
+            return Ok(Vec::new());
+        }
+        let committed = writer.index().searchable_segment_metas()?;
+        Ok(quiet_policy()
+            .compute_merge_candidates(&committed)
+            .into_iter()
+            .map(|candidate| writer.merge(&candidate.0))
+            .collect())
+    }
+
+    /// A merge started by `start_quiet_merges` ended: shows its segment if it may (see
+    /// `show_merged`). Returns whether the reader changed (the caller publishes a view).
+    pub fn merged(&mut self, outcome: tantivy::Result<Option<SegmentMeta>>) -> bool {
+        match outcome {
+            Ok(Some(_)) => self.show_merged(),
+            Ok(None) => false,
+            Err(e) => {
+                // Another merge took a segment first, or the disk is full: the segments stay
+                // as they were, every document still there.
+                tracing::debug!(dir = %self.dir.display(), error = %e, "segment merge not done");
+                false
+            }
+        }
+    }
+
+    /// Reloads the reader if no commit happened since it last loaded (so that what changed
+    /// since is merges only). Call only while no commit of this partition runs. Returns
+    /// whether the reader changed.
+    pub fn show_merged(&mut self) -> bool {
+        let current = self.writer.lock().unwrap().commit_opstamp() == self.reader_opstamp;
+        if !current || self.bulk.is_some() || self.bulk_dirty {
+            return false;
+        }
+        let before = self.reader.searcher().generation().generation_id();
+        if let Err(e) = self.reader.reload() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "reader reload after a merge failed");
+            return false;
+        }
+        self.reader.searcher().generation().generation_id() != before
+    }
+}
