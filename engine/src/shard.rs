@@ -762,14 +762,21 @@ impl Shard {
                 let searcher = p.searcher();
                 let vectors = p.vectors();
                 // Column handles stay valid while the searcher is the same generation (and
-                // their slot maps while the vector store is the same).
-                let columns = before
+                // their slot maps while the vector store is the same); key tables while the
+                // segment is there.
+                let previous = before
                     .as_ref()
                     .and_then(|v| v.partitions.get(id))
-                    .map(|v| v.columns.clone())
+                    .map(|v| v.columns.clone());
+                let columns = previous
+                    .clone()
                     .filter(|c| c.fits(&searcher, vectors.as_ref()))
                     .unwrap_or_else(|| {
-                        Arc::new(crate::rows::Columns::new(&searcher, vectors.as_ref()))
+                        Arc::new(crate::rows::Columns::new(
+                            &searcher,
+                            vectors.as_ref(),
+                            previous.as_deref(),
+                        ))
                     });
                 (
                     id.clone(),
@@ -804,4 +811,4 @@ mod merge;
 #[cfg(test)]
 mod ranking_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -19,7 +19,7 @@ fn index() -> ResolvedIndex {
     )
 }
 
-pub(super) fn upsert(id: u32, region: &str, body: &str) -> Change {
+pub(crate) fn upsert(id: u32, region: &str, body: &str) -> Change {
     let cells = [
         Some(id.to_string()),
         Some(region.into()),
@@ -34,12 +34,12 @@ pub(super) fn upsert(id: u32, region: &str, body: &str) -> Change {
     }
 }
 
-pub(super) fn tx(lsn: u64, changes: Vec<Change>) -> Transaction {
+pub(crate) fn tx(lsn: u64, changes: Vec<Change>) -> Transaction {
     Transaction::at(lsn, changes)
 }
 
 /// key → (region, hash) of everything a reader sees.
-pub(super) fn visible(view: &ShardView) -> BTreeMap<String, (String, u64)> {
+pub(crate) fn visible(view: &ShardView) -> BTreeMap<String, (String, u64)> {
     let mut out = BTreeMap::new();
     for ((_, region), p) in &view.partitions {
         for (k, h) in partition::dump(&p.searcher, &p.fresh, region).unwrap() {
@@ -52,7 +52,7 @@ pub(super) fn visible(view: &ShardView) -> BTreeMap<String, (String, u64)> {
     out
 }
 
-pub(super) fn open(dir: &Path, view: Arc<ViewCell>, applied: Lsn) -> Shard {
+pub(crate) fn open(dir: &Path, view: Arc<ViewCell>, applied: Lsn) -> Shard {
     let limits = MapLimits {
         max_text_bytes: 1000,
         owned_regions: vec![],
