@@ -234,12 +234,25 @@ pub fn row_at(
     fields: &Fields,
     addr: DocAddress,
 ) -> Result<RawRow> {
+    row_cells_at(searcher, columns, fields, addr, None)
+}
+
+/// [`row_at`], reading only the cells `wanted` marks (by column; the others are None): an
+/// answer that shows stored fields need not copy a long text cell.
+pub fn row_cells_at(
+    searcher: &Searcher,
+    columns: &Columns,
+    fields: &Fields,
+    addr: DocAddress,
+    wanted: Option<&[bool]>,
+) -> Result<RawRow> {
     let segment = searcher.segment_reader(addr.segment_ord);
     let mut raw = match columns.rows(addr.segment_ord, segment)? {
-        Some(column) => row_in(column, addr.doc_id)?,
+        Some(column) => cells_in(column, addr.doc_id, wanted)?,
         None => return Err(Error::corrupt(ROW_FIELD, "a segment without rows")),
     };
-    if let Some((at, ty)) = fields.vector_answer {
+    let vector_wanted = |at: usize| wanted.is_none_or(|w| w.get(at).copied().unwrap_or(false));
+    if let Some((at, ty)) = fields.vector_answer.filter(|&(at, _)| vector_wanted(at)) {
         if let Some(column) = columns.vectors(addr.segment_ord, segment)? {
             if let Some(v) = vector_in(column, addr.doc_id)? {
                 raw[at] = Some(crate::document::render_vector(&v, ty));
@@ -249,27 +262,89 @@ pub fn row_at(
     Ok(raw)
 }
 
-/// The committed row under `key`, as [`row_at`] reads it.
+/// The committed row under `key`, as [`row_cells_at`] reads it.
 pub fn row_of_key(
     searcher: &Searcher,
     columns: &Columns,
     fields: &Fields,
     key: &str,
+    wanted: Option<&[bool]>,
 ) -> Result<Option<RawRow>> {
     address(searcher, fields, key)?
-        .map(|addr| row_at(searcher, columns, fields, addr))
+        .map(|addr| row_cells_at(searcher, columns, fields, addr, wanted))
         .transpose()
 }
 
 /// The row of a document in a segment's row column.
 fn row_in(column: &BytesColumn, doc: u32) -> Result<RawRow> {
+    cells_in(column, doc, None)
+}
+
+/// The cells `wanted` marks (all: None) of a document's row in a segment's row column.
+fn cells_in(column: &BytesColumn, doc: u32, wanted: Option<&[bool]>) -> Result<RawRow> {
     let ord = column
         .term_ords(doc)
         .next()
         .ok_or_else(|| Error::corrupt(ROW_FIELD, "a document without a row"))?;
     let mut bytes = Vec::new();
     column.ord_to_bytes(ord, &mut bytes)?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(ROW_FIELD, e))
+    let parsed = match wanted {
+        None => serde_json::from_slice(&bytes),
+        Some(wanted) => {
+            use serde::de::DeserializeSeed;
+            let mut de = serde_json::Deserializer::from_slice(&bytes);
+            Cells(wanted)
+                .deserialize(&mut de)
+                .and_then(|row| de.end().map(|()| row))
+        }
+    };
+    parsed.map_err(|e| Error::corrupt(ROW_FIELD, e))
+}
+
+/// A row's JSON array of cells, parsing only the wanted ones: the others are skipped over
+/// (`IgnoredAny`: no allocation, no copy) and come back as None.
+struct Cells<'w>(&'w [bool]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Cells<'_> {
+    type Value = RawRow;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<RawRow, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Cells<'_> {
+    type Value = RawRow;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of text cells")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<RawRow, A::Error> {
+        let mut row = Vec::with_capacity(self.0.len());
+        loop {
+            let wanted = self.0.get(row.len()).copied().unwrap_or(false);
+            let cell = if wanted {
+                match seq.next_element::<Option<String>>()? {
+                    Some(cell) => cell,
+                    None => break,
+                }
+            } else {
+                match seq.next_element::<serde::de::IgnoredAny>()? {
+                    Some(_) => None,
+                    None => break,
+                }
+            };
+            row.push(cell);
+        }
+        Ok(row)
+    }
 }
 
 /// The vector of a document in a segment's vector column, if it has one.
@@ -427,6 +502,29 @@ mod tests {
             .unwrap();
         }
         out
+    }
+
+    /// A row's cells through `Cells`, as `cells_in` parses them.
+    fn cells(json: &str, wanted: &[bool]) -> serde_json::Result<RawRow> {
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_str(json);
+        let row = Cells(wanted).deserialize(&mut de)?;
+        de.end().map(|()| row)
+    }
+
+    #[test]
+    fn only_the_wanted_cells_of_a_row_are_read() {
+        let json = r#"["1","eu","a \"long\" body\u00e9",null,"5"]"#;
+        let all: RawRow = serde_json::from_str(json).unwrap();
+        assert_eq!(all[2].as_deref(), Some("a \"long\" body\u{e9}"));
+        assert_eq!(cells(json, &[true; 5]).unwrap(), all);
+        assert_eq!(
+            cells(json, &[true, false, false, true, true]).unwrap(),
+            vec![Some("1".into()), None, None, None, Some("5".into())]
+        );
+        assert_eq!(cells(json, &[]).unwrap(), vec![None; 5], "none wanted");
+        assert!(cells(r#"["1", 2"#, &[true, true]).is_err(), "broken JSON");
+        assert!(cells(r#"["1"] x"#, &[true]).is_err(), "trailing bytes");
     }
 
     #[test]

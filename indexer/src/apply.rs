@@ -133,6 +133,10 @@ enum Event {
 /// start_quiet_merges`): queries then look at fewer segments.
 const QUIET_MERGE_AFTER: Duration = Duration::from_secs(3);
 
+/// After a merge is shown, the next look (more merges, and the files of merged-away segments
+/// deleted) waits this long: readers of the last view have let go of them by then.
+const AFTER_MERGE_SHOWN: Duration = Duration::from_secs(1);
+
 struct FileState {
     last_write: Instant,
     /// LSN written in the checkpoint file.
@@ -170,10 +174,10 @@ impl Applier {
             lsn: self.checkpoint.lsn,
         };
         let mut stash: Option<ApplyCmd> = None;
-        // Quiet-time segment merges: running ones, when the shard last wrote, and whether
-        // the merges due since have been started.
+        // Quiet-time segment merges: running ones, when the next look is due, and whether
+        // it has been taken since the last write or shown merge.
         let mut merges = futures_util::stream::FuturesUnordered::new();
-        let mut last_write = Instant::now();
+        let mut quiet_look_at = Instant::now() + QUIET_MERGE_AFTER;
         let mut merges_started = false;
         // A life's first position is made durable sooner: lives may be short (crash loops).
         let copy_started = Instant::now();
@@ -273,7 +277,7 @@ impl Applier {
                         _ => Duration::from_secs(3600),
                     };
                     if !merges_started && self.checkpoint.snapshot_done {
-                        wait = wait.min(QUIET_MERGE_AFTER.saturating_sub(last_write.elapsed()));
+                        wait = wait.min(quiet_look_at.saturating_duration_since(Instant::now()));
                     }
                     // Bound memory: while a commit runs, stop taking work once twice the
                     // commit size waits behind it.
@@ -292,7 +296,7 @@ impl Applier {
                 }
             };
             if matches!(event, Event::Cmd(_) | Event::Done(_)) {
-                last_write = Instant::now();
+                quiet_look_at = Instant::now() + QUIET_MERGE_AFTER;
                 merges_started = false;
             }
             match event {
@@ -312,7 +316,7 @@ impl Applier {
                 }
                 Event::Tick => {
                     self.dispatch_commit(&done_tx, &progress, &mut files);
-                    let quiet = last_write.elapsed() >= QUIET_MERGE_AFTER;
+                    let quiet = Instant::now() >= quiet_look_at;
                     if !merges_started && quiet && self.checkpoint.snapshot_done {
                         merges_started = true;
                         for (id, merge) in self.shard.start_quiet_merges() {
@@ -321,8 +325,12 @@ impl Applier {
                     }
                 }
                 Event::Merged(id, outcome) => {
-                    // A merge done may make another worth it (a larger level): look again.
-                    merges_started &= !matches!(outcome, Ok(Some(_)));
+                    // A merge done may make another worth it (a larger level), and leaves the
+                    // segments it replaced to delete: look again shortly.
+                    if matches!(outcome, Ok(Some(_))) {
+                        merges_started = false;
+                        quiet_look_at = Instant::now() + AFTER_MERGE_SHOWN;
+                    }
                     self.shard.merge_done(&id, outcome);
                 }
                 Event::Cmd(None) => break,

@@ -25,6 +25,41 @@ async fn segments(ix: &Indexer) -> Result<BTreeMap<String, u64>> {
         .collect())
 }
 
+/// Files of segments a partition no longer holds (merged away): tantivy names a segment's
+/// files `<segment id>.<ext>` and lists the held segments in `meta.json`.
+fn orphan_files(data: &std::path::Path) -> Vec<String> {
+    let mut orphans = Vec::new();
+    let mut stack = vec![data.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        for e in &entries {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+        let Ok(meta) = std::fs::read(dir.join("meta.json")) else {
+            continue;
+        };
+        let meta: Value = serde_json::from_slice(&meta).unwrap();
+        let Some(segments) = meta["segments"].as_array() else {
+            continue;
+        };
+        let held: Vec<String> = segments
+            .iter()
+            .map(|s| s["segment_id"].as_str().unwrap().replace('-', ""))
+            .collect();
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.split('.').next().unwrap_or("");
+            let is_segment = stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_segment && !held.iter().any(|h| h == stem) {
+                orphans.push(e.path().display().to_string());
+            }
+        }
+    }
+    orphans
+}
+
 /// Each query's keys (as a sorted set: merging drops deleted documents from the term
 /// statistics, so BM25 scores of near-ties may change order) and total.
 async fn answers(ix: &Indexer) -> Result<Vec<(Vec<String>, Value)>> {
@@ -85,6 +120,13 @@ async fn a_quiet_indexer_merges_segments_and_answers_alike() -> Result<()> {
     .await?;
     eprintln!("segments after the burst {burst:?}, once quiet {merged:?}");
     assert_eq!(answers(&ix).await?, before);
+    // The merged-away segments' files are deleted too, though no commit follows.
+    let data = f.data_dir();
+    e2e::eventually("merged-away files deleted", Duration::from_secs(30), || {
+        let orphans = orphan_files(&data);
+        async move { Ok(orphans.is_empty().then_some(())) }
+    })
+    .await?;
     f.assert_every_row(&config, &ix).await?;
 
     ix.kill9();

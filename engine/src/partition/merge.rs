@@ -54,6 +54,14 @@ impl Partition {
             .collect())
     }
 
+    /// Deletes the files of segments no longer committed that no reader holds (tantivy does
+    /// this after every commit and merge, but a merge's old segments are still shown then:
+    /// the reader moves to the merged one after it, and without a later commit they would
+    /// stay on disk). Runs on tantivy's thread; files still in use are kept for a later pass.
+    pub fn collect_garbage(&self) {
+        drop(self.writer.lock().unwrap().garbage_collect_files());
+    }
+
     /// A merge started by `start_quiet_merges` ended: shows its segment if it may (see
     /// `show_merged`). Returns whether the reader changed (the caller publishes a view).
     pub fn merged(&mut self, outcome: tantivy::Result<Option<SegmentMeta>>) -> bool {

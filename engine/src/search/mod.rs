@@ -220,12 +220,22 @@ pub(crate) fn geo_passes(filter: &GeoQuery, point: Option<(f64, f64)>) -> bool {
 /// The row of `key` in a partition as readers see it: the fresh layer, else committed (the
 /// vector column's text only when it is a stored field: see `rows.rs`).
 pub fn row_of(p: &crate::shard::PartitionView, key: &str) -> tantivy::Result<Option<RawRow>> {
+    cells_of(p, key, None)
+}
+
+/// [`row_of`], with only the cells `wanted` marks (by column; all: None) read from a
+/// committed document (a fresh one's row is whole in memory).
+pub fn cells_of(
+    p: &crate::shard::PartitionView,
+    key: &str,
+    wanted: Option<&[bool]>,
+) -> tantivy::Result<Option<RawRow>> {
     if let Some(e) = p.fresh.docs.get(key) {
         return Ok(e.doc.as_ref().map(|d| p.fields.answer_row(d)));
     }
     if p.fresh.truncated {
         return Ok(None);
     }
-    crate::rows::row_of_key(&p.searcher, &p.columns, &p.fields, key)
+    crate::rows::row_of_key(&p.searcher, &p.columns, &p.fields, key, wanted)
         .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))
 }

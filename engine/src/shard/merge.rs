@@ -6,13 +6,15 @@ use crate::partition::RunningMerge;
 
 impl Shard {
     /// Starts the merges every partition's segments call for, when nothing is being written
-    /// (no commit running, nothing uncommitted, no large transaction open).
+    /// (no commit running, nothing uncommitted, no large transaction open); and deletes the
+    /// files of segments merged away earlier that no reader holds any more.
     pub fn start_quiet_merges(&mut self) -> Vec<(PartitionId, RunningMerge)> {
         if self.in_flight.is_some() || self.has_uncommitted() || self.large.is_some() {
             return Vec::new();
         }
         let mut started = Vec::new();
         for (id, p) in &mut self.partitions {
+            p.collect_garbage();
             match p.start_quiet_merges() {
                 Ok(merges) => started.extend(merges.into_iter().map(|m| (id.clone(), m))),
                 Err(e) => {

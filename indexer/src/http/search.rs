@@ -139,11 +139,16 @@ pub(super) async fn answer(s: &HttpState, body: &[u8], cancel: Cancel) -> Answer
     let answer = s
         .reads
         .run("search", move || -> tantivy::Result<ShardSearchResponse> {
+            // An answer shows the stored fields alone: only their cells are read.
+            let mut stored = vec![false; ix.columns.len()];
+            for &c in &ix.stored {
+                stored[c] = true;
+            }
             let row = |region: &str, key: &str| -> tantivy::Result<Box<RawValue>> {
                 let Some(p) = view.partitions.get(&(ix.ordinal, region.to_owned())) else {
                     return Ok(RawValue::NULL.to_owned());
                 };
-                Ok(engine::search::row_of(p, key)?
+                Ok(engine::search::cells_of(p, key, Some(&stored))?
                     .map(|r| fields_json(&ix, &r))
                     .unwrap_or_else(|| RawValue::NULL.to_owned()))
             };
