@@ -1,8 +1,6 @@
 //! One partition: everything an (index, region) pair holds, on disk in its own tantivy index.
 //! The tantivy commit payload carries the LSN the partition is durable up to, so the data and
 //! its checkpoint can never disagree. Synchronous engine code: no async, no HTTP, no Postgres.
-//! Long (~900 lines) because the writer, the fresh layer and the commit that builds the
-//! next derived structures share one partition's state; the bulk path is in `partition/bulk.rs`.
 //!
 //! Every write is "make key K present with this document, or absent": a delete of K's term
 //! followed by an optional add, ordered by tantivy's opstamps, so replays are harmless.
@@ -13,7 +11,7 @@
 //! allocates and scans a large term table), so commits are batched on a timer, while readers
 //! see committed segments overlaid with the fresh layer at once.
 //!
-//! Long (~840 lines) on purpose (a large transaction's writes live in `partition/bulk.rs`): the tantivy writer and reader, the fresh layer and the derived
+//! Long (~910 lines) on purpose (a large transaction's writes live in `partition/bulk.rs`, quiet-time merges in `partition/merge.rs`): the tantivy writer and reader, the fresh layer and the derived
 //! structures (R-tree, vector store, graph queue) change together at each commit, and one
 //! invariant (a commit covers exactly the fresh entries it drops) holds across all of them.
 

@@ -63,7 +63,7 @@ impl Partition {
     }
 
     /// A merge started by `start_quiet_merges` ended: shows its segment if it may (see
-    /// `show_merged`). Returns whether the reader changed (the caller publishes a view).
+    /// `show_merged`). Returns whether the reader was reloaded (the caller publishes a view).
     pub fn merged(&mut self, outcome: tantivy::Result<Option<SegmentMeta>>) -> bool {
         match outcome {
             Ok(Some(_)) => self.show_merged(),
@@ -79,17 +79,18 @@ impl Partition {
 
     /// Reloads the reader if no commit happened since it last loaded (so that what changed
     /// since is merges only). Call only while no commit of this partition runs. Returns
-    /// whether the reader changed.
+    /// whether the reader was reloaded.
     pub fn show_merged(&mut self) -> bool {
         let current = self.writer.lock().unwrap().commit_opstamp() == self.reader_opstamp;
         if !current || self.bulk.is_some() || self.bulk_dirty {
             return false;
         }
-        let before = self.reader.searcher().generation().generation_id();
-        if let Err(e) = self.reader.reload() {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "reader reload after a merge failed");
-            return false;
+        match self.reader.reload() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "reader reload after a merge failed");
+                false
+            }
         }
-        self.reader.searcher().generation().generation_id() != before
     }
 }
