@@ -217,6 +217,24 @@ pub async fn until_graph_complete(ix: &Indexer) -> Result<()> {
     .await
 }
 
+/// Until every graph has dropped hnsw_rs's insert structure (`apply.graph_idle_unload_secs`
+/// after its last insert, and a dump of what it inserted since the last one).
+pub async fn until_graphs_idle(ix: &Indexer) -> Result<()> {
+    e2e::eventually(
+        "every graph idle, its insert structure dropped",
+        Duration::from_secs(3600),
+        || async {
+            let s = ix.status().await?;
+            let parts = s["partitions"].as_array().context("partitions")?;
+            let loaded = parts
+                .iter()
+                .any(|p| p["graph_insert_structure_loaded"].as_bool() == Some(true));
+            Ok((!loaded).then_some(()))
+        },
+    )
+    .await
+}
+
 /// The points in the graphs (old versions of updated rows included) and the live documents.
 pub async fn graph_state(ix: &Indexer, r: &mut Report) -> Result<()> {
     let s = ix.status().await?;

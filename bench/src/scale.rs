@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio_postgres::Client;
 
 use crate::host::{memory, Workdir};
-use crate::ingest::{self, apply_timeout, until_graph_complete};
+use crate::ingest::{self, apply_timeout, until_graph_complete, until_graphs_idle};
 use crate::load::{http_load, Lat, Loads};
 use crate::peers::Extensions;
 use crate::profile::Profiler;
@@ -51,6 +51,10 @@ pub async fn run(
     r.put("recall.curve", curve);
 
     bulk(&indexed.ix, client, &url, &work, rows, &mut r).await?;
+    let idle = Instant::now();
+    until_graphs_idle(&indexed.ix).await?;
+    r.put("graph.idle_after_s", json!(idle.elapsed().as_secs_f64()));
+    r.put("memory.graph_idle", memory(indexed.ix.pid()));
 
     let mut exact = Vec::new();
     let recall = vector::at_default(&http, &url, &work.vectors, rows, &mut exact).await?;

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
@@ -154,12 +154,20 @@ enum Kind {
 }
 
 pub struct Graph {
-    /// hnsw_rs's graph, which inserts need. A reloaded graph searches its copy read from the
-    /// dump and loads this on the first insert (`kind()`); `Some(None)`: that load failed,
-    /// and the graph takes no more points until it is rebuilt (`broken`).
-    kind: OnceLock<Option<Kind>>,
-    /// Where `kind` is loaded from, for a reloaded graph.
-    reload: Option<(PathBuf, Metric)>,
+    /// hnsw_rs's graph, which only inserts need (searches walk the copy, `frozen`): `None`
+    /// while it is not in memory — a reloaded graph until its first insert, or a graph whose
+    /// every point is in its dump and that took none for a while (`unload_if_idle`). The
+    /// next insert loads it back from that dump (`kind()`).
+    kind: Mutex<Option<Arc<Kind>>>,
+    /// The dump `kind` can be loaded back from, as it was written or read: its directory
+    /// and its meta (a dump written since, by a graph rebuilt meanwhile, has another token).
+    on_disk: Mutex<Option<(PathBuf, DumpMeta)>>,
+    /// Loading `kind` back failed: the graph takes no more points until it is rebuilt.
+    broken: AtomicBool,
+    /// When the last insert ended (or the graph was made), and how long the last load of
+    /// `kind` took: it is dropped only after an idle time worth many such loads.
+    last_insert: Mutex<Instant>,
+    load_took: Mutex<std::time::Duration>,
     metric: Metric,
     dim: usize,
     /// Every vector write with a sequence number below this is in the graph.
@@ -265,11 +273,27 @@ pub fn vector_hash(v: &[f32]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct DumpMeta {
     metric: String,
     epoch: u64,
     points: usize,
+    /// Random per dump, telling apart two dumps of the same epoch and size (a graph rebuilt
+    /// from scratch has epoch 0 again). Dumps written before it read as 0.
+    #[serde(default)]
+    token: u64,
+}
+
+/// A random token for a dump.
+fn dump_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// The graph kind for a metric and dimension, as named in dumps.
@@ -297,8 +321,11 @@ impl Graph {
         };
         let frozen = Frozen::of(&kind);
         Graph {
-            kind: OnceLock::from(Some(kind)),
-            reload: None,
+            kind: Mutex::new(Some(Arc::new(kind))),
+            on_disk: Mutex::new(None),
+            broken: AtomicBool::new(false),
+            last_insert: Mutex::new(Instant::now()),
+            load_took: Mutex::new(std::time::Duration::ZERO),
             metric,
             dim,
             graphed: AtomicU64::new(0),
@@ -323,14 +350,14 @@ impl Graph {
             std::fs::remove_dir_all(&tmp)?;
         }
         // Not create_dir_all: a partition removed meanwhile (re-snapshot) stays removed.
-        let Some(kind) = self.kind.get().and_then(Option::as_ref) else {
-            // Never loaded since the reload: nothing was inserted, the dump on disk is this
-            // graph. (A failed load: the rebuild this graph waits for will dump.)
+        let Some(kind) = self.loaded() else {
+            // Not in memory: nothing was inserted since it was reloaded or dropped, the dump
+            // on disk is this graph. (A failed load: the rebuild this graph waits for dumps.)
             return Ok(());
         };
         std::fs::create_dir(&tmp)?;
         let points = self.points();
-        match kind {
+        match &*kind {
             Kind::Cosine(h) => h.file_dump(&tmp, "hnsw").map_err(io)?,
             Kind::CosineI8(h) => h.file_dump(&tmp, "hnsw").map_err(io)?,
             Kind::L2(h) => h.file_dump(&tmp, "hnsw").map_err(io)?,
@@ -359,6 +386,7 @@ impl Graph {
             metric: kind_name(self.metric, self.dim).into(),
             epoch: self.epoch,
             points,
+            token: dump_token(),
         };
         std::fs::write(tmp.join("meta.json"), serde_json::to_vec(&meta)?)?;
         for entry in std::fs::read_dir(&tmp)? {
@@ -377,6 +405,7 @@ impl Graph {
             std::fs::remove_dir_all(&old)?;
         }
         *self.dumped.lock().unwrap() = (points, Instant::now());
+        *self.on_disk.lock().unwrap() = Some((dir.to_owned(), meta));
         Ok(())
     }
 
@@ -405,11 +434,11 @@ impl Graph {
         // The dump's searchable copy when it has one of every point (hnsw_rs's graph waits
         // for the first insert); else hnsw_rs's graph now, and a copy made from it.
         let (kind, frozen) = match Frozen::read(dir, metric, dim) {
-            Ok(f) if f.len() == meta.points => (OnceLock::new(), f),
+            Ok(f) if f.len() == meta.points => (None, f),
             _ => {
                 let kind = load_kind(dir, metric, dim)?;
                 let frozen = Frozen::of(&kind);
-                (OnceLock::from(Some(kind)), frozen)
+                (Some(Arc::new(kind)), frozen)
             }
         };
         let mut bytes = Vec::new();
@@ -435,8 +464,11 @@ impl Graph {
             }
         }
         let graph = Graph {
-            kind,
-            reload: Some((dir.to_owned(), metric)),
+            kind: Mutex::new(kind),
+            on_disk: Mutex::new(Some((dir.to_owned(), meta.clone()))),
+            broken: AtomicBool::new(false),
+            last_insert: Mutex::new(Instant::now()),
+            load_took: Mutex::new(std::time::Duration::ZERO),
             metric,
             dim,
             graphed: AtomicU64::new(0),
@@ -463,6 +495,7 @@ impl Graph {
             // until the partition rebuilds the graph (`broken`).
             return;
         };
+        let kind = &*kind;
         for batch in batches {
             batch.par_visit(|id, key, v| {
                 if stop.load(Ordering::Relaxed) {
@@ -487,6 +520,7 @@ impl Graph {
             }
         }
         self.inserted.fetch_max(seq_end, Ordering::AcqRel);
+        *self.last_insert.lock().unwrap() = Instant::now();
         let (at, _, _) = *self.frozen_at.lock().unwrap();
         if (self.points() - at) * FREEZE_FRACTION >= at {
             self.freeze();
@@ -499,11 +533,12 @@ impl Graph {
         let started = Instant::now();
         let points = self.points();
         let inserted = self.inserted.load(Ordering::Acquire);
-        let Some(kind) = self.kind.get().and_then(Option::as_ref) else {
-            // Not loaded (nothing inserted since the reload) or broken: the copy is current.
+        let Some(kind) = self.loaded() else {
+            // Not in memory (nothing inserted since it was reloaded or dropped) or broken:
+            // the copy is current.
             return;
         };
-        let frozen = Arc::new(Frozen::of(kind));
+        let frozen = Arc::new(Frozen::of(&kind));
         *self.frozen.write().unwrap_or_else(|e| e.into_inner()) = frozen;
         *self.frozen_at.lock().unwrap() = (points, Instant::now(), started.elapsed());
         self.graphed.fetch_max(inserted, Ordering::AcqRel);
@@ -547,47 +582,87 @@ impl Graph {
             .collect()
     }
 
-    /// hnsw_rs's graph, loaded from the dump on first use for a reloaded graph (on the
-    /// builder's thread, off the start-up path); `None` when that load failed.
-    fn kind(&self) -> Option<&Kind> {
-        self.kind
-            .get_or_init(|| {
-                let (dir, metric) = self.reload.as_ref()?;
-                let started = Instant::now();
-                // The dump must still be the one this graph was reloaded from (a graph
-                // rebuilt meanwhile dumps into the same directory).
-                let meta: Option<DumpMeta> = std::fs::read(dir.join("meta.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok());
-                let same = meta.is_some_and(|m| {
-                    (m.epoch + 1) & 0xff == self.epoch && m.points == self.dumped.lock().unwrap().0
-                });
-                let kind = if same {
-                    load_kind(dir, *metric, self.dim)
-                } else {
-                    None
-                };
-                match &kind {
-                    Some(_) => tracing::info!(
-                        dir = %dir.display(),
-                        points = self.points(),
-                        ms = started.elapsed().as_millis() as u64,
-                        "vector graph's insert structure loaded"
-                    ),
-                    None => tracing::warn!(
-                        dir = %dir.display(),
-                        "vector graph's insert structure cannot be loaded: the graph will be rebuilt"
-                    ),
-                }
-                kind
-            })
-            .as_ref()
+    /// hnsw_rs's graph if it is in memory.
+    fn loaded(&self) -> Option<Arc<Kind>> {
+        self.kind.lock().unwrap().clone()
+    }
+
+    /// hnsw_rs's graph, loaded back from the dump when it is not in memory (on the builder's
+    /// thread, off the start-up and query paths); `None` when that load failed (`broken`).
+    fn kind(&self) -> Option<Arc<Kind>> {
+        if let Some(kind) = self.loaded() {
+            return Some(kind);
+        }
+        if self.broken() {
+            return None;
+        }
+        // Only the builder's thread inserts, so nothing else loads meanwhile; the lock is
+        // not held while loading (commits ask `broken`, searches never wait on it).
+        let started = Instant::now();
+        let on_disk = self.on_disk.lock().unwrap().clone();
+        // The dump must still be the one this graph wrote or was reloaded from (a graph
+        // rebuilt meanwhile dumps into the same directory).
+        let kind = on_disk.and_then(|(dir, expected)| {
+            let meta: DumpMeta =
+                serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+            if meta != expected {
+                return None;
+            }
+            load_kind(&dir, self.metric, self.dim).map(|k| (dir, Arc::new(k)))
+        });
+        match kind {
+            Some((dir, kind)) => {
+                let took = started.elapsed();
+                tracing::info!(
+                    dir = %dir.display(),
+                    points = self.points(),
+                    ms = took.as_millis() as u64,
+                    "vector graph's insert structure loaded"
+                );
+                *self.load_took.lock().unwrap() = took;
+                *self.kind.lock().unwrap() = Some(kind.clone());
+                Some(kind)
+            }
+            None => {
+                tracing::warn!(
+                    "vector graph's insert structure cannot be loaded: the graph will be rebuilt"
+                );
+                self.broken.store(true, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// Drops hnsw_rs's graph (~2 KB a point, the larger part of a partition's memory) when
+    /// every point is in the dump on disk and nothing was inserted for `after`, or for
+    /// twenty times the last load if longer (loading it back costs ~16 µs a point: a steady
+    /// trickle of changes must not load and drop it over and over): searches walk the copy,
+    /// and the next insert loads it back. Call from the thread that inserts. Returns whether
+    /// it dropped.
+    pub fn unload_if_idle(&self, after: std::time::Duration) -> bool {
+        let idle = self.last_insert.lock().unwrap().elapsed();
+        let due = idle >= after.max(*self.load_took.lock().unwrap() * 20);
+        if !due || self.has_undumped() || self.on_disk.lock().unwrap().is_none() {
+            return false;
+        }
+        self.kind.lock().unwrap().take().is_some()
+    }
+
+    /// Whether a dump is due because the graph has points its dump lacks and took no
+    /// insert for `after` (so that it can then be dropped from memory).
+    pub fn wants_idle_dump(&self, after: std::time::Duration) -> bool {
+        self.has_undumped() && self.last_insert.lock().unwrap().elapsed() >= after
+    }
+
+    /// Whether hnsw_rs's graph is in memory (inserts need it; searches do not).
+    pub fn insertable_in_memory(&self) -> bool {
+        self.kind.lock().unwrap().is_some()
     }
 
     /// Whether hnsw_rs's graph could not be loaded: the graph searches what it had and takes
     /// no new points; the partition rebuilds it.
     pub fn broken(&self) -> bool {
-        matches!(self.kind.get(), Some(None))
+        self.broken.load(Ordering::Acquire)
     }
 
     pub fn graphed(&self) -> u64 {

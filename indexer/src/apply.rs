@@ -192,6 +192,10 @@ impl Applier {
         // Set at a clean stop: skip queued inserts, dump what the graphs have, exit.
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let builder_stopping = stopping.clone();
+        let unload_after = match self.config.graph_idle_unload_secs {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        };
         let builder = std::thread::Builder::new()
             .name("graph-builder".into())
             .spawn(move || {
@@ -236,10 +240,20 @@ impl Applier {
                             latest.insert(dir, graph);
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            // An idle graph is dumped if its dump lacks points, then its
+                            // insert structure is dropped: searches walk the copy.
                             for (dir, g) in &latest {
                                 g.freeze_if_due();
-                                if g.wants_dump() {
+                                let idle = unload_after.is_some_and(|a| g.wants_idle_dump(a));
+                                if g.wants_dump() || idle {
                                     dump(dir, g);
+                                }
+                                if unload_after.is_some_and(|a| g.unload_if_idle(a)) {
+                                    tracing::info!(
+                                        dir = %dir.display(),
+                                        points = g.points(),
+                                        "vector graph idle: its insert structure was dropped from memory"
+                                    );
                                 }
                             }
                         }

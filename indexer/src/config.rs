@@ -77,6 +77,11 @@ pub struct ApplyConfig {
     pub writer_memory_mb: usize,
     /// A text value longer than this is not indexed (reported as a rejected field).
     pub max_text_bytes: usize,
+    /// A vector graph that took no insert for this long is dumped (if its dump lacks
+    /// points) and hnsw_rs's insert structure (~2 KB a vector) is dropped from memory;
+    /// searches walk the graph's flat copy, and the next insert loads it back from the
+    /// dump. 0 keeps it in memory.
+    pub graph_idle_unload_secs: u64,
 }
 
 impl Default for ApplyConfig {
@@ -89,6 +94,7 @@ impl Default for ApplyConfig {
             queue_transactions: 1024,
             writer_memory_mb: 64,
             max_text_bytes: 1 << 20,
+            graph_idle_unload_secs: 60,
         }
     }
 }

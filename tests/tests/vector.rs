@@ -360,3 +360,156 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
     }
     Ok(())
 }
+
+/// Mean recall@10 of graph search against exact search over every fourth query.
+async fn graph_recall(ix: &Indexer, queries: &[Value]) -> Result<f64> {
+    let mut sum = 0.0;
+    for q in queries.iter().step_by(4) {
+        let v = embedding(q);
+        let want: Vec<i64> = knn(ix, &v, 10, &[], true)
+            .await?
+            .iter()
+            .map(|h| h.0)
+            .collect();
+        let got: Vec<i64> = knn(ix, &v, 10, &[], false)
+            .await?
+            .iter()
+            .map(|h| h.0)
+            .collect();
+        sum += want.iter().filter(|id| got.contains(id)).count() as f64 / 10.0;
+    }
+    Ok(sum / queries.iter().step_by(4).count() as f64)
+}
+
+/// Graph search (not exact) for each row's vector finds that row first.
+async fn graph_finds(ix: &Indexer, rows: &[(i64, Vec<f32>)]) -> Result<()> {
+    for (id, v) in rows {
+        let got = knn(ix, v, 1, &[], false).await?;
+        assert_eq!(
+            got.first().map(|h| h.0),
+            Some(*id),
+            "graph search for row {id}'s vector"
+        );
+    }
+    Ok(())
+}
+
+/// Every partition's graph status field `field`, once all partitions report it.
+async fn graph_field(ix: &Indexer, field: &str) -> Result<Vec<Value>> {
+    let s = ix.status().await?;
+    Ok(s["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[field].clone())
+        .collect())
+}
+
+/// Waits until every vector is in a graph and every graph's insert structure is in memory
+/// (`loaded`) or dropped (`!loaded`).
+async fn wait_graphs(ix: &Indexer, loaded: bool) -> Result<()> {
+    e2e::eventually(
+        "graphs complete with their insert structure as wanted",
+        std::time::Duration::from_secs(240),
+        || async {
+            let pending = graph_field(ix, "vectors_pending_graph").await?;
+            let state = graph_field(ix, "graph_insert_structure_loaded").await?;
+            let done = pending.iter().all(|p| p.as_u64() == Some(0))
+                && state.iter().all(|s| s.as_bool() == Some(loaded));
+            Ok(done.then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_graph_drops_its_insert_structure_and_loads_it_back_for_new_vectors() -> Result<()>
+{
+    let Some(_) = dev_data::require() else {
+        return Ok(());
+    };
+    let pg = PgServer::shared();
+    let db = pg.fresh_db().await?;
+    let client = pg.connect(&db).await?;
+    dev_data::load(&client, true).await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("vector.toml");
+    let data = dir.path().join("data");
+    dev_data::write_config(
+        &config,
+        &pg.url(&db),
+        &uniq_name("vecidle"),
+        &data,
+        "writer_memory_mb = 16\ncommit_interval_ms = 200\ngraph_idle_unload_secs = 1",
+        "vector = { column = \"embedding\", dimension = 384, metric = \"cosine\" }",
+    )?;
+    let mut ix = Indexer::start(&config, &data).await?;
+    ix.wait_ready().await?;
+    let pid = ix.pid().unwrap();
+    // The snapshot's graphs are built, dumped once idle, and their insert structures dropped.
+    wait_graphs(&ix, false).await?;
+    let queries = dev_data::queries("queries_vector.jsonl")?;
+    let before = graph_recall(&ix, &queries).await?;
+    assert!(before >= 0.95, "recall@10 from the copies alone: {before}");
+    let anon_idle = e2e::status_mb(pid, "RssAnon:")?;
+
+    // New vectors: each partition's next insert loads its structure back from the dump.
+    // Rows whose embedding becomes another row's negation are found by graph search.
+    client
+        .batch_execute(
+            "UPDATE places p SET embedding = (SELECT array_agg(-x ORDER BY i) FROM unnest(q.embedding) WITH ORDINALITY u(x, i))
+             FROM places q WHERE p.id % 97 = 0 AND q.id = p.id + 1 AND q.embedding IS NOT NULL",
+        )
+        .await?;
+    let lsn = e2e::current_lsn(&client).await?;
+    ix.wait_applied(&lsn).await?;
+    e2e::eventually(
+        "the new vectors inserted",
+        std::time::Duration::from_secs(120),
+        || async {
+            let pending = graph_field(&ix, "vectors_pending_graph").await?;
+            let state = graph_field(&ix, "graph_insert_structure_loaded").await?;
+            let done = pending.iter().all(|p| p.as_u64() == Some(0))
+                && state.iter().any(|s| s.as_bool() == Some(true));
+            Ok(done.then_some(()))
+        },
+    )
+    .await?;
+    let anon_loaded = e2e::status_mb(pid, "RssAnon:")?;
+    let moved: Vec<(i64, Vec<f32>)> = client
+        .query("SELECT id, embedding FROM places WHERE id % 97 = 0 AND embedding IS NOT NULL ORDER BY id LIMIT 20", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(moved.len() >= 10);
+    graph_finds(&ix, &moved).await?;
+    // Idle again: dumped with the new points and dropped; the answers stay.
+    wait_graphs(&ix, false).await?;
+    let anon_dropped = e2e::status_mb(pid, "RssAnon:")?;
+    eprintln!(
+        "indexer anonymous memory: {anon_idle:.0} MB idle, {anon_loaded:.0} MB with the insert structures loaded, {anon_dropped:.0} MB dropped again"
+    );
+    assert!(
+        anon_loaded - anon_dropped >= 20.0,
+        "dropping 30k points' insert structures frees memory: {anon_loaded:.0} -> {anon_dropped:.0} MB"
+    );
+    graph_finds(&ix, &moved).await?;
+    let after = graph_recall(&ix, &queries).await?;
+    assert!(
+        after >= 0.95,
+        "recall@10 after the reload and drop: {after}"
+    );
+    // A restart reads the dump written before the drop: the new points are in it.
+    ix.kill9();
+    ix = Indexer::start(&config, &data).await?;
+    ix.wait_ready().await?;
+    let points: u64 = graph_field(&ix, "graph_points")
+        .await?
+        .iter()
+        .map(|p| p.as_u64().unwrap_or(0))
+        .sum();
+    assert!(points >= 30_000, "graph points after restart: {points}");
+    graph_finds(&ix, &moved).await?;
+    Ok(())
+}

@@ -377,6 +377,10 @@ pub struct PartitionStatus {
     pub rejected_rows: u64,
     pub vectors_pending_graph: Option<u64>,
     pub graph_points: Option<u64>,
+    /// Whether the graph's insert structure (hnsw_rs's) is in memory: an idle graph drops it
+    /// and searches its compact copy (absent from an indexer that predates the field).
+    #[serde(default)]
+    pub graph_insert_structure_loaded: Option<bool>,
     /// Segments of the committed documents: every query pays per segment; a quiet shard
     /// merges them (0 from an indexer that predates the field).
     #[serde(default)]

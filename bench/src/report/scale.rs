@@ -88,7 +88,7 @@ fn size(n: usize) -> String {
 fn rows() -> Vec<Row> {
     // (name, digits, figure, pointer inside it)
     #[rustfmt::skip]
-    const PLAIN: [(&str, usize, &str, &str); 22] = [
+    const PLAIN: [(&str, usize, &str, &str); 24] = [
         ("snapshot, text only (rows/s)", 0, "snapshot.text.rows_per_sec", ""),
         ("snapshot, text + geo (rows/s)", 0, "snapshot.text_geo.rows_per_sec", ""),
         ("snapshot, text + geo + 384-d vectors (rows/s)", 0, "snapshot.full.rows_per_sec", ""),
@@ -96,6 +96,8 @@ fn rows() -> Vec<Row> {
         ("anonymous memory after the text + geo snapshot (MB)", 0, "memory.text_geo", "/anon_mb"),
         ("anonymous memory after the vector snapshot (MB)", 0, "memory.after_snapshot", "/anon_mb"),
         ("anonymous memory, graph complete (MB)", 0, "memory.graph_complete", "/anon_mb"),
+        ("graph idle after the bulk writes: insert structures dropped after (s)", 0, "graph.idle_after_s", ""),
+        ("anonymous memory then (MB)", 0, "memory.graph_idle", "/anon_mb"),
         ("anonymous memory after bulk writes and queries (MB)", 0, "memory.final", "/anon_mb"),
         ("file-backed resident memory then (MB)", 0, "memory.final", "/file_mb"),
         ("peak resident memory, VmHWM (MB)", 0, "memory.final", "/peak_mb"),
@@ -302,9 +304,10 @@ fn components(md: &mut Vec<String>, n: usize, j: &Figures) {
     md.push(String::new());
     md.push(
         "Anonymous memory (the heap) of the indexer after each step, and what the step added per \
-         row. The vector snapshot fills the vector store (f32, 1.5 KB a 384-d vector) and starts \
-         the graph builder; completing the graph adds hnsw_rs's structure and the searchable \
-         copy (`frozen_graph.rs`)."
+         row. The vector snapshot fills the vector store (f32, 1.5 KB a 384-d vector, in a \
+         mapped file: not anonymous) and starts the graph builder; completing the graph adds \
+         hnsw_rs's structure and the searchable copy (`frozen_graph.rs`); an idle graph drops \
+         hnsw_rs's structure (`apply.graph_idle_unload_secs`) and keeps the copy."
             .into(),
     );
     md.push(String::new());
@@ -316,6 +319,10 @@ fn components(md: &mut Vec<String>, n: usize, j: &Figures) {
         ("text + geo + vector snapshot", "memory.after_snapshot"),
         ("graph complete", "memory.graph_complete"),
         ("after bulk writes", "memory.after_bulk"),
+        (
+            "graph idle: hnsw_rs's structures dropped",
+            "memory.graph_idle",
+        ),
         ("after the query phase", "memory.final"),
         ("after a restart", "memory.after_restart"),
     ] {

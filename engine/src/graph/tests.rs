@@ -52,7 +52,7 @@ fn a_dump_reloads_for_unchanged_keys_only() {
     let (g2, have) = Graph::load(&gdir, Metric::L2, &store2).unwrap();
     assert_eq!(have.len(), 298, "all but the changed and the deleted key");
     assert!(
-        g2.kind.get().is_none(),
+        !g2.insertable_in_memory(),
         "searched from the dump's copy, hnsw_rs not loaded"
     );
     assert!(Graph::load(&gdir, Metric::Cosine, &store2).is_none());
@@ -75,7 +75,7 @@ fn a_dump_reloads_for_unchanged_keys_only() {
         &AtomicBool::new(false),
     );
     assert!(
-        matches!(g2.kind.get(), Some(Some(_))),
+        g2.insertable_in_memory(),
         "the insert loaded hnsw_rs's graph"
     );
     // One new point in 300 is not worth a new copy yet: searches do not see it, and the
@@ -129,7 +129,7 @@ fn a_dump_without_a_usable_copy_loads_hnsw_at_once() {
     // A dump from before the copy was written, then one whose copy is damaged.
     std::fs::remove_file(gdir.join(FROZEN_FILE)).unwrap();
     let (g, _) = Graph::load(&gdir, Metric::L2, &store).unwrap();
-    assert!(matches!(g.kind.get(), Some(Some(_))));
+    assert!(g.insertable_in_memory());
     assert_eq!(nearest_key(&g, &store, &[100.0, 2.0]), "100");
     g.dump(&gdir).unwrap();
     let copy = gdir.join(FROZEN_FILE);
@@ -138,10 +138,7 @@ fn a_dump_without_a_usable_copy_loads_hnsw_at_once() {
     bytes[at] ^= 1;
     std::fs::write(&copy, &bytes).unwrap();
     let (g, _) = Graph::load(&gdir, Metric::L2, &store).unwrap();
-    assert!(
-        matches!(g.kind.get(), Some(Some(_))),
-        "a damaged copy is not used"
-    );
+    assert!(g.insertable_in_memory(), "a damaged copy is not used");
     assert_eq!(nearest_key(&g, &store, &[100.0, 2.0]), "100");
 }
 
@@ -270,7 +267,7 @@ fn quantised_cosine_orders_like_cosine_in_high_dimensions() {
         .map(|i| item(i, (0..128).map(|_| rnd()).collect()))
         .collect();
     let g = Graph::new(Metric::Cosine, 128, 400);
-    assert!(matches!(g.kind(), Some(Kind::CosineI8(_))));
+    assert!(matches!(g.kind().as_deref(), Some(Kind::CosineI8(_))));
     g.insert(
         &[GraphBatch::Copied(items.clone())],
         400,
@@ -294,4 +291,100 @@ fn distances_agree_with_scalar_formulas() {
     assert!((dot8(&a, &b) - dot).abs() < 1e-4);
     assert!((SquaredL2.eval(&a, &b) - l2).abs() < 1e-4);
     assert!((NegDot.eval(&a, &b) + dot).abs() < 1e-4);
+}
+
+#[test]
+fn an_idle_graph_drops_hnsw_once_dumped_and_loads_it_back_for_the_next_insert() {
+    let dir = tempfile::tempdir().unwrap();
+    let gdir = dir.path().join("graph");
+    let mut store = VectorStore::new(2, Metric::L2);
+    let items: Vec<GraphItem> = (0..300u32)
+        .map(|i| {
+            let (key, v) = (i.to_string(), vec![i as f32, (i % 7) as f32]);
+            GraphItem {
+                id: store.set(&key, Some(&v)).unwrap(),
+                key: Arc::from(key.as_str()),
+                vector: v,
+            }
+        })
+        .collect();
+    let g = Graph::new(Metric::L2, 2, 300);
+    g.insert(&[GraphBatch::Copied(items)], 300, &AtomicBool::new(false));
+    let now = std::time::Duration::ZERO;
+    assert!(
+        !g.unload_if_idle(now),
+        "points its dump lacks keep it in memory"
+    );
+    assert!(g.wants_idle_dump(now));
+    assert!(
+        !g.wants_idle_dump(std::time::Duration::from_secs(3600)),
+        "not idle for an hour"
+    );
+    g.dump(&gdir).unwrap();
+    assert!(!g.wants_idle_dump(now));
+    assert!(
+        !g.unload_if_idle(std::time::Duration::from_secs(3600)),
+        "not idle for an hour"
+    );
+    assert!(g.unload_if_idle(now));
+    assert!(!g.insertable_in_memory());
+    assert!(!g.unload_if_idle(now), "dropped once");
+    assert_eq!(
+        nearest_key(&g, &store, &[100.0, 2.0]),
+        "100",
+        "the copy answers"
+    );
+    // Dumping a graph not in memory leaves the dump as it is (it is this graph).
+    g.dump(&gdir).unwrap();
+    // The next insert loads it back from the dump, with the ids this graph gave.
+    let new = GraphItem {
+        id: store.set("new", Some(&[5000.0, 0.0])).unwrap(),
+        key: Arc::from("new"),
+        vector: vec![5000.0, 0.0],
+    };
+    g.insert(
+        &[GraphBatch::Copied(vec![new])],
+        301,
+        &AtomicBool::new(false),
+    );
+    assert!(g.insertable_in_memory() && !g.broken());
+    g.freeze();
+    assert_eq!(nearest_key(&g, &store, &[5000.0, 0.0]), "new");
+    assert_eq!(nearest_key(&g, &store, &[100.0, 2.0]), "100");
+    assert_eq!(g.points(), 301);
+    // Dumped and dropped again, then reloaded at a restart: every point is there.
+    g.dump(&gdir).unwrap();
+    let load = *g.load_took.lock().unwrap();
+    assert!(load > now);
+    assert!(!g.unload_if_idle(now), "kept for twenty times its load");
+    std::thread::sleep(load * 20);
+    assert!(g.unload_if_idle(now));
+    let (g2, have) = Graph::load(&gdir, Metric::L2, &store).unwrap();
+    assert_eq!(have.len(), 301);
+    assert_eq!(nearest_key(&g2, &store, &[5000.0, 0.0]), "new");
+}
+
+#[test]
+fn a_dropped_graph_does_not_load_a_rebuilt_graphs_dump_of_the_same_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let gdir = dir.path().join("graph");
+    let mut store = VectorStore::new(2, Metric::L2);
+    let a = store.set("a", Some(&[1.0, 0.0])).unwrap();
+    let g = Graph::new(Metric::L2, 2, 10);
+    insert_one(&g, a, &[1.0, 0.0]);
+    g.dump(&gdir).unwrap();
+    assert!(g.unload_if_idle(std::time::Duration::ZERO));
+    // A graph rebuilt meanwhile: same epoch (0), same number of points, other contents.
+    let b = store.set("b", Some(&[-7.0, 0.0])).unwrap();
+    let rebuilt = Graph::new(Metric::L2, 2, 10);
+    insert_one(&rebuilt, b, &[-7.0, 0.0]);
+    rebuilt.dump(&gdir).unwrap();
+    let c = store.set("c", Some(&[9.0, 0.0])).unwrap();
+    insert_one(&g, c, &[9.0, 0.0]);
+    assert!(g.broken(), "the dump on disk is not this graph's");
+    assert_eq!(
+        nearest_key(&g, &store, &[1.0, 0.0]),
+        "a",
+        "its copy still answers"
+    );
 }

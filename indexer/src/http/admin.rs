@@ -50,6 +50,7 @@ fn shard_status(s: &HttpState) -> ShardStatus {
                     .as_ref()
                     .map(|g| p.recent_vectors.range(g.graphed()..).count() as u64),
                 graph_points: p.graph.as_ref().map(|g| g.points() as u64),
+                graph_insert_structure_loaded: p.graph.as_ref().map(|g| g.insertable_in_memory()),
                 segments: p.searcher.segment_readers().len() as u64,
             }
         })

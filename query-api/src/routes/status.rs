@@ -121,6 +121,8 @@ pub(crate) async fn status(
                     // exactly: pending 0 means every vector is in the graph.
                     "graph_points": p.graph_points,
                     "vectors_pending_graph": p.vectors_pending_graph,
+                    // An idle graph keeps only its compact searchable copy in memory.
+                    "graph_insert_structure_loaded": p.graph_insert_structure_loaded,
                     "segments": p.segments,
                 })).collect::<Vec<_>>(),
             }),
