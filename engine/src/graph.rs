@@ -68,7 +68,7 @@ const SCALE_BYTES: usize = 4;
 /// would leave 384-d embeddings (components within ±0.25) about four bits each, and the graph
 /// then navigates and orders by noise (recall@10 0.39 at ef 10 on the dev set, pgvector's f32
 /// graph 0.80). Only for ordering candidates: hits are rescored from the f32 store.
-fn quantize(v: &[f32]) -> Vec<i8> {
+pub fn quantize(v: &[f32]) -> Vec<i8> {
     let u = unit(v);
     let max = u.iter().fold(0f32, |m, x| m.max(x.abs()));
     let scale = if max > 0.0 { Q / max } else { 1.0 };
