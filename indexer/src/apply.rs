@@ -249,6 +249,9 @@ impl Applier {
                                     dump(dir, g);
                                 }
                                 if unload_after.is_some_and(|a| g.unload_if_idle(a)) {
+                                    // The points were allocated on the insert threads.
+                                    pool.broadcast(|_| crate::memory::release_freed());
+                                    crate::memory::release_freed();
                                     tracing::info!(
                                         dir = %dir.display(),
                                         points = g.points(),

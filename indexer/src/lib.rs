@@ -9,6 +9,7 @@ pub mod config;
 pub mod copy;
 pub mod error;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod pg;
 pub mod pgoutput;

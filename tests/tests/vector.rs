@@ -490,9 +490,15 @@ async fn an_idle_graph_drops_its_insert_structure_and_loads_it_back_for_new_vect
     eprintln!(
         "indexer anonymous memory: {anon_idle:.0} MB idle, {anon_loaded:.0} MB with the insert structures loaded, {anon_dropped:.0} MB dropped again"
     );
+    // hnsw_rs's structures of 30k 384-d points take ~100 MB; the allocator must give their
+    // pages back too (they were allocated on the insert threads: `indexer::memory`).
     assert!(
-        anon_loaded - anon_dropped >= 20.0,
+        anon_loaded - anon_dropped >= 40.0,
         "dropping 30k points' insert structures frees memory: {anon_loaded:.0} -> {anon_dropped:.0} MB"
+    );
+    assert!(
+        anon_dropped <= anon_idle + 50.0,
+        "memory returns near where it was before the new vectors: {anon_idle:.0} -> {anon_dropped:.0} MB"
     );
     graph_finds(&ix, &moved).await?;
     let after = graph_recall(&ix, &queries).await?;
