@@ -17,7 +17,8 @@
 //! ids carry the session's epoch in their top byte, so ids given after a reload never
 //! collide with reloaded ones. A dump is a cache: losing it or finding it stale costs a
 //! rebuild, never a wrong answer. A dump also holds the searchable copy, read at start-up:
-//! hnsw_rs's graph is loaded only when the builder first inserts.
+//! hnsw_rs's graph is loaded only when the builder first inserts, and dropped again once the
+//! graph is idle and its dump holds every point.
 //!
 //! Over 600 lines as one job, a graph's life: build, the searchable copy and its watermark,
 //! dump and reload (eager or lazy) share one id scheme (epoch, store id) that must change
@@ -42,6 +43,10 @@ pub use crate::vector::{GraphBatch, GraphItem};
 /// A graph with new points is dumped at most this often (unless it grew by half): each dump
 /// writes every vector and fsyncs, which competes with the apply path's commits.
 const DUMP_EVERY_SECS: u64 = 300;
+
+/// After a failed dump (a full disk, say) the next is not tried for this long: each writes
+/// every point.
+const DUMP_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Links per node and construction breadth: recall@10 ≥ 0.95 at modest build cost.
 const MAX_CONNECTIONS: usize = 16;
@@ -168,6 +173,8 @@ pub struct Graph {
     /// `kind` took: it is dropped only after an idle time worth many such loads.
     last_insert: Mutex<Instant>,
     load_took: Mutex<std::time::Duration>,
+    /// When the last dump failed: each try writes every point, so the next waits.
+    dump_failed: Mutex<Option<Instant>>,
     metric: Metric,
     dim: usize,
     /// Every vector write with a sequence number below this is in the graph.
@@ -326,6 +333,7 @@ impl Graph {
             broken: AtomicBool::new(false),
             last_insert: Mutex::new(Instant::now()),
             load_took: Mutex::new(std::time::Duration::ZERO),
+            dump_failed: Mutex::new(None),
             metric,
             dim,
             graphed: AtomicU64::new(0),
@@ -341,8 +349,17 @@ impl Graph {
     }
 
     /// Writes the graph and its id log to `dir` (replaced atomically: a crash leaves the
-    /// old dump or the new one). Call from the thread that inserts.
+    /// old dump or the new one). Call from the thread that inserts. After a failure (a full
+    /// disk) no dump is due for `DUMP_RETRY`.
     pub fn dump(&self, dir: &Path) -> std::io::Result<()> {
+        let written = self.write_dump(dir);
+        if written.is_err() {
+            *self.dump_failed.lock().unwrap() = Some(Instant::now());
+        }
+        written
+    }
+
+    fn write_dump(&self, dir: &Path) -> std::io::Result<()> {
         let io = |e: anyhow::Error| std::io::Error::other(e.to_string());
         let parent = dir.parent().unwrap_or(Path::new("."));
         let tmp = parent.join("graph.tmp");
@@ -412,6 +429,9 @@ impl Graph {
     /// Whether enough changed since the last dump to write a new one: new points, and
     /// either `DUMP_EVERY_SECS` passed or the graph grew by half.
     pub fn wants_dump(&self) -> bool {
+        if self.dump_failed_lately() {
+            return false;
+        }
         let (at, when) = *self.dumped.lock().unwrap();
         let now = self.points();
         now > at && (when.elapsed().as_secs() >= DUMP_EVERY_SECS || now >= at + at / 2 + 1_000)
@@ -469,6 +489,7 @@ impl Graph {
             broken: AtomicBool::new(false),
             last_insert: Mutex::new(Instant::now()),
             load_took: Mutex::new(std::time::Duration::ZERO),
+            dump_failed: Mutex::new(None),
             metric,
             dim,
             graphed: AtomicU64::new(0),
@@ -625,7 +646,8 @@ impl Graph {
             }
             None => {
                 tracing::warn!(
-                    "vector graph's insert structure cannot be loaded: the graph will be rebuilt"
+                    points = self.points(),
+                    "vector graph's insert structure cannot be loaded from its dump: the graph will be rebuilt"
                 );
                 self.broken.store(true, Ordering::Release);
                 None
@@ -651,7 +673,16 @@ impl Graph {
     /// Whether a dump is due because the graph has points its dump lacks and took no
     /// insert for `after` (so that it can then be dropped from memory).
     pub fn wants_idle_dump(&self, after: std::time::Duration) -> bool {
-        self.has_undumped() && self.last_insert.lock().unwrap().elapsed() >= after
+        self.has_undumped()
+            && !self.dump_failed_lately()
+            && self.last_insert.lock().unwrap().elapsed() >= after
+    }
+
+    fn dump_failed_lately(&self) -> bool {
+        self.dump_failed
+            .lock()
+            .unwrap()
+            .is_some_and(|t| t.elapsed() < DUMP_RETRY)
     }
 
     /// Whether hnsw_rs's graph is in memory (inserts need it; searches do not).

@@ -413,6 +413,8 @@ pub struct Partition {
     bulk_dirty: bool,
     /// Segment merges paused while a snapshot's copy is made durable part by part.
     merges_paused: bool,
+    /// Segments in the quiet merges this partition started and that have not ended.
+    merging: std::collections::HashSet<tantivy::index::SegmentId>,
     /// The commit the reader shows (it may be behind the writer's: a snapshot's or a large
     /// transaction's parts are committed before they are shown).
     reader_opstamp: tantivy::Opstamp,
@@ -500,6 +502,7 @@ impl Partition {
             ops: Vec::new(),
             bulk_dirty: false,
             merges_paused: false,
+            merging: std::collections::HashSet::new(),
             reader_opstamp,
             geo: None,
             vectors: None,

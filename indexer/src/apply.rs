@@ -126,7 +126,11 @@ enum Event {
     /// A commit or a quiet-time merge may be due.
     Tick,
     /// A merge of a partition's segments ended.
-    Merged(PartitionId, tantivy::Result<Option<tantivy::SegmentMeta>>),
+    Merged(
+        PartitionId,
+        Vec<tantivy::index::SegmentId>,
+        tantivy::Result<Option<tantivy::SegmentMeta>>,
+    ),
 }
 
 /// After this long without a write, partitions merge their small segments (`Shard::
@@ -305,8 +309,8 @@ impl Applier {
                             biased;
                             done = done_rx.recv() => Event::Done(done.expect("applier holds a sender")),
                             cmd = rx.recv(), if accept => Event::Cmd(cmd),
-                            Some((id, outcome)) = futures_util::StreamExt::next(&mut merges),
-                                if !merges.is_empty() => Event::Merged(id, outcome),
+                            Some((id, segments, outcome)) = futures_util::StreamExt::next(&mut merges),
+                                if !merges.is_empty() => Event::Merged(id, segments, outcome),
                             _ = tokio::time::sleep(wait) => Event::Tick,
                         }
                     })
@@ -337,18 +341,18 @@ impl Applier {
                     if !merges_started && quiet && self.checkpoint.snapshot_done {
                         merges_started = true;
                         for (id, merge) in self.shard.start_quiet_merges() {
-                            merges.push(async move { (id, merge.await) });
+                            merges.push(async move { (id, merge.segments, merge.done.await) });
                         }
                     }
                 }
-                Event::Merged(id, outcome) => {
+                Event::Merged(id, segments, outcome) => {
                     // A merge done may make another worth it (a larger level), and leaves the
                     // segments it replaced to delete: look again shortly.
                     if matches!(outcome, Ok(Some(_))) {
                         merges_started = false;
                         quiet_look_at = Instant::now() + AFTER_MERGE_SHOWN;
                     }
-                    self.shard.merge_done(&id, outcome);
+                    self.shard.merge_done(&id, &segments, outcome);
                 }
                 Event::Cmd(None) => break,
                 Event::Cmd(Some(ApplyCmd::SnapshotRows {

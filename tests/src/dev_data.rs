@@ -126,7 +126,6 @@ pub fn copy_lines(embeddings: bool) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Creates `places` and COPYs the dev rows into it; returns the row count.
 /// Writes an indexer config over the dev `places` table at `url`: its own `slot`, data in
 /// `data`, the `[apply]` lines given, and the `[[index]]` lines after name, table and region.
 pub fn write_config(
@@ -147,6 +146,38 @@ pub fn write_config(
     Ok(())
 }
 
+/// An indexer's place over the dev `places` table: a fresh directory holding its config
+/// (`write_config`, a slot named from a prefix) and its data directory.
+pub struct DevShard {
+    pub config: PathBuf,
+    pub data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DevShard {
+    /// Writes the config for the database at `url`, with the `[apply]` and `[[index]]` lines.
+    pub fn new(url: &str, slot_prefix: &str, apply: &str, index: &str) -> Result<DevShard> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join(format!("{slot_prefix}.toml"));
+        let data = dir.path().join("data");
+        let slot = crate::fixture::uniq_name(slot_prefix);
+        write_config(&config, url, &slot, &data, apply, index)?;
+        Ok(DevShard {
+            config,
+            data,
+            _dir: dir,
+        })
+    }
+
+    /// Starts an indexer on it and waits until it serves.
+    pub async fn start(&self) -> Result<crate::Indexer> {
+        let mut ix = crate::Indexer::start(&self.config, &self.data).await?;
+        ix.wait_ready().await?;
+        Ok(ix)
+    }
+}
+
+/// Creates `places` and COPYs the dev rows into it; returns the row count.
 pub async fn load(client: &Client, embeddings: bool) -> Result<usize> {
     let lines = copy_lines(embeddings)?;
     client.batch_execute(PLACES).await?;

@@ -9,8 +9,6 @@ use anyhow::Result;
 use e2e::{dev_data, Indexer, PgServer};
 use serde_json::{json, Value};
 
-use crate::common::uniq_name;
-
 struct Answer {
     ids: Vec<i64>,
     total: u64,
@@ -70,20 +68,14 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
              UPDATE places SET founded = timestamptz '2000-01-01 00:00:00+00' + (id % 1000) * interval '1 day 1 hour' WHERE id % 7 <> 0;"
         ))
         .await?;
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("text.toml");
-    let data = dir.path().join("data");
-    dev_data::write_config(
-        &config,
+    let shard = dev_data::DevShard::new(
         &pg.url(&db),
-        &uniq_name("text"),
-        &data,
+        "text",
         "writer_memory_mb = 32\ncommit_interval_ms = 60000",
         "text_fields = [{ column = \"name\", boost = 2.0 }, \"body\"]\ngeo = { lat = \"lat\", lon = \"lon\" }\n\
          filter_fields = [\"population\", \"country_code\", \"founded\"]\nstored_fields = [\"name\", \"population\", \"founded\"]",
     )?;
-    let mut ix = Indexer::start(&config, &data).await?;
-    ix.wait_ready().await?;
+    let mut ix = shard.start().await?;
 
     // 1. The query file.
     let queries = dev_data::queries("queries_text.jsonl")?;
@@ -429,8 +421,7 @@ async fn text_search_on_dev_data_through_updates_and_kill9() -> Result<()> {
         if round == "fresh" {
             before = answers;
             ix.kill9();
-            ix = Indexer::start(&config, &data).await?;
-            ix.wait_ready().await?;
+            ix = shard.start().await?;
             ix.wait_applied(&e2e::current_lsn(&client).await?).await?;
         } else {
             // The same documents; order may differ only among equal-scored hits.

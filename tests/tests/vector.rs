@@ -5,10 +5,9 @@
 use std::collections::BTreeSet;
 
 use anyhow::Result;
-use e2e::{dev_data, Indexer, PgServer};
+use e2e::dev_data::{self, DevShard};
+use e2e::{Indexer, PgServer};
 use serde_json::{json, Value};
-
-use crate::common::uniq_name;
 
 async fn knn(
     ix: &Indexer,
@@ -111,20 +110,14 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
     let db = pg.fresh_db().await?;
     let client = pg.connect(&db).await?;
     dev_data::load(&client, true).await?;
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("vector.toml");
-    let data = dir.path().join("data");
-    dev_data::write_config(
-        &config,
+    let shard = DevShard::new(
         &pg.url(&db),
-        &uniq_name("vec"),
-        &data,
+        "vec",
         "writer_memory_mb = 32\ncommit_interval_ms = 60000",
         "vector = { column = \"embedding\", dimension = 384, metric = \"cosine\" }\n\
          geo = { lat = \"lat\", lon = \"lon\" }\nfilter_fields = [\"country_code\", \"population\"]",
     )?;
-    let mut ix = Indexer::start(&config, &data).await?;
-    ix.wait_ready().await?;
+    let mut ix = shard.start().await?;
 
     // 1. The query file: exact mode returns the exact top-10, global and in the query's region;
     //    once the graph has every vector, the default (graph) mode has recall@10 >= 0.95.
@@ -341,8 +334,7 @@ async fn exact_vector_search_on_dev_data_through_updates_and_kill9() -> Result<(
             );
         }
         ix.kill9();
-        ix = Indexer::start(&config, &data).await?;
-        ix.wait_ready().await?;
+        ix = shard.start().await?;
         ix.wait_applied(&e2e::current_lsn(&client).await?).await?;
         // The graph was reloaded from its dump, not rebuilt: right after the restart it
         // already holds (nearly) every vector (a rebuild inserts ~3k vectors/s).
@@ -432,19 +424,13 @@ async fn an_idle_graph_drops_its_insert_structure_and_loads_it_back_for_new_vect
     let db = pg.fresh_db().await?;
     let client = pg.connect(&db).await?;
     dev_data::load(&client, true).await?;
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("vector.toml");
-    let data = dir.path().join("data");
-    dev_data::write_config(
-        &config,
+    let shard = DevShard::new(
         &pg.url(&db),
-        &uniq_name("vecidle"),
-        &data,
+        "vecidle",
         "writer_memory_mb = 16\ncommit_interval_ms = 200\ngraph_idle_unload_secs = 1",
         "vector = { column = \"embedding\", dimension = 384, metric = \"cosine\" }",
     )?;
-    let mut ix = Indexer::start(&config, &data).await?;
-    ix.wait_ready().await?;
+    let mut ix = shard.start().await?;
     let pid = ix.pid().unwrap();
     // The snapshot's graphs are built, dumped once idle, and their insert structures dropped.
     wait_graphs(&ix, false).await?;
@@ -508,8 +494,7 @@ async fn an_idle_graph_drops_its_insert_structure_and_loads_it_back_for_new_vect
     );
     // A restart reads the dump written before the drop: the new points are in it.
     ix.kill9();
-    ix = Indexer::start(&config, &data).await?;
-    ix.wait_ready().await?;
+    ix = shard.start().await?;
     let points: u64 = graph_field(&ix, "graph_points")
         .await?
         .iter()

@@ -354,10 +354,14 @@ fn an_idle_graph_drops_hnsw_once_dumped_and_loads_it_back_for_the_next_insert() 
     assert_eq!(g.points(), 301);
     // Dumped and dropped again, then reloaded at a restart: every point is there.
     g.dump(&gdir).unwrap();
-    let load = *g.load_took.lock().unwrap();
-    assert!(load > now);
+    assert!(*g.load_took.lock().unwrap() > now, "the load was timed");
+    // A graph whose load took long is kept for twenty times that (a second's load: kept
+    // 15 s after its last insert, dropped at 25 s). Set, not waited for: a test's timing
+    // is the machine's.
+    *g.load_took.lock().unwrap() = std::time::Duration::from_secs(1);
+    *g.last_insert.lock().unwrap() -= std::time::Duration::from_secs(15);
     assert!(!g.unload_if_idle(now), "kept for twenty times its load");
-    std::thread::sleep(load * 20);
+    *g.last_insert.lock().unwrap() -= std::time::Duration::from_secs(10);
     assert!(g.unload_if_idle(now));
     let (g2, have) = Graph::load(&gdir, Metric::L2, &store).unwrap();
     assert_eq!(have.len(), 301);
@@ -387,4 +391,20 @@ fn a_dropped_graph_does_not_load_a_rebuilt_graphs_dump_of_the_same_size() {
         "a",
         "its copy still answers"
     );
+}
+
+#[test]
+fn a_failed_dump_is_not_retried_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Graph::new(Metric::L2, 2, 10);
+    insert_one(&g, 1, &[1.0, 0.0]);
+    let now = std::time::Duration::ZERO;
+    assert!(g.wants_idle_dump(now));
+    // A partition directory removed meanwhile: the dump cannot be written.
+    assert!(g.dump(&dir.path().join("gone").join("graph")).is_err());
+    assert!(!g.wants_idle_dump(now), "each try writes every point");
+    assert!(!g.wants_dump());
+    assert!(!g.unload_if_idle(now), "its points are in no dump");
+    g.dump(&dir.path().join("graph")).unwrap();
+    assert!(g.unload_if_idle(now));
 }

@@ -25,22 +25,25 @@ impl Shard {
         started
     }
 
-    /// A merge of `id`'s segments ended: readers see the merged segment now, or after the
+    /// A merge of `id`'s `segments` ended: readers see the merged segment now, or after the
     /// commit running (`commit_done` tries again).
     pub fn merge_done(
         &mut self,
         id: &PartitionId,
+        segments: &[tantivy::index::SegmentId],
         outcome: tantivy::Result<Option<tantivy::SegmentMeta>>,
     ) {
-        if self.in_flight.is_some() {
-            self.merges_to_show |= matches!(outcome, Ok(Some(_)));
-            return;
-        }
+        let show = matches!(outcome, Ok(Some(_)));
+        let in_flight = self.in_flight.is_some();
         if let Some(p) = self.partitions.get_mut(id) {
-            if p.merged(outcome) {
+            if in_flight {
+                // Forget the merge now; show it after the commit.
+                p.merged(segments, outcome.map(|_| None));
+            } else if p.merged(segments, outcome) {
                 self.publish(0, Vec::new());
             }
         }
+        self.merges_to_show |= in_flight && show;
     }
 
     /// After a commit: shows merges that ended while it ran, in partitions its own reload

@@ -39,7 +39,7 @@ fn finish(
     merges: Vec<(crate::shard::PartitionId, crate::partition::RunningMerge)>,
 ) {
     for (id, merge) in merges {
-        shard.merge_done(&id, merge.wait());
+        shard.merge_done(&id, &merge.segments, merge.done.wait());
     }
 }
 
@@ -109,4 +109,26 @@ fn no_merge_starts_while_writes_wait_and_none_shows_a_large_transaction_persiste
     shard.finish_large(Lsn(50)).unwrap();
     let after = visible(&view.load().unwrap());
     assert_eq!(after.len(), before.len() + 2);
+}
+
+#[test]
+fn a_second_look_while_a_merge_runs_does_not_merge_the_same_segments_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = Arc::new(ViewCell::default());
+    let mut shard = open(dir.path(), view.clone(), Lsn::ZERO);
+    three_segments(&mut shard);
+    let before = visible(&view.load().unwrap());
+    let merges = shard.start_quiet_merges();
+    assert_eq!(merges.len(), 1);
+    assert!(
+        shard.start_quiet_merges().is_empty(),
+        "its segments are in the running merge"
+    );
+    finish(&mut shard, merges);
+    assert_eq!(eu_segments(&view), 1);
+    assert_eq!(visible(&view.load().unwrap()), before);
+    assert!(
+        shard.start_quiet_merges().is_empty(),
+        "nothing left to merge"
+    );
 }
