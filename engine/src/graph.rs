@@ -20,8 +20,8 @@
 //! hnsw_rs's graph is loaded only when the builder first inserts, and dropped again once the
 //! graph is idle and its dump holds every point.
 //!
-//! Over 600 lines as one job, a graph's life: build, the searchable copy and its watermark,
-//! dump and reload (eager or lazy) share one id scheme (epoch, store id) that must change
+//! Over 700 lines as one job, a graph's life: build, the searchable copy and its watermark,
+//! dump, reload and idle drop (eager or lazy) share one id scheme (epoch, store id) that must change
 //! together; the copy's layout, search and file format are in `frozen_graph.rs`, the distance
 //! loops in `kernels.rs`, the tests in `graph/tests.rs`.
 
