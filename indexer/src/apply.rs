@@ -4,7 +4,7 @@
 //! thread (one commit at a time) and goes on applying; when the commit is durable, that LSN
 //! is reported back for confirmation to Postgres.
 //!
-//! Long (~670 lines): the command loop, the snapshot copy's and large transactions' durable
+//! Long (~700 lines): the command loop, the snapshot copy's and large transactions' durable
 //! progress, the quiet-time merges it starts and the graph builder thread it feeds all share
 //! the applier's state (the shard, the checkpoint, the commit in flight).
 

@@ -82,9 +82,9 @@ impl Partition {
         drop(self.writer.lock().unwrap().garbage_collect_files());
     }
 
-    /// A merge of `segments` started by `start_quiet_merges` ended: shows its segment if it
-    /// may (see `show_merged`). Returns whether the reader was reloaded (the caller publishes
-    /// a view).
+    /// A merge of `segments` started by `start_quiet_merges` ended: forgets it, and deletes
+    /// what a failed one wrote. Returns whether it merged (its segment is then for the
+    /// caller to show: `show_merged`).
     pub fn merged(
         &mut self,
         segments: &[SegmentId],
@@ -94,7 +94,7 @@ impl Partition {
             self.merging.remove(s);
         }
         match outcome {
-            Ok(Some(_)) => self.show_merged(),
+            Ok(Some(_)) => true,
             Ok(None) => false,
             Err(e) => {
                 // Another merge took a segment first, or the disk is full: the segments stay

@@ -33,17 +33,17 @@ impl Shard {
         segments: &[tantivy::index::SegmentId],
         outcome: tantivy::Result<Option<tantivy::SegmentMeta>>,
     ) {
-        let show = matches!(outcome, Ok(Some(_)));
-        let in_flight = self.in_flight.is_some();
-        if let Some(p) = self.partitions.get_mut(id) {
-            if in_flight {
-                // Forget the merge now; show it after the commit.
-                p.merged(segments, outcome.map(|_| None));
-            } else if p.merged(segments, outcome) {
-                self.publish(0, Vec::new());
-            }
+        let Some(p) = self.partitions.get_mut(id) else {
+            return;
+        };
+        if !p.merged(segments, outcome) {
+            return;
         }
-        self.merges_to_show |= in_flight && show;
+        if self.in_flight.is_some() {
+            self.merges_to_show = true;
+        } else if p.show_merged() {
+            self.publish(0, Vec::new());
+        }
     }
 
     /// After a commit: shows merges that ended while it ran, in partitions its own reload
